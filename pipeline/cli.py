@@ -1,0 +1,190 @@
+"""The `genres` command: parse, call one library function, report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from pipeline.errors import GenresError
+
+log = logging.getLogger("genres")
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _nonneg_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad argument on one line and exits 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="genres", description="Tag music catalogs with genres on Ray.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def ray_address(p):
+        p.add_argument("--address", default=None,
+                       help="Ray cluster address (default: RAY_ADDRESS, else embedded local Ray)")
+
+    p = sub.add_parser("extract", help="decode audio into frame features (Parquet shards)")
+    p.add_argument("catalog", help="audio file, folder, manifest (.csv/.parquet) or URI")
+    p.add_argument("--out", required=True, help="feature directory (local or URI)")
+    p.add_argument("--labels-from-folders", action="store_true",
+                   help="first folder level under the catalog root is the label")
+    p.add_argument("--frame-seconds", type=_positive_float, default=5.0)
+    p.add_argument("--hop-seconds", type=_positive_float, default=None,
+                   help="seconds between frame starts (default: frame length, no overlap)")
+    p.add_argument("--offset-seconds", type=_nonneg_float, default=0.0)
+    p.add_argument("--max-seconds", type=_positive_float, default=None)
+    p.add_argument("--overwrite", action="store_true", help="delete OUT and start fresh")
+    ray_address(p)
+
+    p = sub.add_parser("train", help="fit a model on Ray Train and write a model bundle")
+    p.add_argument("features", help="feature directory written by `genres extract`")
+    p.add_argument("--out", required=True, help="model bundle directory")
+    p.add_argument("--model", default="cnn2d", help="model name (default: cnn2d)")
+    p.add_argument("--split", default="auto", choices=["auto", "manifest", "song", "artist"],
+                   help="auto: the manifest's split column when present, else by song")
+    p.add_argument("--epochs", type=_positive_int, default=30)
+    p.add_argument("--batch-size", type=_positive_int, default=32, help="per worker")
+    p.add_argument("--patience", type=_positive_int, default=6,
+                   help="early stopping: epochs without validation-loss improvement")
+    p.add_argument("--num-workers", type=_positive_int, default=1)
+    p.add_argument("--use-gpu", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--storage-path", default=None,
+                   help="Ray Train checkpoint storage (shared storage on multi-node clusters)")
+    ray_address(p)
+
+    for name, text in (("score", "label every song of a catalog"),
+                       ("tag", "label only songs not yet labelled by this model (schedules)")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("catalog", help="audio file, folder, manifest or URI")
+        p.add_argument("--model", required=True, help="model bundle directory")
+        p.add_argument("--out", required=True, help="labels directory")
+        p.add_argument("--aggregate", default="mean", choices=["mean", "majority", "logodds"])
+        p.add_argument("--batch-size", type=_positive_int, default=8, help="songs per model call")
+        ray_address(p)
+
+    p = sub.add_parser("demo", help="the whole flow on synthesised songs, embedded local Ray")
+    p.add_argument("--workdir", default="genres-demo", help="where the demo writes (default: ./genres-demo)")
+    p.add_argument("--songs-per-genre", type=_positive_int, default=12)
+    p.add_argument("--epochs", type=_positive_int, default=12)
+    p.add_argument("--num-workers", type=_positive_int, default=2)
+    return parser
+
+
+def _spec_from(args):
+    from pipeline.features import FeatureSpec
+
+    return FeatureSpec(frame_seconds=args.frame_seconds, hop_seconds=args.hop_seconds,
+                       offset_seconds=args.offset_seconds, max_seconds=args.max_seconds)
+
+
+def cmd_extract(args) -> dict:
+    from pipeline.runtime.extract import run_extract
+
+    s = run_extract(args.catalog, args.out, _spec_from(args),
+                    labels_from_folders=args.labels_from_folders, overwrite=args.overwrite,
+                    address=args.address)
+    failed = sum(s["errors"].values())
+    kinds = ", ".join(f"{k}={v}" for k, v in sorted(s["errors"].items())) or "none"
+    rtf = s["audio_seconds"] / s["seconds"] if s["seconds"] else 0.0
+    print(f"extract: {s['songs']} songs in, {s['skipped']} already done, {s['ok']} ok, "
+          f"{failed} failed ({kinds}), {s['frames']} frames, "
+          f"{s['audio_seconds'] / 3600:.2f} h audio, {s['seconds']:.1f} s, {rtf:.0f}x realtime "
+          f"-> {s['out']}")
+    return s
+
+
+def cmd_train(args) -> dict:
+    from pipeline.runtime.train import TrainConfig, run_train
+
+    config = TrainConfig(model=args.model, split=args.split, epochs=args.epochs,
+                         batch_size=args.batch_size, patience=args.patience,
+                         num_workers=args.num_workers, use_gpu=args.use_gpu, seed=args.seed)
+    s = run_train(args.features, args.out, config, address=args.address,
+                  storage_path=args.storage_path)
+    test = s["metrics"].get("test")
+    if test:
+        songs = ", ".join(f"{k} {v:.3f}" for k, v in test["song_accuracy"].items())
+        quality = (f"test: {test['songs']} songs, frame accuracy {test['frame_accuracy']:.3f}, "
+                   f"song accuracy {songs}")
+    else:
+        quality = "no test songs in this split"
+    print(f"train: {s['model']} on {s['train_songs']} train / {s['valid_songs']} valid songs, "
+          f"{s['epochs']} epochs, {s['seconds']:.1f} s; {quality} -> {s['out']} "
+          f"(model_id {s['model_id']})")
+    return s
+
+
+def cmd_score(args, *, tag: bool = False) -> dict:
+    from pipeline.runtime.score import run_score
+
+    s = run_score(args.catalog, args.model, args.out, aggregate=args.aggregate,
+                  batch_size=args.batch_size, address=args.address)
+    print(f"{'tag' if tag else 'score'}: {s['songs']} songs in, {s['skipped']} already labelled, "
+          f"{s['labelled']} labelled, {s['failed']} failed, {s['frames']} frames, "
+          f"{s['seconds']:.1f} s -> {s['out']}")
+    return s
+
+
+def cmd_demo(args) -> dict:
+    from pipeline.demo import run_demo
+
+    s = run_demo(args.workdir, songs_per_genre=args.songs_per_genre, epochs=args.epochs,
+                 num_workers=args.num_workers)
+    print(json.dumps(s["outputs"], indent=2))
+    print(f"demo: song accuracy on held-out synthesised songs {s['song_accuracy']:.3f}, "
+          f"labels of {s['labelled']} songs in {s['outputs']['labels']}")
+    return s
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    commands = {"extract": cmd_extract, "train": cmd_train, "score": cmd_score,
+                "tag": lambda a: cmd_score(a, tag=True), "demo": cmd_demo}
+    try:
+        commands[args.command](args)
+    except GenresError as e:
+        print(f"genres {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

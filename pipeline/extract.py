@@ -1,0 +1,81 @@
+"""The serial unit of extraction: a batch of songs in, one committed feature shard out.
+
+Runs without Ray (unit tests, debugging); ``pipeline.runtime.extract`` maps it over Ray tasks.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline.errors import AudioError
+from pipeline.features import FeatureSpec, frame_audio, frame_features
+from pipeline.storage.audio import load_audio
+from pipeline.storage.catalog import Song
+from pipeline.storage.shards import ERROR_SCHEMA, FeatureStore, frame_schema, tensor_array
+
+log = logging.getLogger(__name__)
+
+
+def song_features(song: Song, spec: FeatureSpec) -> dict:
+    """Decode one song and compute its frame features (raises AudioError subclasses).
+
+    Returns a dict with ``mfcc`` [n_frames, n_mfcc, t], ``logmel`` [n_frames, n_mels, t],
+    ``start_s`` [n_frames] (seconds from the file start), ``padded`` and ``audio_seconds``.
+    """
+    y = load_audio(song.uri, sample_rate=spec.sample_rate, offset_seconds=spec.offset_seconds,
+                   max_seconds=spec.max_seconds)
+    frames, starts, padded = frame_audio(y, spec=spec)
+    mfcc, logmel = frame_features(frames, spec=spec)
+    return {"mfcc": mfcc, "logmel": logmel, "start_s": starts + spec.offset_seconds,
+            "padded": padded, "audio_seconds": y.shape[0] / spec.sample_rate}
+
+
+def extract_shard(songs: list[Song], spec: FeatureSpec, out: str, index: int) -> dict:
+    """Extract ``songs`` into shard ``index`` of the feature directory ``out``.
+
+    Every song ends in the shard's frame rows or its error rows. Returns a summary:
+    ``songs``, ``ok``, ``frames``, ``audio_seconds``, ``errors`` ({kind: count}), ``seconds``.
+    """
+    started = time.perf_counter()
+    columns = {name: [] for name in ("song_id", "frame", "start_s", "label", "artist", "split",
+                                     "padded")}
+    mfccs, logmels, errors = [], [], []
+    audio_seconds = 0.0
+    for song in songs:
+        try:
+            feats = song_features(song, spec)
+        except AudioError as e:
+            log.warning("song %s failed: %s", song.song_id, e)
+            errors.append({"song_id": song.song_id, "uri": song.uri, "error": e.kind,
+                           "message": str(e)})
+            continue
+        n = feats["mfcc"].shape[0]
+        columns["song_id"] += [song.song_id] * n
+        columns["frame"] += list(range(n))
+        columns["start_s"] += feats["start_s"].tolist()
+        columns["label"] += [song.label] * n
+        columns["artist"] += [song.artist] * n
+        columns["split"] += [song.split] * n
+        columns["padded"] += [feats["padded"]] * n
+        mfccs.append(feats["mfcc"])
+        logmels.append(feats["logmel"])
+        audio_seconds += feats["audio_seconds"]
+    schema = frame_schema(spec)
+    dtype = np.dtype(spec.dtype)
+    arrays = [pa.array(columns[f.name], type=f.type) for f in schema if f.name in columns]
+    arrays.append(tensor_array(np.concatenate(mfccs) if mfccs
+                               else np.zeros((0, *spec.mfcc_shape), dtype)))
+    arrays.append(tensor_array(np.concatenate(logmels) if logmels
+                               else np.zeros((0, *spec.logmel_shape), dtype)))
+    frames = pa.Table.from_arrays(arrays, schema=schema)
+    FeatureStore(out).write_part(index, frames, pa.Table.from_pylist(errors, schema=ERROR_SCHEMA))
+    kinds: dict[str, int] = {}
+    for e in errors:
+        kinds[e["error"]] = kinds.get(e["error"], 0) + 1
+    return {"songs": len(songs), "ok": len(songs) - len(errors), "frames": frames.num_rows,
+            "audio_seconds": audio_seconds, "errors": kinds,
+            "seconds": time.perf_counter() - started}

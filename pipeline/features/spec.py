@@ -1,0 +1,97 @@
+"""FeatureSpec: the frozen, fingerprinted settings that made a feature table."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+
+from pipeline.errors import ParameterError
+
+_DTYPES = ("float32", "float16")
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureSpec:
+    """Settings for framing and MFCC/log-mel extraction.
+
+    Times are in seconds, rates in Hz; ``hop_seconds=None`` means frames do not overlap.
+    """
+
+    sample_rate: int = 22050
+    n_fft: int = 2048
+    hop_length: int = 512
+    n_mels: int = 128
+    n_mfcc: int = 20
+    fmax: float | None = None
+    frame_seconds: float = 5.0
+    hop_seconds: float | None = None
+    offset_seconds: float = 0.0
+    max_seconds: float | None = None
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        if self.sample_rate <= 0:
+            raise ParameterError(f"sample_rate must be positive, got {self.sample_rate}")
+        if self.frame_seconds <= 0:
+            raise ParameterError(f"frame_seconds must be positive, got {self.frame_seconds}")
+        if self.hop_seconds is not None and self.hop_seconds <= 0:
+            raise ParameterError(f"hop_seconds must be positive, got {self.hop_seconds}")
+        if self.offset_seconds < 0:
+            raise ParameterError(f"offset_seconds must be >= 0, got {self.offset_seconds}")
+        if self.max_seconds is not None and self.max_seconds <= 0:
+            raise ParameterError(f"max_seconds must be positive, got {self.max_seconds}")
+        if self.dtype not in _DTYPES:
+            raise ParameterError(f"dtype must be one of {_DTYPES}, got {self.dtype!r}")
+        if not 0 < self.n_mfcc <= self.n_mels:
+            raise ParameterError(f"n_mfcc must be in 1..n_mels ({self.n_mels}), got {self.n_mfcc}")
+
+    @property
+    def frame_samples(self) -> int:
+        """Samples in one frame at ``sample_rate``."""
+        return int(round(self.frame_seconds * self.sample_rate))
+
+    @property
+    def hop_samples(self) -> int:
+        """Samples between frame starts."""
+        hop = self.frame_seconds if self.hop_seconds is None else self.hop_seconds
+        return max(1, int(round(hop * self.sample_rate)))
+
+    @property
+    def frame_columns(self) -> int:
+        """STFT columns per frame (centred STFT: 1 + samples // hop_length)."""
+        return 1 + self.frame_samples // self.hop_length
+
+    @property
+    def mfcc_shape(self) -> tuple[int, int]:
+        return (self.n_mfcc, self.frame_columns)
+
+    @property
+    def logmel_shape(self) -> tuple[int, int]:
+        return (self.n_mels, self.frame_columns)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "FeatureSpec":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ParameterError(f"unknown FeatureSpec fields: {sorted(unknown)}")
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "FeatureSpec":
+        return cls.from_dict(json.loads(text))
+
+    def fingerprint(self) -> str:
+        """Stable 16-hex-digit hash of the settings (not of library versions)."""
+        canonical = {k: (float(v) if isinstance(v, float) and math.isfinite(v) else v)
+                     for k, v in self.to_dict().items()}
+        blob = json.dumps(canonical, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]

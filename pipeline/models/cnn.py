@@ -1,0 +1,50 @@
+"""Frame models: pure Keras builders ``build_<name>(input_shape, n_classes) -> Model``."""
+
+from __future__ import annotations
+
+from pipeline.errors import ParameterError
+from pipeline.models.keras import tf_keras
+
+
+def build_cnn2d(input_shape: tuple[int, int], n_classes: int, *, l2: float = 1e-4,
+                dropout: float = 0.3) -> "tf.keras.Model":
+    """A small 2D CNN on one log-mel frame.
+
+    Parameters
+    ----------
+    input_shape : (n_mels, t)
+        One normalised log-mel frame (e.g. 128 bands x 216 columns for 5 s).
+    n_classes : int
+        Genres; the output is a softmax over them, shape (batch, n_classes).
+    """
+    keras = tf_keras()
+    layers, reg = keras.layers, keras.regularizers.l2(l2)
+    inputs = keras.Input(shape=tuple(input_shape), name="logmel")
+    x = layers.Reshape((*input_shape, 1))(inputs)
+    for filters in (16, 32, 64, 64):
+        x = layers.Conv2D(filters, 3, padding="same", use_bias=False, kernel_regularizer=reg)(x)
+        x = layers.BatchNormalization()(x)
+        x = layers.Activation("relu")(x)
+        x = layers.MaxPooling2D(2)(x)
+    x = layers.GlobalAveragePooling2D()(x)
+    x = layers.Dropout(dropout)(x)
+    outputs = layers.Dense(n_classes, activation="softmax", kernel_regularizer=reg, name="genre")(x)
+    return keras.Model(inputs, outputs, name="cnn2d")
+
+
+# name -> (builder, feature column it reads)
+MODELS = {"cnn2d": (build_cnn2d, "logmel")}
+
+
+def build_model(name: str, input_shape: tuple[int, int], n_classes: int):
+    """Build the registered model ``name``."""
+    if name not in MODELS:
+        raise ParameterError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
+    return MODELS[name][0](input_shape, n_classes)
+
+
+def feature_column(name: str) -> str:
+    """The feature column (``logmel`` or ``mfcc``) model ``name`` reads."""
+    if name not in MODELS:
+        raise ParameterError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
+    return MODELS[name][1]

@@ -1,0 +1,37 @@
+"""The project's single Keras flavour: tf-keras (Keras 2) through ``tf.keras``.
+
+Keras 3 cannot run under MultiWorkerMirroredStrategy inside Ray Train (TF 2.21 / Keras 3.15),
+and checkpoints do not cross flavours, so every process that builds, trains or loads a model
+goes through :func:`tf_keras`, which selects tf-keras before TensorFlow is first imported.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from pipeline.errors import GenresError
+
+KERAS_ENV = {"TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
+def select_legacy_keras() -> None:
+    """Set the environment so a later ``import tensorflow`` picks tf-keras."""
+    for key, value in KERAS_ENV.items():
+        os.environ.setdefault(key, value)
+    if os.environ["TF_USE_LEGACY_KERAS"] != "1":
+        raise GenresError("TF_USE_LEGACY_KERAS must be 1: genres models are tf-keras models")
+
+
+def tf_keras():
+    """Return ``tf.keras`` (tf-keras), refusing a process where Keras 3 is already loaded."""
+    already = "tensorflow" in sys.modules
+    select_legacy_keras()
+    import tensorflow as tf
+
+    if not tf.keras.__name__.startswith("tf_keras") and not getattr(tf.keras, "__version__", "3").startswith("2."):
+        raise GenresError(
+            "TensorFlow was imported before TF_USE_LEGACY_KERAS=1 was set"
+            + (" (imported earlier in this process)" if already else "")
+            + "; set it in the environment of every driver, worker and actor")
+    return tf.keras

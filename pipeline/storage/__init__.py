@@ -1,0 +1,1 @@
+"""All I/O: audio decoding, catalogs, feature shards, model bundles, label tables."""

@@ -1,0 +1,108 @@
+"""Audio decoding: soundfile first, audioread (ffmpeg) for what libsndfile cannot read."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from pipeline.errors import AudioContentError, AudioDecodeError, AudioMissingError
+from pipeline.storage import fs as fsio
+
+log = logging.getLogger(__name__)
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac", ".mp4",
+                    ".aif", ".aiff")
+_BLOCK_SECONDS = 30.0  # downmix in blocks so a long multichannel file is never held whole
+
+
+def load_audio(uri: str, *, sample_rate: int, offset_seconds: float = 0.0,
+               max_seconds: float | None = None) -> np.ndarray:
+    """Decode, downmix and resample one file.
+
+    Parameters
+    ----------
+    uri : str
+        Local path or fsspec URI.
+    sample_rate : int
+        Target rate in Hz.
+    offset_seconds, max_seconds : float
+        Window of the file to decode, in seconds.
+
+    Returns
+    -------
+    np.ndarray [shape=(n,), dtype=float32]
+        Mono audio at ``sample_rate``.
+
+    Raises
+    ------
+    AudioMissingError, AudioDecodeError, AudioContentError
+    """
+    fs, path = fsio.url_to_fs(uri)
+    # OSError (permissions, network) is left to propagate: it is transient, Ray retries it.
+    if fs.isdir(path):
+        raise AudioDecodeError(f"{uri} is a folder, not an audio file")
+    if not fs.exists(path):
+        raise AudioMissingError(f"no such file: {uri}")
+    try:
+        y, native_sr = _read_soundfile(fs, path, uri, offset_seconds, max_seconds)
+    except AudioDecodeError as sf_error:
+        y, native_sr = _read_audioread(fs, path, uri, offset_seconds, max_seconds, sf_error)
+    if y.size == 0:
+        raise AudioContentError(f"{uri} has no audio samples in the requested window")
+    if not np.isfinite(y).all():
+        raise AudioContentError(f"{uri} contains non-finite samples (NaN or inf)")
+    if native_sr != sample_rate:
+        import soxr
+
+        y = soxr.resample(y, native_sr, sample_rate, quality="HQ").astype(np.float32, copy=False)
+    return y
+
+
+def _read_soundfile(fs, path, uri, offset_seconds, max_seconds):
+    import soundfile as sf
+
+    try:
+        handle = path if fsio.protocol_of(uri) in ("", "file") else fs.open(path, "rb")
+        with sf.SoundFile(handle) as f:
+            sr, channels = f.samplerate, f.channels
+            start = int(round(offset_seconds * sr))
+            total = f.frames - start if f.frames > 0 else 0
+            if max_seconds is not None:
+                total = min(total, int(round(max_seconds * sr)))
+            if total <= 0:
+                return np.zeros(0, np.float32), sr
+            if start:
+                f.seek(start)
+            out = np.empty(total, dtype=np.float32)
+            block, done = max(1, int(_BLOCK_SECONDS * sr)), 0
+            while done < total:
+                chunk = f.read(min(block, total - done), dtype="float32", always_2d=True)
+                if chunk.shape[0] == 0:
+                    break
+                out[done:done + chunk.shape[0]] = chunk.mean(axis=1) if channels > 1 else chunk[:, 0]
+                done += chunk.shape[0]
+            return out[:done], sr
+    except (sf.LibsndfileError, RuntimeError, ValueError, TypeError) as e:
+        raise AudioDecodeError(f"soundfile cannot decode {uri}: {e}") from e
+
+
+def _read_audioread(fs, path, uri, offset_seconds, max_seconds, sf_error):
+    """Fallback for formats libsndfile lacks (AAC/m4a); needs a local file and ffmpeg."""
+    import audioread
+
+    if fsio.protocol_of(uri) not in ("", "file"):
+        raise sf_error
+    try:
+        with audioread.audio_open(path) as f:
+            sr, channels = f.samplerate, f.channels
+            chunks = [np.frombuffer(buf, "<i2") for buf in f]
+    except (audioread.exceptions.NoBackendError, OSError, EOFError) as e:
+        raise AudioDecodeError(f"not a readable audio file: {uri} ({sf_error}; "
+                               f"fallback decoder: {type(e).__name__})") from e
+    y = (np.concatenate(chunks).astype(np.float32) / 32768.0) if chunks else np.zeros(0, np.float32)
+    if channels > 1:
+        y = y[: y.size - y.size % channels].reshape(-1, channels).mean(axis=1)
+    start = int(round(offset_seconds * sr))
+    stop = None if max_seconds is None else start + int(round(max_seconds * sr))
+    return np.ascontiguousarray(y[start:stop]), sr

@@ -1,0 +1,181 @@
+"""Model bundles: a self-contained directory with weights, classes, spec and normalisation.
+
+::
+
+    model.keras          the tf-keras model (architecture + weights)
+    bundle.json          model_id (fingerprint of everything below), model name, feature column
+    labels.json          class order of the model's outputs
+    spec.json            the FeatureSpec the model was trained on (with fingerprint)
+    normalization.json   per-band mean/std fitted on train songs only
+    config.json          the training configuration
+    metrics.json         frame / song accuracy per aggregator on the test split, confusion
+    history.csv          per-epoch loss and accuracy (train and validation)
+    plots/*.png          learning curves, confusion matrix
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+
+import numpy as np
+
+from pipeline.errors import BundleError
+from pipeline.features.spec import FeatureSpec
+from pipeline.storage import fs as fsio
+
+MODEL_FILE = "model.keras"
+
+
+@dataclasses.dataclass(frozen=True)
+class Bundle:
+    """What scoring needs from a bundle, without loading TensorFlow."""
+
+    root: str
+    model_id: str
+    model: str
+    feature: str
+    classes: tuple[str, ...]
+    spec: FeatureSpec
+    mean: np.ndarray  # [n_bands]
+    std: np.ndarray  # [n_bands]
+
+    def normalize(self, x: np.ndarray) -> np.ndarray:
+        """Normalise frames [n, n_bands, t] with the train-split statistics (float32)."""
+        return ((x.astype(np.float32) - self.mean[:, None]) / self.std[:, None]).astype(np.float32)
+
+
+def save_bundle(out: str, *, model, model_name: str, feature: str, classes: list[str],
+                spec: FeatureSpec, mean: np.ndarray, std: np.ndarray, config: dict,
+                metrics: dict, history: list[dict]) -> str:
+    """Write a bundle to ``out`` (local or URI), replacing one already there; returns model_id."""
+    with tempfile.TemporaryDirectory(prefix="genres-bundle-") as tmp:
+        model.save(os.path.join(tmp, MODEL_FILE))
+        docs = {
+            "labels.json": list(classes),
+            "spec.json": {"spec": spec.to_dict(), "fingerprint": spec.fingerprint()},
+            "normalization.json": {"feature": feature, "mean": np.asarray(mean).tolist(),
+                                   "std": np.asarray(std).tolist()},
+            "config.json": config,
+        }
+        for name, doc in docs.items():
+            _write_json(os.path.join(tmp, name), doc)
+        model_id = _fingerprint(tmp, [MODEL_FILE, *docs])
+        _write_json(os.path.join(tmp, "bundle.json"),
+                    {"model_id": model_id, "model": model_name, "feature": feature})
+        _write_json(os.path.join(tmp, "metrics.json"), {"model_id": model_id, **metrics})
+        _write_history(os.path.join(tmp, "history.csv"), history)
+        os.makedirs(os.path.join(tmp, "plots"))
+        _plot_history(history, os.path.join(tmp, "plots", "learning_curves.png"))
+        if metrics.get("test"):
+            best = max(metrics["test"]["song_accuracy"], key=metrics["test"]["song_accuracy"].get)
+            _plot_confusion(np.array(metrics["test"]["confusion"][best]), classes,
+                            f"song-level confusion ({best}), test split",
+                            os.path.join(tmp, "plots", "confusion.png"))
+        fs, path = fsio.url_to_fs(out)
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
+        if fsio.is_local(out):
+            shutil.copytree(tmp, path)
+        else:
+            fs.put(tmp.rstrip("/") + "/", path, recursive=True)
+    return model_id
+
+
+def read_bundle(uri: str) -> Bundle:
+    """Read a bundle's metadata (no TensorFlow)."""
+    uri = str(uri).rstrip("/")
+    try:
+        meta = json.loads(fsio.read_text(fsio.join(uri, "bundle.json")))
+        classes = json.loads(fsio.read_text(fsio.join(uri, "labels.json")))
+        spec = FeatureSpec.from_dict(json.loads(fsio.read_text(fsio.join(uri, "spec.json")))["spec"])
+        norm = json.loads(fsio.read_text(fsio.join(uri, "normalization.json")))
+    except FileNotFoundError as e:
+        raise BundleError(f"{uri} is not a model bundle (missing {e.filename or e}); "
+                          f"train one with `genres train`") from e
+    return Bundle(root=uri, model_id=meta["model_id"], model=meta["model"],
+                  feature=meta["feature"], classes=tuple(classes), spec=spec,
+                  mean=np.asarray(norm["mean"], np.float32), std=np.asarray(norm["std"], np.float32))
+
+
+def load_keras_model(bundle: Bundle):
+    """The bundle's tf-keras model (copied to a local temp dir first when remote)."""
+    from pipeline.models.keras import tf_keras
+
+    keras = tf_keras()
+    if fsio.is_local(bundle.root):
+        return keras.models.load_model(os.path.join(bundle.root, MODEL_FILE), compile=False)
+    fs, path = fsio.url_to_fs(bundle.root)
+    with tempfile.TemporaryDirectory(prefix="genres-model-") as tmp:
+        local = os.path.join(tmp, MODEL_FILE)
+        fs.get(f"{path}/{MODEL_FILE}", local)
+        return keras.models.load_model(local, compile=False)
+
+
+def _fingerprint(folder: str, names: list[str]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(names):
+        h.update(name.encode())
+        with open(os.path.join(folder, name), "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()[:16]
+
+
+def _write_json(path: str, doc) -> None:
+    with open(path, "w") as f:
+        json.dump(doc, f, indent=2)
+
+
+def _write_history(path: str, history: list[dict]) -> None:
+    keys = sorted({k for row in history for k in row}, key=lambda k: (k != "epoch", k))
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys or ["epoch"])
+        writer.writeheader()
+        writer.writerows(history)
+
+
+def _plot_history(history: list[dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    epochs = [row["epoch"] for row in history]
+    for ax, metric in zip(axes, ("loss", "accuracy")):
+        for prefix, style in (("", "-"), ("val_", "--")):
+            values = [row.get(prefix + metric) for row in history]
+            if any(v is not None for v in values):
+                ax.plot(epochs, values, style, label=("validation " if prefix else "train ") + metric)
+        ax.set_xlabel("epoch")
+        ax.set_title(metric)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _plot_confusion(matrix: np.ndarray, classes: list[str], title: str, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(1.2 * len(classes) + 2, 1.2 * len(classes) + 1.5))
+    ax.imshow(matplotlib.colors.Normalize()(matrix), cmap="Blues")
+    for (i, j), count in np.ndenumerate(matrix):
+        ax.text(j, i, str(count), ha="center", va="center")
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,192 @@
+"""Feature tables: numbered Parquet shards, each committed by a record of the songs it covers.
+
+Layout of a feature directory (local or URI)::
+
+    _spec.json                 FeatureSpec + fingerprint + library versions
+    part-00007.parquet         frame rows of the songs of shard 7
+    _errors/part-00007.parquet error rows (song_id, uri, error, message) of shard 7
+    _commits/part-00007.json   written last: the shard exists only once this exists
+
+Readers consider committed shards only, so a task killed mid-write leaves nothing visible,
+and a re-run skips every song named in a commit record.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import posixpath
+import re
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.errors import CatalogError, SpecMismatchError
+from pipeline.features.spec import FeatureSpec
+from pipeline.storage import fs as fsio
+
+log = logging.getLogger(__name__)
+
+SPEC_FILE = "_spec.json"
+ERROR_SCHEMA = pa.schema([("song_id", pa.string()), ("uri", pa.string()),
+                          ("error", pa.string()), ("message", pa.string())])
+_PART = re.compile(r"part-(\d{5,})\.(?:json|parquet)$")
+
+
+def part_name(index: int) -> str:
+    return f"part-{index:05d}"
+
+
+def tensor_array(values: np.ndarray) -> pa.Array:
+    """Arrow-native fixed-shape tensor column from an array [rows, *shape]."""
+    return pa.FixedShapeTensorArray.from_numpy_ndarray(np.ascontiguousarray(values))
+
+
+def tensor_values(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """Numpy array [rows, *shape] from a fixed-shape tensor column."""
+    if isinstance(column, pa.ChunkedArray):
+        chunks = [c.to_numpy_ndarray() for c in column.chunks if len(c)]
+        if not chunks:
+            shape = column.type.shape
+            return np.zeros((0, *shape), dtype=column.type.value_type.to_pandas_dtype())
+        return np.concatenate(chunks) if len(chunks) > 1 else chunks[0]
+    return column.to_numpy_ndarray()
+
+
+def frame_schema(spec: FeatureSpec) -> pa.Schema:
+    value = pa.float16() if spec.dtype == "float16" else pa.float32()
+    return pa.schema([
+        ("song_id", pa.string()), ("frame", pa.int32()), ("start_s", pa.float32()),
+        ("label", pa.string()), ("artist", pa.string()), ("split", pa.string()),
+        ("padded", pa.bool_()),
+        ("mfcc", pa.fixed_shape_tensor(value, list(spec.mfcc_shape))),
+        ("logmel", pa.fixed_shape_tensor(value, list(spec.logmel_shape))),
+    ], metadata={"genres.spec_fingerprint": spec.fingerprint()})
+
+
+class CommittedParts:
+    """Numbered Parquet parts with ``_errors/`` rows and ``_commits/`` records (commit last)."""
+
+    def __init__(self, root: str):
+        self.root = str(root).rstrip("/")
+        self.fs, self.path = fsio.url_to_fs(self.root)
+
+    def _uri(self, *parts: str) -> str:
+        return fsio.join(self.root, *parts)
+
+    def _path(self, *parts: str) -> str:
+        return posixpath.join(self.path, *parts)
+
+    def commits(self) -> dict[int, dict]:
+        """Commit records by part index."""
+        folder = self._path("_commits")
+        if not self.fs.exists(folder):
+            return {}
+        out = {}
+        for path in self.fs.ls(folder, detail=False):
+            m = _PART.search(path)
+            if m and path.endswith(".json"):
+                with self.fs.open(path, "r") as f:
+                    out[int(m.group(1))] = json.load(f)
+        return out
+
+    def next_index(self) -> int:
+        return max(self.commits(), default=-1) + 1
+
+    def remove_uncommitted(self) -> int:
+        """Delete part files no commit record vouches for (left by a killed run)."""
+        committed = set(self.commits())
+        removed = 0
+        for folder in (self.path, self._path("_errors")):
+            if not self.fs.exists(folder):
+                continue
+            for path in self.fs.ls(folder, detail=False):
+                name = posixpath.basename(path)
+                m = _PART.search(name)
+                if (m and int(m.group(1)) not in committed) or ".tmp-" in name:
+                    self.fs.rm(path)
+                    removed += 1
+        return removed
+
+    def write_part(self, index: int, rows: pa.Table, errors: pa.Table, **record) -> None:
+        """Write a part's rows and error rows, then its commit record (which makes it exist)."""
+        name = part_name(index)
+        if rows.num_rows:
+            fsio.write_bytes_atomic(self._uri(name + ".parquet"), _parquet_bytes(rows))
+        if errors.num_rows:
+            fsio.write_bytes_atomic(self._uri("_errors", name + ".parquet"), _parquet_bytes(errors))
+        record = {"part": name, "rows": rows.num_rows,
+                  "songs": sorted(set(rows.column("song_id").to_pylist())),
+                  "errors": errors.column("song_id").to_pylist(), **record}
+        fsio.write_bytes_atomic(self._uri("_commits", name + ".json"), json.dumps(record).encode())
+
+    def read_rows(self, columns: list[str] | None = None, *, where=None) -> pa.Table | None:
+        """Committed rows (parts whose record satisfies ``where``), in part order; None if none."""
+        tables = []
+        for index, record in sorted(self.commits().items()):
+            if record["rows"] and (where is None or where(record)):
+                with self.fs.open(self._path(record["part"] + ".parquet"), "rb") as f:
+                    tables.append(pq.read_table(f, columns=columns))
+        return pa.concat_tables(tables, promote_options="default") if tables else None
+
+    def read_errors(self) -> pa.Table:
+        tables = []
+        for index, record in sorted(self.commits().items()):
+            if record["errors"]:
+                with self.fs.open(self._path("_errors", record["part"] + ".parquet"), "rb") as f:
+                    tables.append(pq.read_table(f))
+        return pa.concat_tables(tables) if tables else ERROR_SCHEMA.empty_table()
+
+    def done_song_ids(self, *, where=None) -> set[str]:
+        """Song ids in frame rows or error rows of committed parts (matching ``where``)."""
+        done = set()
+        for record in self.commits().values():
+            if where is None or where(record):
+                done.update(record["songs"])
+                done.update(record["errors"])
+        return done
+
+
+class FeatureStore(CommittedParts):
+    """A feature directory: ``_spec.json`` plus committed frame shards."""
+
+    def read_spec(self) -> FeatureSpec:
+        uri = self._uri(SPEC_FILE)
+        if not fsio.exists(uri):
+            raise CatalogError(f"{self.root} is not a feature directory (no {SPEC_FILE}); "
+                               f"run `genres extract` first")
+        return FeatureSpec.from_dict(json.loads(fsio.read_text(uri))["spec"])
+
+    def prepare(self, spec: FeatureSpec, *, overwrite: bool = False) -> None:
+        """Create the directory for ``spec``; refuse to mix specs unless ``overwrite``."""
+        if overwrite and self.fs.exists(self.path):
+            self.fs.rm(self.path, recursive=True)
+        spec_uri = self._uri(SPEC_FILE)
+        if fsio.exists(spec_uri):
+            old = self.read_spec()
+            if old.fingerprint() != spec.fingerprint():
+                raise SpecMismatchError(
+                    f"{self.root} holds features of another spec ({old.fingerprint()} != "
+                    f"{spec.fingerprint()}); pass --overwrite or choose another --out")
+            return
+        import librosa
+
+        record = {"spec": spec.to_dict(), "fingerprint": spec.fingerprint(),
+                  "librosa": librosa.__version__, "pyarrow": pa.__version__,
+                  "schema": {"mfcc": list(spec.mfcc_shape), "logmel": list(spec.logmel_shape)}}
+        fsio.write_bytes_atomic(spec_uri, json.dumps(record, indent=2).encode())
+
+    def read_frames(self, columns: list[str] | None = None) -> pa.Table:
+        """All committed frame rows, in shard order."""
+        table = self.read_rows(columns)
+        if table is None:
+            raise CatalogError(f"{self.root} has no committed feature rows")
+        return table
+
+
+def _parquet_bytes(table: pa.Table) -> bytes:
+    sink = io.BytesIO()
+    pq.write_table(table, sink, compression="zstd")
+    return sink.getvalue()
