@@ -23,7 +23,9 @@ def build_cnn2d(input_shape: tuple[int, int], n_classes: int, *, l2: float = 1e-
     x = layers.Reshape((*input_shape, 1))(inputs)
     for filters in (16, 32, 64, 64):
         x = layers.Conv2D(filters, 3, padding="same", use_bias=False, kernel_regularizer=reg)(x)
-        x = layers.BatchNormalization()(x)
+        # momentum 0.9: small catalogs give few steps per epoch, and the default 0.99 leaves
+        # the moving statistics far from the batch statistics (high validation loss).
+        x = layers.BatchNormalization(momentum=0.9)(x)
         x = layers.Activation("relu")(x)
         x = layers.MaxPooling2D(2)(x)
     x = layers.GlobalAveragePooling2D()(x)

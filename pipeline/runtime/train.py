@@ -37,7 +37,7 @@ class TrainConfig:
     model: str = "cnn2d"
     split: str = "auto"
     epochs: int = 30
-    batch_size: int = 32
+    batch_size: int = 16
     learning_rate: float = 1e-3
     patience: int = 6
     num_workers: int = 1

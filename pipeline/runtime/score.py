@@ -1,0 +1,142 @@
+"""Scoring on Ray Data: catalog -> decode + features (tasks) -> model (actor pool) -> labels.
+
+Each row carries one whole song (its frames as one tensor), so song aggregation needs no
+shuffle or groupby over the catalog.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import logging
+import time
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline.errors import AudioError
+from pipeline.extract import song_features
+from pipeline.models.aggregate import aggregate, decide
+from pipeline.runtime.session import RUNTIME_ENV, cluster_cpus, init_ray
+from pipeline.storage.bundle import read_bundle
+from pipeline.storage.catalog import Song, load_catalog
+from pipeline.storage.labels import LABEL_SCHEMA, LabelStore
+from pipeline.storage.shards import ERROR_SCHEMA
+
+log = logging.getLogger(__name__)
+
+_PART_SONGS = 2000  # songs per committed labels part: a killed run keeps finished parts
+
+
+def decode_batch(batch: dict, *, spec, feature: str) -> dict:
+    """Ray Data map_batches fn: one row per song with its frames [n_frames, bands, t]."""
+    out = {"song_id": [], "uri": [], "error": [], "message": [], "x": []}
+    shape = spec.logmel_shape if feature == "logmel" else spec.mfcc_shape
+    for song_id, uri in zip(batch["song_id"], batch["uri"]):
+        try:
+            x, error, message = song_features(Song(song_id, uri), spec)[feature], "", ""
+        except AudioError as e:
+            x, error, message = np.zeros((0, *shape), np.float32), e.kind, str(e)
+        for key, value in (("song_id", song_id), ("uri", uri), ("error", error),
+                           ("message", message), ("x", x.astype(np.float32))):
+            out[key].append(value)
+    xs = np.empty(len(out["x"]), dtype=object)
+    xs[:] = out["x"]
+    return {**{k: np.array(v, dtype=object) for k, v in out.items() if k != "x"}, "x": xs}
+
+
+class SongScorer:
+    """Ray Data actor: the bundle's model over whole songs, then song aggregation."""
+
+    def __init__(self, bundle_root: str, aggregator: str):
+        from pipeline.storage.bundle import load_keras_model
+
+        self.bundle = read_bundle(bundle_root)
+        self.model = load_keras_model(self.bundle)
+        self.aggregator = aggregator
+
+    def __call__(self, batch: dict) -> dict:
+        xs = list(batch["x"])
+        ok = [i for i, x in enumerate(xs) if len(x)]
+        probs = np.zeros((0, len(self.bundle.classes)), np.float32)
+        if ok:
+            frames = self.bundle.normalize(np.concatenate([xs[i] for i in ok]))
+            probs = self.model.predict(frames, batch_size=64, verbose=0)
+        n = len(xs)
+        genre, confidence = [""] * n, np.zeros(n, np.float32)
+        scores = np.zeros((n, len(self.bundle.classes)), np.float32)
+        n_frames = np.array([len(x) for x in xs], np.int32)
+        start = 0
+        for i in ok:
+            song_probs = probs[start:start + n_frames[i]]
+            start += n_frames[i]
+            s = aggregate(song_probs, self.aggregator)
+            best = decide(s, song_probs)
+            genre[i], confidence[i] = self.bundle.classes[best], s[best]
+            scores[i] = s
+        return {"song_id": batch["song_id"], "uri": batch["uri"], "error": batch["error"],
+                "message": batch["message"], "genre": np.array(genre, dtype=object),
+                "confidence": confidence, "n_frames": n_frames,
+                "probabilities": scores}
+
+
+def run_score(catalog: str, model: str, out: str, *, aggregate: str = "mean",
+              batch_size: int = 8, address: str | None = None,
+              use_gpu: bool = False) -> dict:
+    """Label every song of ``catalog`` not yet labelled in ``out`` by this model + aggregator."""
+    started = time.perf_counter()
+    bundle = read_bundle(model)
+    songs = load_catalog(catalog)
+    store = LabelStore(out)
+    store.remove_uncommitted()
+    done = store.labelled(bundle.model_id, aggregate)
+    todo = [s for s in songs if s.song_id not in done]
+    summary = {"songs": len(songs), "skipped": len(songs) - len(todo), "labelled": 0,
+               "failed": 0, "frames": 0, "out": out, "model_id": bundle.model_id}
+    if todo:
+        init_ray(address)
+        import ray
+
+        cpus = cluster_cpus()
+        items = [{"song_id": s.song_id, "uri": s.uri} for s in todo]
+        ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 4 * cpus)))
+        ds = ds.map_batches(decode_batch, batch_size=2, batch_format="numpy",
+                            fn_kwargs={"spec": bundle.spec, "feature": bundle.feature},
+                            runtime_env=RUNTIME_ENV)
+        ds = ds.map_batches(SongScorer, batch_size=batch_size, batch_format="numpy",
+                            fn_constructor_kwargs={"bundle_root": bundle.root,
+                                                   "aggregator": aggregate},
+                            compute=ray.data.ActorPoolStrategy(min_size=1,
+                                                               max_size=max(1, cpus // 2)),
+                            num_gpus=1 if use_gpu else 0, runtime_env=RUNTIME_ENV)
+        rows, errors, index = [], [], store.next_index()
+        scored_at = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            for i in range(len(batch["song_id"])):
+                if batch["error"][i]:
+                    errors.append({k: str(batch[k][i]) for k in ERROR_SCHEMA.names})
+                    continue
+                rows.append({"song_id": batch["song_id"][i], "uri": batch["uri"][i],
+                             "genre": batch["genre"][i],
+                             "confidence": float(batch["confidence"][i]),
+                             "probabilities": list(zip(bundle.classes,
+                                                       batch["probabilities"][i].tolist())),
+                             "n_frames": int(batch["n_frames"][i]), "aggregator": aggregate,
+                             "model_id": bundle.model_id, "scored_at": scored_at})
+                summary["frames"] += int(batch["n_frames"][i])
+            if len(rows) + len(errors) >= _PART_SONGS:
+                _commit(store, index, rows, errors, bundle.model_id, aggregate, summary)
+                rows, errors, index = [], [], index + 1
+        if rows or errors:
+            _commit(store, index, rows, errors, bundle.model_id, aggregate, summary)
+    summary["seconds"] = time.perf_counter() - started
+    return summary
+
+
+def _commit(store, index, rows, errors, model_id, aggregator, summary) -> None:
+    store.write_part(index, pa.Table.from_pylist(rows, schema=LABEL_SCHEMA),
+                     pa.Table.from_pylist(errors, schema=ERROR_SCHEMA),
+                     model_id=model_id, aggregator=aggregator)
+    summary["labelled"] += len(rows)
+    summary["failed"] += len(errors)
+    log.info("score: committed part %d (%d labels, %d errors)", index, len(rows), len(errors))
