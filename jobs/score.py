@@ -1,0 +1,13 @@
+"""`ray job submit -- python -m jobs.score ARGS`: the same as `genres score ARGS`."""
+
+import sys
+
+from pipeline.cli import main as cli_main
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli_main(["score", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,36 @@
+import os
+import pathlib
+
+import numpy as np
+import pytest
+
+# The project's Keras flavour must be chosen before anything imports TensorFlow.
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+SHARED = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(20261121)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> pathlib.Path:
+    """../shared/data (real GTZAN audio); tests that need it skip cleanly when absent."""
+    if not (SHARED / "gtzan3" / "manifest.csv").exists():
+        pytest.skip(f"shared data not found at {SHARED}")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for the whole test run (start-up costs ~12 s)."""
+    import ray
+
+    from pipeline.runtime.session import init_ray
+
+    init_ray(None)
+    yield ray
+    ray.shutdown()

@@ -1,0 +1,51 @@
+import numpy as np
+import pytest
+
+from pipeline.errors import ParameterError
+from pipeline.evaluate import evaluate
+from pipeline.models.aggregate import aggregate, decide
+
+CLASSES = ["blues", "jazz", "metal", "rock"]
+PROBS = np.array([[.5, .2, .3, .9], [.9, .2, .3, .3], [.5, .2, .3, .7], [.1, .2, .3, .5],
+                  [.9, .2, .3, .4]])
+
+
+def test_majority_votes_rock():
+    votes = aggregate(PROBS, "majority")
+    np.testing.assert_allclose(votes, [.4, 0, 0, .6])
+    assert CLASSES[decide(votes, PROBS)] == "rock"
+
+
+def test_mean_picks_blues():
+    mean = aggregate(PROBS, "mean")
+    np.testing.assert_allclose(mean, [.58, .2, .3, .56])
+    assert CLASSES[decide(mean, PROBS)] == "blues"
+
+
+def test_logodds_averages_over_frames_per_class():
+    lo = aggregate(PROBS, "logodds")
+    assert lo.shape == (4,)
+    logit = np.log(PROBS / (1 - PROBS))
+    np.testing.assert_allclose(lo, 1 / (1 + np.exp(-logit.mean(axis=0))))
+    # blues: mean logit (0 + 2.197 + 0 - 2.197 + 2.197) / 5 = 0.439 -> 0.608;
+    # rock: (2.197 - 0.847 + 0.847 + 0 - 0.405) / 5 = 0.358 -> 0.589; constant columns stay put
+    np.testing.assert_allclose(lo, [.6082, .2, .3, .5886], atol=1e-4)
+    assert CLASSES[decide(lo, PROBS)] == "blues"
+
+
+def test_unknown_aggregator_and_empty_song_are_refused():
+    with pytest.raises(ParameterError, match="unknown aggregator"):
+        aggregate(PROBS, "median")
+    with pytest.raises(ParameterError):
+        aggregate(np.zeros((0, 4)), "mean")
+
+
+def test_evaluate_counts_songs_and_frames():
+    song_ids = np.array(["a"] * 5 + ["b"] * 2)
+    probs = np.vstack([PROBS, [[.1, .1, .1, .7], [.1, .1, .1, .7]]])
+    y = np.array([0] * 5 + [3] * 2)
+    result = evaluate(probs, y, song_ids, CLASSES)
+    assert result["songs"] == 2 and result["frames"] == 7
+    assert result["song_accuracy"]["mean"] == 1.0  # a -> blues, b -> rock
+    assert result["song_accuracy"]["majority"] == 0.5  # a -> rock by votes
+    assert np.array(result["confusion"]["mean"]).sum() == 2

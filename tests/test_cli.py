@@ -1,0 +1,40 @@
+"""The command line's contract for bad input: exit non-zero with one line that says what to fix."""
+
+import subprocess
+import sys
+
+import pytest
+
+
+def _genres(*args):
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], capture_output=True,
+                          text=True, timeout=120)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["extract", "somewhere"], "--out"),
+    (["extract", "x", "--out", "y", "--frame-seconds", "-1"], "must be > 0"),
+    (["train", "f", "--out", "m", "--split", "random"], "invalid choice"),
+    (["extract", "/definitely/not/here", "--out", "/tmp/x"], "catalog not found"),
+    (["train", "/definitely/not/here", "--out", "/tmp/x"], "not a feature directory"),
+    (["score", "/definitely/not/here", "--model", "/nope", "--out", "/tmp/x"], "not a model bundle"),
+])
+def test_bad_arguments_exit_2_with_one_line(args, needle):
+    result = _genres(*args)
+    assert result.returncode == 2
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip() and not ln.startswith("usage")]
+    assert len(lines) == 1, result.stderr
+    assert needle in lines[0]
+
+
+def test_jobs_route_to_their_subcommand(tmp_path, capsys):
+    from jobs import extract, score, tag, train
+
+    missing = str(tmp_path / "missing")
+    assert extract.main([missing, "--out", str(tmp_path / "f")]) == 2
+    assert "genres extract: error: catalog not found" in capsys.readouterr().err
+    assert train.main([missing, "--out", str(tmp_path / "m")]) == 2
+    assert "genres train: error:" in capsys.readouterr().err
+    for job, name in ((score, "score"), (tag, "tag")):
+        assert job.main([missing, "--model", missing, "--out", str(tmp_path / "l")]) == 2
+        assert f"genres {name}: error:" in capsys.readouterr().err

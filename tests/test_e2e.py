@@ -1,0 +1,93 @@
+"""End to end on local Ray through the real CLI: extract -> train (2 workers) -> score -> tag."""
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline import cli
+from pipeline.demo import synthesise_catalog
+
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
+
+LABEL_COLUMNS = ["song_id", "uri", "genre", "confidence", "probabilities", "n_frames",
+                 "aggregator", "model_id", "scored_at"]
+
+
+@pytest.fixture(scope="module")
+def catalog(tmp_path_factory):
+    """Synthesised labelled songs plus one corrupt file, as a manifest with a song split."""
+    root = tmp_path_factory.mktemp("catalog")
+    manifest = synthesise_catalog(str(root), songs_per_genre=9, seconds=12.0, seed=1)
+    bad = root / "bad.wav"
+    bad.write_bytes(np.random.default_rng(0).integers(0, 255, 40000, dtype=np.uint8).tobytes())
+    with open(manifest, "a") as f:
+        f.write("bad.wav,noise,test\n")
+    return manifest
+
+
+def test_extract_train_score_tag(ray_session, catalog, tmp_path):
+    features, model, labels = (str(tmp_path / n) for n in ("features", "model", "labels"))
+    truth = pd.read_csv(catalog)
+    truth["song_id"] = truth["uri"].str.rsplit(".", n=1).str[0]
+
+    assert cli.main(["extract", catalog, "--out", features]) == 0
+    frames = pd.read_parquet(features, columns=["song_id", "frame", "label", "split"])
+    errors = pd.read_parquet(f"{features}/_errors")
+    good = set(truth.song_id) - {"bad"}
+    assert set(frames.song_id) == good and list(errors.song_id) == ["bad"]
+    assert (frames.groupby("song_id").size() == 2).all()  # 12 s -> two 5 s frames
+    assert errors.error[0] == "decode"
+
+    assert cli.main(["train", features, "--out", model, "--num-workers", "2", "--epochs", "8",
+                     "--batch-size", "8", "--patience", "3"]) == 0
+    for name in ("model.keras", "labels.json", "spec.json", "normalization.json", "config.json",
+                 "metrics.json", "history.csv", "plots/learning_curves.png", "plots/confusion.png"):
+        assert (tmp_path / "model" / name).exists(), name
+    metrics = pd.read_json(tmp_path / "model" / "metrics.json", typ="series")
+    assert set(metrics["test"]["song_accuracy"]) == {"majority", "mean", "logodds"}
+
+    assert cli.main(["score", catalog, "--model", model, "--out", labels]) == 0
+    table = pq.read_table(f"{labels}/part-00000.parquet")
+    assert table.schema.names == LABEL_COLUMNS
+    out = table.to_pandas().merge(truth, on="song_id")
+    assert set(out.song_id) == good and len(out) == len(good)
+    assert (out.n_frames == 2).all() and out.confidence.between(0, 1).all()
+    assert list(pd.read_parquet(f"{labels}/_errors").song_id) == ["bad"]
+    test = out[out.split == "test"]
+    accuracy = (test.genre == test.label).mean()
+    assert accuracy >= 0.8, f"song accuracy {accuracy:.2f} on held-out songs (chance 0.33)"
+
+    # tag is incremental: nothing new on a re-run, only the new song after adding one
+    assert cli.main(["tag", catalog, "--model", model, "--out", labels]) == 0
+    assert len(pd.read_parquet(labels)) == len(good)
+    rows = pd.read_csv(catalog)
+    rows["song_id"] = rows["uri"].str.rsplit(".", n=1).str[0]
+    rows["uri"] = catalog.rsplit("/", 1)[0] + "/" + rows["uri"]
+    added = rows.iloc[[0]].assign(song_id="added/copy")
+    new_manifest = tmp_path / "more.csv"
+    pd.concat([rows, added]).to_csv(new_manifest, index=False)
+    assert cli.main(["tag", str(new_manifest), "--model", model, "--out", labels]) == 0
+    again = pd.read_parquet(labels)
+    assert len(again) == len(good) + 1 and "added/copy" in set(again.song_id)
+
+
+def test_extract_gtzan3_manifest_with_corrupt_file(ray_session, shared_data, tmp_path):
+    rows = pd.read_csv(shared_data / "gtzan3" / "manifest.csv", keep_default_na=False)
+    rows["uri"] = str(shared_data / "gtzan3") + "/" + rows["uri"]
+    bad = {"uri": str(shared_data / "bad" / "jazz.00054.headerless.wav"), "label": "jazz",
+           "split": "", "song_id": "bad/jazz.00054"}
+    rows["song_id"] = rows["uri"].str.split("/").str[-2:].str.join("/").str.rsplit(".", n=1).str[0]
+    manifest = tmp_path / "manifest.csv"
+    pd.concat([rows, pd.DataFrame([bad])]).to_csv(manifest, index=False)
+    out = str(tmp_path / "features")
+    # 5 s per song keeps the test quick; the whole songs are the benchmark's business
+    assert cli.main(["extract", str(manifest), "--out", out, "--max-seconds", "5"]) == 0
+    frames = pd.read_parquet(out, columns=["song_id", "split"])
+    errors = pd.read_parquet(f"{out}/_errors")
+    assert frames.song_id.nunique() == 300 and len(frames) == 300
+    assert list(errors.song_id) == ["bad/jazz.00054"] and errors.error[0] == "decode"
+    assert "jazz.00054.headerless.wav" in errors.message[0]
+    # re-running skips committed work and writes nothing new
+    assert cli.main(["extract", str(manifest), "--out", out, "--max-seconds", "5"]) == 0
+    assert len(pd.read_parquet(out, columns=["song_id"])) == 300
