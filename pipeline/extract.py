@@ -20,18 +20,28 @@ from pipeline.storage.shards import ERROR_SCHEMA, FeatureStore, frame_schema, te
 log = logging.getLogger(__name__)
 
 
+# Frames per STFT call: bounds feature memory on long files (64 x 5 s frames ~ 0.3 GB of
+# float32 power spectra at 44.1 kHz) while keeping the FFT batches large.
+_FRAMES_PER_CHUNK = 64
+
+
 def song_features(song: Song, spec: FeatureSpec) -> dict:
     """Decode one song and compute its frame features (raises AudioError subclasses).
 
     Returns a dict with ``mfcc`` [n_frames, n_mfcc, t], ``logmel`` [n_frames, n_mels, t],
     ``start_s`` [n_frames] (seconds from the file start), ``padded`` and ``audio_seconds``.
     """
-    y = load_audio(song.uri, sample_rate=spec.sample_rate, offset_seconds=spec.offset_seconds,
-                   max_seconds=spec.max_seconds)
-    frames, starts, padded = frame_audio(y, spec=spec)
-    mfcc, logmel = frame_features(frames, spec=spec)
+    # 44.1/88.2 kHz files skip resampling: a 2x/4x STFT gives the same features (tested).
+    y, rate = load_audio(song.uri, sample_rate=spec.sample_rate,
+                         offset_seconds=spec.offset_seconds, max_seconds=spec.max_seconds,
+                         keep_multiples=4)
+    frames, starts, padded = frame_audio(y, spec=spec, sample_rate=rate)
+    chunks = [frame_features(frames[i:i + _FRAMES_PER_CHUNK], spec=spec, sample_rate=rate)
+              for i in range(0, frames.shape[0], _FRAMES_PER_CHUNK)]
+    mfcc = np.concatenate([c[0] for c in chunks]) if len(chunks) > 1 else chunks[0][0]
+    logmel = np.concatenate([c[1] for c in chunks]) if len(chunks) > 1 else chunks[0][1]
     return {"mfcc": mfcc, "logmel": logmel, "start_s": starts + spec.offset_seconds,
-            "padded": padded, "audio_seconds": y.shape[0] / spec.sample_rate}
+            "padded": padded, "audio_seconds": y.shape[0] / rate}
 
 
 def extract_shard(songs: list[Song], spec: FeatureSpec, out: str, index: int) -> dict:

@@ -2,24 +2,28 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from pipeline.features.spec import FeatureSpec
 
 
-def frame_audio(y: np.ndarray, *, spec: FeatureSpec) -> tuple[np.ndarray, np.ndarray, bool]:
+def frame_audio(y: np.ndarray, *, spec: FeatureSpec,
+                sample_rate: int | None = None) -> tuple[np.ndarray, np.ndarray, bool]:
     """Cut a mono signal into fixed-length frames.
 
     Parameters
     ----------
     y : np.ndarray [shape=(n,)]
-        Mono audio at ``spec.sample_rate``.
+        Mono audio at ``sample_rate`` (default ``spec.sample_rate``; an integer multiple of it
+        scales the frame and hop lengths in samples).
     spec : FeatureSpec
         Frame length and hop (seconds).
 
     Returns
     -------
-    frames : np.ndarray [shape=(n_frames, spec.frame_samples)]
+    frames : np.ndarray [shape=(n_frames, k * spec.frame_samples)]
         A strided view where possible; a trailing partial frame is dropped.
     starts_s : np.ndarray [shape=(n_frames,)]
         Start time of each frame in seconds.
@@ -29,47 +33,98 @@ def frame_audio(y: np.ndarray, *, spec: FeatureSpec) -> tuple[np.ndarray, np.nda
     y = np.asarray(y)
     if y.ndim != 1:
         raise ValueError(f"frame_audio expects mono audio of shape (n,), got {y.shape}")
-    length, hop = spec.frame_samples, spec.hop_samples
+    rate = sample_rate or spec.sample_rate
+    k = rate // spec.sample_rate
+    length, hop = k * spec.frame_samples, k * spec.hop_samples
     if y.shape[0] < length:
         frames = np.zeros((1, length), dtype=y.dtype)
         frames[0, : y.shape[0]] = y
         return frames, np.zeros(1), True
     n_frames = 1 + (y.shape[0] - length) // hop
     frames = np.lib.stride_tricks.sliding_window_view(y, length)[::hop][:n_frames]
-    return frames, np.arange(n_frames) * hop / spec.sample_rate, False
+    return frames, np.arange(n_frames) * hop / rate, False
 
 
-def _mel_basis(spec: FeatureSpec) -> np.ndarray:
+@functools.lru_cache(maxsize=8)
+def _mel_basis(sample_rate: int, n_fft: int, n_mels: int, fmax: float | None) -> np.ndarray:
+    """Mel filterbank [n_mels, 1 + n_fft // 2], float32 (cached: one per spec and rate)."""
     import librosa
 
-    return librosa.filters.mel(sr=spec.sample_rate, n_fft=spec.n_fft, n_mels=spec.n_mels,
-                               fmax=spec.fmax, dtype=np.float32)
+    return librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmax=fmax,
+                               dtype=np.float32)
 
 
-def frame_features(frames: np.ndarray, *, spec: FeatureSpec) -> tuple[np.ndarray, np.ndarray]:
+@functools.lru_cache(maxsize=8)
+def _window(n_fft: int) -> np.ndarray:
+    import scipy.signal
+
+    return scipy.signal.get_window("hann", n_fft, fftbins=True).astype(np.float32)
+
+
+def power_spectrogram(frames: np.ndarray, *, n_fft: int, hop_length: int) -> np.ndarray:
+    """Power STFT of each frame, as ``librosa.stft(center=True, pad_mode="constant")`` squared.
+
+    Parameters
+    ----------
+    frames : np.ndarray [shape=(n_frames, n)], float32
+    n_fft, hop_length : int
+        Window length and hop in samples (periodic Hann window).
+
+    Returns
+    -------
+    np.ndarray [shape=(n_frames, t, 1 + n_fft // 2)], float32, ``t = 1 + n // hop_length``.
+        Time-major so the mel projection is one contiguous matrix product.
+    """
+    import scipy.fft
+
+    padded = np.pad(frames, ((0, 0), (n_fft // 2, n_fft // 2)))
+    windows = np.lib.stride_tricks.sliding_window_view(padded, n_fft, axis=-1)[:, ::hop_length]
+    spectrum = scipy.fft.rfft(windows * _window(n_fft), axis=-1)
+    power = np.square(spectrum.real)
+    power += np.square(spectrum.imag)
+    return power
+
+
+def frame_features(frames: np.ndarray, *, spec: FeatureSpec,
+                   sample_rate: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """MFCC and log-mel of each frame, both from a single STFT.
 
     Parameters
     ----------
-    frames : np.ndarray [shape=(n_frames, spec.frame_samples)]
-        Audio frames at ``spec.sample_rate``.
+    frames : np.ndarray [shape=(n_frames, n)]
+        Audio frames; ``n = spec.frame_samples`` at ``spec.sample_rate``.
     spec : FeatureSpec
         STFT (n_fft, hop_length), mel and MFCC settings.
+    sample_rate : int, optional
+        The frames' rate when it is an integer multiple ``k`` of ``spec.sample_rate`` (e.g.
+        44,100 for a 22,050 Hz spec): the STFT then runs at that rate with ``k * n_fft`` and
+        ``k * hop_length`` (same durations, same bin frequencies), the mel bank stops at
+        ``spec.sample_rate / 2`` and power is scaled by ``1 / k**2``, which gives the features
+        of the resampled signal without resampling.
 
     Returns
     -------
     mfcc : np.ndarray [shape=(n_frames, n_mfcc, t)], ``spec.dtype``
-    logmel : np.ndarray [shape=(n_frames, n_mels, t)], ``spec.dtype``, in dB (ref 1.0, top 80 dB)
+    logmel : np.ndarray [shape=(n_frames, n_mels, t)], ``spec.dtype``, in dB (ref 1.0), each
+        frame clipped to 80 dB below its own peak.
         ``t = spec.frame_columns`` (216 for 5 s at 22,050 Hz, hop 512).
     """
-    import librosa
+    import scipy.fft
 
-    frames = np.ascontiguousarray(frames, dtype=np.float32)
-    stft = librosa.stft(frames, n_fft=spec.n_fft, hop_length=spec.hop_length, center=True)
-    power = np.abs(stft) ** 2
-    mel = _mel_basis(spec) @ power  # [n_mels, n_freq] @ [n_frames, n_freq, t]
+    rate = sample_rate or spec.sample_rate
+    k = rate // spec.sample_rate
+    if k < 1 or k * spec.sample_rate != rate:
+        raise ValueError(f"sample_rate {rate} is not an integer multiple of {spec.sample_rate}")
+    fmax = spec.fmax if spec.fmax is not None else spec.sample_rate / 2
+    frames = np.asarray(frames, dtype=np.float32)
+    power = power_spectrogram(frames, n_fft=k * spec.n_fft, hop_length=k * spec.hop_length)
+    mel = power @ _mel_basis(rate, k * spec.n_fft, spec.n_mels, fmax).T  # [n, t, n_mels]
+    if k > 1:
+        mel *= 1.0 / (k * k)
+    logmel = np.log10(np.maximum(mel, 1e-10, out=mel), out=mel)
+    logmel *= 10.0
     # Per-frame top_db so a quiet frame is not clipped relative to a loud one elsewhere.
-    logmel = librosa.power_to_db(mel, ref=1.0, amin=1e-10, top_db=None)
-    logmel = np.maximum(logmel, logmel.max(axis=(-2, -1), keepdims=True) - 80.0)
-    mfcc = librosa.feature.mfcc(S=logmel, n_mfcc=spec.n_mfcc)
-    return mfcc.astype(spec.dtype), logmel.astype(spec.dtype)
+    np.maximum(logmel, logmel.max(axis=(1, 2), keepdims=True) - 80.0, out=logmel)
+    logmel = np.ascontiguousarray(logmel.transpose(0, 2, 1))  # [n, n_mels, t]
+    mfcc = scipy.fft.dct(logmel, type=2, norm="ortho", axis=1)[:, : spec.n_mfcc]
+    return mfcc.astype(spec.dtype, copy=False), logmel.astype(spec.dtype, copy=False)

@@ -29,7 +29,7 @@ def tf_keras():
     select_legacy_keras()
     import tensorflow as tf
 
-    if not tf.keras.__name__.startswith("tf_keras") and not getattr(tf.keras, "__version__", "3").startswith("2."):
+    if not tf.keras.__name__.startswith("tf_keras"):
         raise GenresError(
             "TensorFlow was imported before TF_USE_LEGACY_KERAS=1 was set"
             + (" (imported earlier in this process)" if already else "")

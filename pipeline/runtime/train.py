@@ -110,6 +110,7 @@ def train_loop_per_worker(loop: dict) -> None:
     keras = tf_keras()
     import tensorflow as tf
 
+    tf.get_logger().setLevel("WARNING")  # MWMS logs every collective at INFO
     tf.keras.utils.set_random_seed(loop["seed"])
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     with strategy.scope():

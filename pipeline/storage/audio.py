@@ -17,7 +17,7 @@ _BLOCK_SECONDS = 30.0  # downmix in blocks so a long multichannel file is never 
 
 
 def load_audio(uri: str, *, sample_rate: int, offset_seconds: float = 0.0,
-               max_seconds: float | None = None) -> np.ndarray:
+               max_seconds: float | None = None, keep_multiples: int = 1) -> tuple[np.ndarray, int]:
     """Decode, downmix and resample one file.
 
     Parameters
@@ -28,11 +28,16 @@ def load_audio(uri: str, *, sample_rate: int, offset_seconds: float = 0.0,
         Target rate in Hz.
     offset_seconds, max_seconds : float
         Window of the file to decode, in seconds.
+    keep_multiples : int
+        Skip resampling when the file's rate is ``k * sample_rate`` for an integer
+        ``k <= keep_multiples`` (the features then use a k-times longer STFT instead).
 
     Returns
     -------
-    np.ndarray [shape=(n,), dtype=float32]
-        Mono audio at ``sample_rate``.
+    y : np.ndarray [shape=(n,), dtype=float32]
+        Mono audio.
+    rate : int
+        Its rate: ``sample_rate``, or the native rate when kept (see ``keep_multiples``).
 
     Raises
     ------
@@ -52,11 +57,13 @@ def load_audio(uri: str, *, sample_rate: int, offset_seconds: float = 0.0,
         raise AudioContentError(f"{uri} has no audio samples in the requested window")
     if not np.isfinite(y).all():
         raise AudioContentError(f"{uri} contains non-finite samples (NaN or inf)")
-    if native_sr != sample_rate:
-        import soxr
+    k = native_sr // sample_rate
+    if native_sr == sample_rate or (1 < k <= keep_multiples and k * sample_rate == native_sr):
+        return y, native_sr
+    import soxr
 
-        y = soxr.resample(y, native_sr, sample_rate, quality="HQ").astype(np.float32, copy=False)
-    return y
+    return soxr.resample(y, native_sr, sample_rate, quality="HQ").astype(np.float32, copy=False), \
+        sample_rate
 
 
 def _read_soundfile(fs, path, uri, offset_seconds, max_seconds):
