@@ -59,6 +59,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds between frame starts (default: frame length, no overlap)")
     p.add_argument("--offset-seconds", type=_nonneg_float, default=0.0)
     p.add_argument("--max-seconds", type=_positive_float, default=None)
+    p.add_argument("--sample-rate", type=_positive_int, default=22050, help="Hz")
+    p.add_argument("--n-mfcc", type=_positive_int, default=20)
+    p.add_argument("--n-mels", type=_positive_int, default=128)
+    p.add_argument("--n-fft", type=_positive_int, default=2048)
+    p.add_argument("--hop-length", type=_positive_int, default=512, help="STFT hop, samples")
+    p.add_argument("--dtype", choices=["float32", "float16"], default="float32",
+                   help="feature storage type")
+    p.add_argument("--songs-per-task", type=_positive_int, default=None,
+                   help="songs per Ray task and shard (default: ~4 tasks per CPU, at most 32)")
     p.add_argument("--overwrite", action="store_true", help="delete OUT and start fresh")
     ray_address(p)
 
@@ -100,8 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _spec_from(args):
     from pipeline.features import FeatureSpec
 
-    return FeatureSpec(frame_seconds=args.frame_seconds, hop_seconds=args.hop_seconds,
-                       offset_seconds=args.offset_seconds, max_seconds=args.max_seconds)
+    return FeatureSpec(sample_rate=args.sample_rate, n_fft=args.n_fft, hop_length=args.hop_length,
+                       n_mels=args.n_mels, n_mfcc=args.n_mfcc, frame_seconds=args.frame_seconds,
+                       hop_seconds=args.hop_seconds, offset_seconds=args.offset_seconds,
+                       max_seconds=args.max_seconds, dtype=args.dtype)
 
 
 def cmd_extract(args) -> dict:
@@ -109,7 +120,7 @@ def cmd_extract(args) -> dict:
 
     s = run_extract(args.catalog, args.out, _spec_from(args),
                     labels_from_folders=args.labels_from_folders, overwrite=args.overwrite,
-                    address=args.address)
+                    address=args.address, songs_per_task=args.songs_per_task)
     failed = sum(s["errors"].values())
     kinds = ", ".join(f"{k}={v}" for k, v in sorted(s["errors"].items())) or "none"
     rtf = s["audio_seconds"] / s["seconds"] if s["seconds"] else 0.0

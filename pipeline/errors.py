@@ -35,6 +35,12 @@ class AudioDecodeError(AudioError):
     kind = "decode"
 
 
+class AudioTruncatedError(AudioError):
+    """The file ends before its stream does (an interrupted copy or download)."""
+
+    kind = "truncated"
+
+
 class AudioContentError(AudioError):
     """Decoded fine but unusable (empty, non-finite samples)."""
 

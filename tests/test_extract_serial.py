@@ -70,3 +70,29 @@ def test_training_split_keeps_every_song_on_one_side(tmp_path, rng):
     assert all(sides) and not (sides[0] & sides[1] or sides[0] & sides[2] or sides[1] & sides[2])
     assert sum(len(s) for s in sides) == 40
     assert abs(float(data["train"].x.mean())) < 1e-3  # normalised with train statistics
+
+
+def test_every_song_of_a_broken_corpus_is_accounted_for(tmp_path):
+    from corpus import make_corpus
+    from pipeline.storage.catalog import load_catalog
+
+    manifest, expected = make_corpus(tmp_path / "corpus")
+    out = str(tmp_path / "features")
+    spec = FeatureSpec()
+    FeatureStore(out).prepare(spec)
+    summary = extract_shard(load_catalog(str(manifest)), spec, out, 0)
+    frames = pd.read_parquet(out, columns=["song_id", "padded"])
+    errors = FeatureStore(out).read_errors().to_pandas()
+    assert set(frames.song_id) == {k for k, v in expected.items() if v is None}
+    assert dict(zip(errors.song_id, errors.error)) == {k: v for k, v in expected.items() if v}
+    assert summary["songs"] == len(expected) == frames.song_id.nunique() + len(errors)
+    assert frames.groupby("song_id").padded.first().to_dict() == \
+        {"good": False, "clip": True, "six96k": False, "low8k": False}
+
+
+def test_a_shard_of_only_failures_commits_its_error_rows(tmp_path):
+    out = str(tmp_path / "features")
+    FeatureStore(out).prepare(SPEC)
+    summary = extract_shard([Song("gone", str(tmp_path / "gone.wav"))], SPEC, out, 0)
+    assert summary == {**summary, "ok": 0, "frames": 0, "errors": {"missing": 1}}
+    assert FeatureStore(out).done_song_ids() == {"gone"}

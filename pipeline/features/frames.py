@@ -54,6 +54,13 @@ def _mel_basis(sample_rate: int, n_fft: int, n_mels: int, fmax: float | None) ->
                                dtype=np.float32)
 
 
+@functools.lru_cache(maxsize=1)
+def _blas():
+    import threadpoolctl
+
+    return threadpoolctl.ThreadpoolController()
+
+
 @functools.lru_cache(maxsize=8)
 def _window(n_fft: int) -> np.ndarray:
     import scipy.signal
@@ -118,7 +125,10 @@ def frame_features(frames: np.ndarray, *, spec: FeatureSpec,
     fmax = spec.fmax if spec.fmax is not None else spec.sample_rate / 2
     frames = np.asarray(frames, dtype=np.float32)
     power = power_spectrogram(frames, n_fft=k * spec.n_fft, hop_length=k * spec.hop_length)
-    mel = power @ _mel_basis(rate, k * spec.n_fft, spec.n_mels, fmax).T  # [n, t, n_mels]
+    # One BLAS thread: a multi-threaded sgemm sums in another order, and features must not
+    # depend on the thread settings of the node (Ray tasks run with OMP_NUM_THREADS=1).
+    with _blas().limit(limits=1, user_api="blas"):
+        mel = power @ _mel_basis(rate, k * spec.n_fft, spec.n_mels, fmax).T  # [n, t, n_mels]
     if k > 1:
         mel *= 1.0 / (k * k)
     logmel = np.log10(np.maximum(mel, 1e-10, out=mel), out=mel)

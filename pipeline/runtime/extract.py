@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 import time
 
 from pipeline.extract import extract_shard
@@ -46,7 +47,8 @@ def run_extract(catalog: str, out: str, spec: FeatureSpec, *, labels_from_folder
         first = store.next_index()
         task = ray.remote(extract_shard).options(num_cpus=1, max_retries=3,
                                                  retry_exceptions=[OSError])
-        pending, failed, finished = {}, [], 0
+        progress = Progress(len(todo))
+        pending, failed = {}, []
         queue = list(enumerate(batches))
         max_in_flight = 2 * cpus
         while queue or pending:
@@ -62,16 +64,45 @@ def run_extract(catalog: str, out: str, spec: FeatureSpec, *, labels_from_folder
                     failed.append((batch, e))
                     log.error("a task of %d songs failed: %s", len(batch), e)
                     continue
-                finished += len(batch)
                 _merge(summary, part)
-                log.info("extract: %d/%d songs (%d failed so far)", finished, len(todo),
-                         sum(summary["errors"].values()))
+                progress.update(len(batch), part["audio_seconds"],
+                                failed=sum(summary["errors"].values()))
+        progress.close()
         if failed:
             lost = sum(len(b) for b, _ in failed)
             raise GenresError(f"{len(failed)} task(s) covering {lost} songs failed "
                               f"({failed[0][1].__class__.__name__}); re-run to retry them")
     summary["seconds"] = time.perf_counter() - started
     return summary
+
+
+class Progress:
+    """A bar on a terminal, a log line every 10 s otherwise."""
+
+    def __init__(self, total: int, every_s: float = 10.0):
+        self.total, self.done, self.audio_s, self.every_s = total, 0, 0.0, every_s
+        self.started = self.last = time.perf_counter()
+        self.bar = None
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="song", desc="extract")
+
+    def update(self, songs: int, audio_s: float, *, failed: int) -> None:
+        self.done += songs
+        self.audio_s += audio_s
+        now = time.perf_counter()
+        if self.bar is not None:
+            self.bar.set_postfix(failed=failed, rtf=f"{self.audio_s / (now - self.started):.0f}x")
+            self.bar.update(songs)
+        elif now - self.last >= self.every_s or self.done == self.total:
+            self.last = now
+            log.info("extract: %d/%d songs, %d failed, %.0fx realtime", self.done, self.total,
+                     failed, self.audio_s / (now - self.started))
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _merge(summary: dict, part: dict) -> None:

@@ -1,4 +1,4 @@
-"""Audio decoding: soundfile first, audioread (ffmpeg) for what libsndfile cannot read."""
+"""Audio decoding: soundfile (libsndfile) first, PyAV (FFmpeg) for what it cannot read."""
 
 from __future__ import annotations
 
@@ -6,13 +6,15 @@ import logging
 
 import numpy as np
 
-from pipeline.errors import AudioContentError, AudioDecodeError, AudioMissingError
+from pipeline.errors import (AudioContentError, AudioDecodeError, AudioMissingError,
+                             AudioTruncatedError)
 from pipeline.storage import fs as fsio
 
 log = logging.getLogger(__name__)
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac", ".mp4",
                     ".aif", ".aiff")
+_OGG_EXTENSIONS = (".ogg", ".oga", ".opus")
 _BLOCK_SECONDS = 30.0  # downmix in blocks so a long multichannel file is never held whole
 
 
@@ -49,10 +51,12 @@ def load_audio(uri: str, *, sample_rate: int, offset_seconds: float = 0.0,
         raise AudioDecodeError(f"{uri} is a folder, not an audio file")
     if not fs.exists(path):
         raise AudioMissingError(f"no such file: {uri}")
+    if path.lower().endswith(_OGG_EXTENSIONS):
+        _check_ogg_complete(fs, path, uri)
     try:
         y, native_sr = _read_soundfile(fs, path, uri, offset_seconds, max_seconds)
     except AudioDecodeError as sf_error:
-        y, native_sr = _read_audioread(fs, path, uri, offset_seconds, max_seconds, sf_error)
+        y, native_sr = _read_pyav(fs, path, uri, offset_seconds, max_seconds, sf_error)
     if y.size == 0:
         raise AudioContentError(f"{uri} has no audio samples in the requested window")
     if not np.isfinite(y).all():
@@ -64,6 +68,24 @@ def load_audio(uri: str, *, sample_rate: int, offset_seconds: float = 0.0,
 
     return soxr.resample(y, native_sr, sample_rate, quality="HQ").astype(np.float32, copy=False), \
         sample_rate
+
+
+def _check_ogg_complete(fs, path: str, uri: str) -> None:
+    """Refuse an Ogg file whose last page lacks the end-of-stream flag.
+
+    Decoders play a truncated Ogg file up to the cut without complaint, which would label a
+    fragment as the song; the flag (bit 2 of the page's header_type) is the cheap tell.
+    """
+    size = fs.size(path)
+    with fs.open(path, "rb") as f:
+        f.seek(max(0, size - 65536))
+        tail = f.read()
+    at = tail.rfind(b"OggS")
+    if at < 0 or at + 5 >= len(tail):
+        return  # not an Ogg container after all: let the decoders say what it is
+    if not tail[at + 5] & 0x04:
+        raise AudioTruncatedError(f"{uri} is truncated: its last Ogg page has no end-of-stream "
+                                  f"flag ({size} bytes)")
 
 
 def _read_soundfile(fs, path, uri, offset_seconds, max_seconds):
@@ -94,22 +116,42 @@ def _read_soundfile(fs, path, uri, offset_seconds, max_seconds):
         raise AudioDecodeError(f"soundfile cannot decode {uri}: {e}") from e
 
 
-def _read_audioread(fs, path, uri, offset_seconds, max_seconds, sf_error):
-    """Fallback for formats libsndfile lacks (AAC/m4a); needs a local file and ffmpeg."""
-    import audioread
+def _read_pyav(fs, path, uri, offset_seconds, max_seconds, sf_error):
+    """Fallback for formats libsndfile lacks (AAC/m4a, some mp3/opus); FFmpeg comes in the wheel."""
+    import av
 
-    if fsio.protocol_of(uri) not in ("", "file"):
-        raise sf_error
+    start = None
+    chunks, kept = [], 0
     try:
-        with audioread.audio_open(path) as f:
-            sr, channels = f.samplerate, f.channels
-            chunks = [np.frombuffer(buf, "<i2") for buf in f]
-    except (audioread.exceptions.NoBackendError, OSError, EOFError) as e:
+        handle = path if fsio.protocol_of(uri) in ("", "file") else fs.open(path, "rb")
+        with av.open(handle, "r") as container:
+            if not container.streams.audio:
+                raise AudioDecodeError(f"{uri} has no audio stream")
+            stream = container.streams.audio[0]
+            sr = stream.codec_context.sample_rate
+            if not sr:
+                raise AudioDecodeError(f"{uri}: audio stream without a sample rate")
+            start = int(round(offset_seconds * sr))
+            limit = None if max_seconds is None else int(round(max_seconds * sr))
+            # Planar float in the file's own layout; channels are averaged here, as in the
+            # soundfile path (FFmpeg's own mono downmix is 0.707 * (L + R)).
+            planar = av.AudioResampler(format="fltp", rate=sr)
+            skipped = 0
+            for frame in container.decode(stream):
+                for out in planar.resample(frame):
+                    block = out.to_ndarray().mean(axis=0)
+                    drop = min(block.size, max(0, start - skipped))
+                    skipped += drop
+                    block = block[drop:]
+                    if limit is not None:
+                        block = block[: limit - kept]
+                    if block.size:
+                        chunks.append(block.copy())
+                        kept += block.size
+                if limit is not None and kept >= limit:
+                    break
+    except (av.FFmpegError, OSError, ValueError) as e:
         raise AudioDecodeError(f"not a readable audio file: {uri} ({sf_error}; "
-                               f"fallback decoder: {type(e).__name__})") from e
-    y = (np.concatenate(chunks).astype(np.float32) / 32768.0) if chunks else np.zeros(0, np.float32)
-    if channels > 1:
-        y = y[: y.size - y.size % channels].reshape(-1, channels).mean(axis=1)
-    start = int(round(offset_seconds * sr))
-    stop = None if max_seconds is None else start + int(round(max_seconds * sr))
-    return np.ascontiguousarray(y[start:stop]), sr
+                               f"FFmpeg: {e})") from e
+    y = np.concatenate(chunks).astype(np.float32, copy=False) if chunks else np.zeros(0, np.float32)
+    return y, sr

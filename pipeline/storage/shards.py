@@ -40,8 +40,14 @@ def part_name(index: int) -> str:
 
 
 def tensor_array(values: np.ndarray) -> pa.Array:
-    """Arrow-native fixed-shape tensor column from an array [rows, *shape]."""
-    return pa.FixedShapeTensorArray.from_numpy_ndarray(np.ascontiguousarray(values))
+    """Arrow-native fixed-shape tensor column from an array [rows, *shape] (rows may be 0)."""
+    values = np.ascontiguousarray(values)
+    if values.shape[0]:
+        return pa.FixedShapeTensorArray.from_numpy_ndarray(values)
+    value_type = pa.from_numpy_dtype(values.dtype)
+    size = int(np.prod(values.shape[1:]))
+    return pa.ExtensionArray.from_storage(pa.fixed_shape_tensor(value_type, list(values.shape[1:])),
+                                          pa.array([], type=pa.list_(value_type, size)))
 
 
 def tensor_values(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
