@@ -47,11 +47,17 @@ def frame_audio(y: np.ndarray, *, spec: FeatureSpec,
 
 @functools.lru_cache(maxsize=8)
 def _mel_basis(sample_rate: int, n_fft: int, n_mels: int, fmax: float | None) -> np.ndarray:
-    """Mel filterbank [n_mels, 1 + n_fft // 2], float32 (cached: one per spec and rate)."""
+    """Mel filterbank [n_mels, n_bins], float32, cut after its last non-zero FFT bin.
+
+    ``n_bins <= 1 + n_fft // 2``: with fmax at half the rate of a 2x STFT, half the bins have
+    no weight and are skipped in the projection. Cached: one per spec and rate.
+    """
     import librosa
 
-    return librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmax=fmax,
-                               dtype=np.float32)
+    basis = librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmax=fmax,
+                                dtype=np.float32)
+    used = np.flatnonzero(basis.any(axis=0))
+    return np.ascontiguousarray(basis[:, : used[-1] + 1])
 
 
 @functools.lru_cache(maxsize=1)
@@ -127,8 +133,9 @@ def frame_features(frames: np.ndarray, *, spec: FeatureSpec,
     power = power_spectrogram(frames, n_fft=k * spec.n_fft, hop_length=k * spec.hop_length)
     # One BLAS thread: a multi-threaded sgemm sums in another order, and features must not
     # depend on the thread settings of the node (Ray tasks run with OMP_NUM_THREADS=1).
+    basis = _mel_basis(rate, k * spec.n_fft, spec.n_mels, fmax)
     with _blas().limit(limits=1, user_api="blas"):
-        mel = power @ _mel_basis(rate, k * spec.n_fft, spec.n_mels, fmax).T  # [n, t, n_mels]
+        mel = power[..., : basis.shape[1]] @ basis.T  # [n, t, n_mels]
     if k > 1:
         mel *= 1.0 / (k * k)
     logmel = np.log10(np.maximum(mel, 1e-10, out=mel), out=mel)

@@ -193,6 +193,10 @@ class FeatureStore(CommittedParts):
 
 
 def _parquet_bytes(table: pa.Table) -> bytes:
+    # Dictionaries and statistics only for scalar columns: on float tensors they cost 2/3 of
+    # the write time and save nothing.
+    scalar = [f.name for f in table.schema if not isinstance(f.type, pa.ExtensionType)]
     sink = io.BytesIO()
-    pq.write_table(table, sink, compression="zstd")
+    pq.write_table(table, sink, compression="zstd", use_dictionary=scalar,
+                   write_statistics=scalar)
     return sink.getvalue()
