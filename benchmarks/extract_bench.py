@@ -167,6 +167,8 @@ def main(argv=None):
         decode_t, _ = pool_run(decode_song, paths)
         ray_start, genres_t, summary = genres_run(paths, workdir / name.split()[0])
         results.append((name, len(paths), audio_s, naive_t, decode_t, ray_start, genres_t))
+        print(f"{name}: Ray start {ray_start:.1f} s, first task result "
+              f"{summary['first_task_s']:.1f} s after ray.init began", flush=True)
         import ray
 
         ray.shutdown()

@@ -20,9 +20,9 @@ from pipeline.storage.shards import ERROR_SCHEMA, FeatureStore, frame_schema, te
 log = logging.getLogger(__name__)
 
 
-# Frames per STFT call: bounds feature memory on long files (64 x 5 s frames ~ 0.3 GB of
+# Frames per STFT call: bounds feature memory on long files (16 x 5 s frames ~ 0.1 GB of
 # float32 power spectra at 44.1 kHz) while keeping the FFT batches large.
-_FRAMES_PER_CHUNK = 64
+_FRAMES_PER_CHUNK = 16
 
 
 def song_features(song: Song, spec: FeatureSpec) -> dict:

@@ -54,3 +54,11 @@ def test_missing_and_empty_catalogs(tmp_path):
         load_catalog(str(tmp_path / "nope"))
     with pytest.raises(CatalogError, match="no audio"):
         load_catalog(str(tmp_path))
+
+
+@pytest.mark.parametrize("name,content", [("m.csv", bytes(range(256)) * 40),
+                                          ("m.parquet", b"PAR1 definitely not parquet")])
+def test_unreadable_manifest_is_one_clear_error(tmp_path, name, content):
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(CatalogError, match="manifest"):
+        load_catalog(str(tmp_path / name))

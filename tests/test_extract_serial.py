@@ -2,6 +2,7 @@
 
 import numpy as np
 import pandas as pd
+import pytest
 import pyarrow.parquet as pq
 import soundfile as sf
 
@@ -96,3 +97,21 @@ def test_a_shard_of_only_failures_commits_its_error_rows(tmp_path):
     summary = extract_shard([Song("gone", str(tmp_path / "gone.wav"))], SPEC, out, 0)
     assert summary == {**summary, "ok": 0, "frames": 0, "errors": {"missing": 1}}
     assert FeatureStore(out).done_song_ids() == {"gone"}
+
+
+@pytest.mark.parametrize("settings", [
+    {"n_mfcc": 13, "n_mels": 96}, {"n_mfcc": 40}, {"n_mfcc": 80, "n_mels": 96},
+    {"sample_rate": 16000, "n_fft": 512, "hop_length": 256, "n_mels": 96},
+    {"dtype": "float16"}, {"frame_seconds": 0.1, "hop_seconds": 0.05},
+])
+def test_spec_variants_write_their_shapes(tmp_path, rng, settings):
+    spec = FeatureSpec(**settings)
+    out = str(tmp_path / "features")
+    FeatureStore(out).prepare(spec)
+    extract_shard([Song("a", _wav(tmp_path / "a.wav", 1.2, rng))], spec, out, 0)
+    table = FeatureStore(out).read_frames()
+    mfcc, logmel = tensor_values(table.column("mfcc")), tensor_values(table.column("logmel"))
+    assert mfcc.shape[1:] == spec.mfcc_shape and logmel.shape[1:] == spec.logmel_shape
+    assert mfcc.dtype == np.dtype(spec.dtype) and np.isfinite(logmel).all()
+    assert table.schema.metadata[b"genres.spec_fingerprint"].decode() == spec.fingerprint()
+    assert FeatureStore(out).read_spec() == spec

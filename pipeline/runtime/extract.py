@@ -38,9 +38,11 @@ def run_extract(catalog: str, out: str, spec: FeatureSpec, *, labels_from_folder
     summary = {"songs": len(songs), "skipped": len(songs) - len(todo), "ok": 0, "frames": 0,
                "audio_seconds": 0.0, "errors": {}, "out": out}
     if todo:
+        ray_started = time.perf_counter()
         init_ray(address)
         import ray
 
+        summary["ray_start_s"] = time.perf_counter() - ray_started
         cpus = cluster_cpus()
         size = songs_per_task or plan_batches(len(todo), cpus)
         batches = [todo[i:i + size] for i in range(0, len(todo), size)]
@@ -56,6 +58,7 @@ def run_extract(catalog: str, out: str, spec: FeatureSpec, *, labels_from_folder
                 i, batch = queue.pop(0)
                 pending[task.remote(batch, spec, out, first + i)] = batch
             ready, _ = ray.wait(list(pending), num_returns=1)
+            summary.setdefault("first_task_s", time.perf_counter() - ray_started)
             for ref in ready:
                 batch = pending.pop(ref)
                 try:

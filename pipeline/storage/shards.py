@@ -177,10 +177,8 @@ class FeatureStore(CommittedParts):
                     f"{self.root} holds features of another spec ({old.fingerprint()} != "
                     f"{spec.fingerprint()}); pass --overwrite or choose another --out")
             return
-        import librosa
-
         record = {"spec": spec.to_dict(), "fingerprint": spec.fingerprint(),
-                  "librosa": librosa.__version__, "pyarrow": pa.__version__,
+                  "versions": _versions(),
                   "schema": {"mfcc": list(spec.mfcc_shape), "logmel": list(spec.logmel_shape)}}
         fsio.write_bytes_atomic(spec_uri, json.dumps(record, indent=2).encode())
 
@@ -190,6 +188,19 @@ class FeatureStore(CommittedParts):
         if table is None:
             raise CatalogError(f"{self.root} has no committed feature rows")
         return table
+
+
+def _versions() -> dict[str, str]:
+    """Versions of the libraries that shape the features."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("genres", "librosa", "numpy", "scipy", "soundfile", "soxr", "av", "pyarrow"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out
 
 
 def _parquet_bytes(table: pa.Table) -> bytes:
