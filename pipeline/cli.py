@@ -98,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--batch-size", type=_positive_int, default=8, help="songs per model call")
         ray_address(p)
 
+    sub.add_parser("weights", help="fetch the pretrained musicnn weights into the cache "
+                                   "($GENRES_CACHE or ~/.cache/genres)")
+
     p = sub.add_parser("demo", help="the whole flow on synthesised songs, embedded local Ray")
     p.add_argument("--workdir", default="genres-demo", help="where the demo writes (default: ./genres-demo)")
     p.add_argument("--songs-per-genre", type=_positive_int, default=12)
@@ -174,12 +177,23 @@ def cmd_demo(args) -> dict:
     return s
 
 
+def cmd_weights(args) -> dict:
+    from pipeline.storage.weights import cache_dir, fetch_wheel, read_tags
+
+    wheel = fetch_wheel()
+    tags = {name: len(read_tags(name)) for name in ("MSD", "MTT")}
+    print(f"weights: musicnn 0.1.0 ({', '.join(f'{k} {v} tags' for k, v in tags.items())}) "
+          f"in {wheel.parent}")
+    return {"cache": str(cache_dir())}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     commands = {"extract": cmd_extract, "train": cmd_train, "score": cmd_score,
-                "tag": lambda a: cmd_score(a, tag=True), "demo": cmd_demo}
+                "tag": lambda a: cmd_score(a, tag=True), "demo": cmd_demo,
+                "weights": cmd_weights}
     try:
         commands[args.command](args)
     except GenresError as e:

@@ -8,3 +8,5 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet --progress-bar off -e '.[test]'
+# Pretrained musicnn weights (a wheel fetched with pip as data, into ~/.cache/genres).
+.venv/bin/genres weights
