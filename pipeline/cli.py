@@ -54,6 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="feature directory (local or URI)")
     p.add_argument("--labels-from-folders", action="store_true",
                    help="first folder level under the catalog root is the label")
+    p.add_argument("--features", default="frames",
+                   choices=["frames", "musicnn", "musicnn:MSD", "musicnn:MTT"],
+                   help="frames: MFCC + log-mel per frame; musicnn[:MSD|MTT]: pretrained "
+                        "embeddings per 3 s patch (default MSD)")
     p.add_argument("--frame-seconds", type=_positive_float, default=5.0)
     p.add_argument("--hop-seconds", type=_positive_float, default=None,
                    help="seconds between frame starts (default: frame length, no overlap)")
@@ -112,6 +116,15 @@ def build_parser() -> argparse.ArgumentParser:
 def _spec_from(args):
     from pipeline.features import FeatureSpec
 
+    if args.features.startswith("musicnn"):
+        from pipeline.features.spec import EmbeddingSpec
+        from pipeline.storage.weights import fetch_wheel, weights_hash
+
+        fetch_wheel()  # before any Ray work: a missing download fails here, once
+        model = args.features.split(":")[1] if ":" in args.features else "MSD"
+        return EmbeddingSpec(model=model, weights=weights_hash(),
+                             offset_seconds=args.offset_seconds, max_seconds=args.max_seconds,
+                             dtype=args.dtype)
     return FeatureSpec(sample_rate=args.sample_rate, n_fft=args.n_fft, hop_length=args.hop_length,
                        n_mels=args.n_mels, n_mfcc=args.n_mfcc, frame_seconds=args.frame_seconds,
                        hop_seconds=args.hop_seconds, offset_seconds=args.offset_seconds,

@@ -5,6 +5,7 @@ Runs without Ray (unit tests, debugging); ``pipeline.runtime.extract`` maps it o
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 
@@ -13,6 +14,8 @@ import pyarrow as pa
 
 from pipeline.errors import AudioError
 from pipeline.features import FeatureSpec, frame_audio, frame_features
+from pipeline.features.musicnn import PATCH_SECONDS, musicnn_patches
+from pipeline.features.spec import EmbeddingSpec
 from pipeline.storage.audio import load_audio
 from pipeline.storage.catalog import Song
 from pipeline.storage.shards import ERROR_SCHEMA, FeatureStore, frame_schema, tensor_array
@@ -25,7 +28,45 @@ log = logging.getLogger(__name__)
 _FRAMES_PER_CHUNK = 16
 
 
-def song_features(song: Song, spec: FeatureSpec) -> dict:
+def song_features(song: Song, spec: FeatureSpec | EmbeddingSpec) -> dict:
+    """Decode one song and compute its rows' tensors (raises AudioError subclasses).
+
+    Frame specs: see :func:`frame_song`; embedding specs: :func:`embed_song`.
+    """
+    if isinstance(spec, EmbeddingSpec):
+        return embed_song(song, spec)
+    return frame_song(song, spec)
+
+
+def musicnn_input(song: Song, spec: EmbeddingSpec) -> dict:
+    """Decode one song into musicnn patches: ``patches`` [n, 187, 96], ``start_s``, ..."""
+    y, rate = load_audio(song.uri, sample_rate=spec.sample_rate,
+                         offset_seconds=spec.offset_seconds, max_seconds=spec.max_seconds)
+    patches, padded = musicnn_patches(y)
+    return {"patches": patches, "padded": padded, "audio_seconds": y.shape[0] / rate,
+            "start_s": np.arange(patches.shape[0]) * PATCH_SECONDS + spec.offset_seconds}
+
+
+@functools.lru_cache(maxsize=2)
+def pretrained_musicnn(name: str):
+    """musicnn ``name`` with its published weights, built once per process."""
+    from pipeline.models.musicnn import build_musicnn, load_weights
+    from pipeline.storage.weights import read_checkpoint, read_tags
+
+    model = build_musicnn(len(read_tags(name)))
+    load_weights(model, read_checkpoint(name))
+    return model
+
+
+def embed_song(song: Song, spec: EmbeddingSpec) -> dict:
+    """musicnn ``embedding`` [n, 200] and ``taggram`` [n, 50] of each 3 s patch of a song."""
+    feats = musicnn_input(song, spec)
+    out = pretrained_musicnn(spec.model).predict(feats.pop("patches"), batch_size=32, verbose=0)
+    return {**feats, "embedding": out["penultimate"].astype(spec.dtype),
+            "taggram": out["taggram"].astype(spec.dtype)}
+
+
+def frame_song(song: Song, spec: FeatureSpec) -> dict:
     """Decode one song and compute its frame features (raises AudioError subclasses).
 
     Returns a dict with ``mfcc`` [n_frames, n_mfcc, t], ``logmel`` [n_frames, n_mels, t],
@@ -44,7 +85,8 @@ def song_features(song: Song, spec: FeatureSpec) -> dict:
             "padded": padded, "audio_seconds": y.shape[0] / rate}
 
 
-def extract_shard(songs: list[Song], spec: FeatureSpec, out: str, index: int) -> dict:
+def extract_shard(songs: list[Song], spec: FeatureSpec | EmbeddingSpec, out: str,
+                  index: int) -> dict:
     """Extract ``songs`` into shard ``index`` of the feature directory ``out``.
 
     Every song ends in the shard's frame rows or its error rows. Returns a summary:
@@ -53,7 +95,8 @@ def extract_shard(songs: list[Song], spec: FeatureSpec, out: str, index: int) ->
     started = time.perf_counter()
     columns = {name: [] for name in ("song_id", "frame", "start_s", "label", "artist", "split",
                                      "padded")}
-    mfccs, logmels, errors = [], [], []
+    tensors = {name: [] for name in spec.columns()}
+    errors = []
     audio_seconds = 0.0
     for song in songs:
         try:
@@ -63,7 +106,7 @@ def extract_shard(songs: list[Song], spec: FeatureSpec, out: str, index: int) ->
             errors.append({"song_id": song.song_id, "uri": song.uri, "error": e.kind,
                            "message": str(e)})
             continue
-        n = feats["mfcc"].shape[0]
+        n = feats["start_s"].shape[0]
         columns["song_id"] += [song.song_id] * n
         columns["frame"] += list(range(n))
         columns["start_s"] += feats["start_s"].tolist()
@@ -71,16 +114,15 @@ def extract_shard(songs: list[Song], spec: FeatureSpec, out: str, index: int) ->
         columns["artist"] += [song.artist] * n
         columns["split"] += [song.split] * n
         columns["padded"] += [feats["padded"]] * n
-        mfccs.append(feats["mfcc"])
-        logmels.append(feats["logmel"])
+        for name in tensors:
+            tensors[name].append(feats[name])
         audio_seconds += feats["audio_seconds"]
     schema = frame_schema(spec)
     dtype = np.dtype(spec.dtype)
     arrays = [pa.array(columns[f.name], type=f.type) for f in schema if f.name in columns]
-    arrays.append(tensor_array(np.concatenate(mfccs) if mfccs
-                               else np.zeros((0, *spec.mfcc_shape), dtype)))
-    arrays.append(tensor_array(np.concatenate(logmels) if logmels
-                               else np.zeros((0, *spec.logmel_shape), dtype)))
+    for name, shape in spec.columns().items():
+        arrays.append(tensor_array(np.concatenate(tensors[name]) if tensors[name]
+                                   else np.zeros((0, *shape), dtype)))
     frames = pa.Table.from_arrays(arrays, schema=schema)
     FeatureStore(out).write_part(index, frames, pa.Table.from_pylist(errors, schema=ERROR_SCHEMA))
     kinds: dict[str, int] = {}

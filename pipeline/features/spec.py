@@ -6,18 +6,58 @@ import dataclasses
 import hashlib
 import json
 import math
+from typing import ClassVar
 
 from pipeline.errors import ParameterError
 
 _DTYPES = ("float32", "float16")
 
 
+class _SpecIO:
+    """JSON round trip and fingerprint shared by the spec dataclasses."""
+
+    kind: ClassVar[str]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict):
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ParameterError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str):
+        return cls.from_dict(json.loads(text))
+
+    def fingerprint(self) -> str:
+        """Stable 16-hex-digit hash of the settings (and the kind, for non-frame specs)."""
+        canonical = {k: (float(v) if isinstance(v, float) and math.isfinite(v) else v)
+                     for k, v in self.to_dict().items()}
+        if self.kind != "frames":
+            canonical["kind"] = self.kind
+        blob = json.dumps(canonical, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def to_record(self) -> dict:
+        """What ``_spec.json`` and a bundle's ``spec.json`` hold."""
+        return {"kind": self.kind, "spec": self.to_dict(), "fingerprint": self.fingerprint()}
+
+
 @dataclasses.dataclass(frozen=True)
-class FeatureSpec:
+class FeatureSpec(_SpecIO):
     """Settings for framing and MFCC/log-mel extraction.
 
     Times are in seconds, rates in Hz; ``hop_seconds=None`` means frames do not overlap.
     """
+
+    kind: ClassVar[str] = "frames"
 
     sample_rate: int = 22050
     n_fft: int = 2048
@@ -71,27 +111,47 @@ class FeatureSpec:
     def logmel_shape(self) -> tuple[int, int]:
         return (self.n_mels, self.frame_columns)
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+    def columns(self) -> dict[str, tuple[int, ...]]:
+        """Tensor columns of a frame row and their shapes."""
+        return {"mfcc": self.mfcc_shape, "logmel": self.logmel_shape}
 
-    @classmethod
-    def from_dict(cls, data: dict) -> "FeatureSpec":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ParameterError(f"unknown FeatureSpec fields: {sorted(unknown)}")
-        return cls(**data)
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
+@dataclasses.dataclass(frozen=True)
+class EmbeddingSpec(_SpecIO):
+    """Pretrained musicnn embeddings, one row per 3 s patch (16 kHz, 96-band log-mel input).
 
-    @classmethod
-    def from_json(cls, text: str) -> "FeatureSpec":
-        return cls.from_dict(json.loads(text))
+    ``weights`` names the weights (a hash of the musicnn wheel); ``model`` is "MSD" (Million
+    Song Dataset, 50 tags) or "MTT" (MagnaTagATune, 50 tags).
+    """
 
-    def fingerprint(self) -> str:
-        """Stable 16-hex-digit hash of the settings (not of library versions)."""
-        canonical = {k: (float(v) if isinstance(v, float) and math.isfinite(v) else v)
-                     for k, v in self.to_dict().items()}
-        blob = json.dumps(canonical, sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
+    kind: ClassVar[str] = "musicnn"
+    sample_rate: ClassVar[int] = 16000
+
+    model: str = "MSD"
+    weights: str = ""
+    offset_seconds: float = 0.0
+    max_seconds: float | None = None
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        if self.model not in ("MSD", "MTT"):
+            raise ParameterError(f"musicnn model must be MSD or MTT, got {self.model!r}")
+        if self.dtype not in _DTYPES:
+            raise ParameterError(f"dtype must be one of {_DTYPES}, got {self.dtype!r}")
+        if self.offset_seconds < 0:
+            raise ParameterError(f"offset_seconds must be >= 0, got {self.offset_seconds}")
+
+    def columns(self) -> dict[str, tuple[int, ...]]:
+        """``embedding``: the 200-unit penultimate layer; ``taggram``: the 50 tag probabilities."""
+        return {"embedding": (200,), "taggram": (50,)}
+
+
+SPECS = {cls.kind: cls for cls in (FeatureSpec, EmbeddingSpec)}
+
+
+def spec_from_record(record: dict):
+    """The spec of a ``_spec.json`` / bundle ``spec.json`` record (older records: frames)."""
+    kind = record.get("kind", "frames")
+    if kind not in SPECS:
+        raise ParameterError(f"unknown feature kind {kind!r}; known: {sorted(SPECS)}")
+    return SPECS[kind].from_dict(record["spec"])

@@ -34,8 +34,29 @@ def build_cnn2d(input_shape: tuple[int, int], n_classes: int, *, l2: float = 1e-
     return keras.Model(inputs, outputs, name="cnn2d")
 
 
+def build_embed(input_shape: tuple[int], n_classes: int, *, units: int = 128, l2: float = 1e-3,
+                dropout: float = 0.5) -> "tf.keras.Model":
+    """A small dense head on pretrained embeddings.
+
+    Parameters
+    ----------
+    input_shape : (n_dims,)
+        One normalised embedding (200 for musicnn's penultimate layer).
+    n_classes : int
+        Softmax outputs, shape (batch, n_classes).
+    """
+    keras = tf_keras()
+    layers, reg = keras.layers, keras.regularizers.l2(l2)
+    inputs = keras.Input(shape=tuple(input_shape), name="embedding")
+    x = layers.Dropout(0.2)(inputs)
+    x = layers.Dense(units, activation="relu", kernel_regularizer=reg)(x)
+    x = layers.Dropout(dropout)(x)
+    outputs = layers.Dense(n_classes, activation="softmax", kernel_regularizer=reg, name="genre")(x)
+    return keras.Model(inputs, outputs, name="embed")
+
+
 # name -> (builder, feature column it reads)
-MODELS = {"cnn2d": (build_cnn2d, "logmel")}
+MODELS = {"cnn2d": (build_cnn2d, "logmel"), "embed": (build_embed, "embedding")}
 
 
 def build_model(name: str, input_shape: tuple[int, int], n_classes: int):

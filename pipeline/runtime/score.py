@@ -15,7 +15,8 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.errors import AudioError
-from pipeline.extract import song_features
+from pipeline.extract import frame_song, musicnn_input
+from pipeline.features.musicnn import N_MELS as MUSICNN_MELS, PATCH_FRAMES
 from pipeline.models.aggregate import aggregate, decide
 from pipeline.runtime.session import RUNTIME_ENV, cluster_cpus, init_ray
 from pipeline.storage.bundle import read_bundle
@@ -29,12 +30,19 @@ _PART_SONGS = 2000  # songs per committed labels part: a killed run keeps finish
 
 
 def decode_batch(batch: dict, *, spec, feature: str) -> dict:
-    """Ray Data map_batches fn: one row per song with its frames [n_frames, bands, t]."""
+    """Ray Data map_batches fn: one row per song with the model input of all its frames.
+
+    Frame bundles: the feature column [n_frames, bands, t]. Embedding bundles: musicnn's input
+    patches [n_patches, 187, 96] (the network itself runs in the model actors).
+    """
     out = {"song_id": [], "uri": [], "error": [], "message": [], "x": []}
-    shape = spec.logmel_shape if feature == "logmel" else spec.mfcc_shape
+    if spec.kind == "musicnn":
+        shape, compute = (PATCH_FRAMES, MUSICNN_MELS), lambda song: musicnn_input(song, spec)["patches"]
+    else:
+        shape, compute = spec.columns()[feature], lambda song: frame_song(song, spec)[feature]
     for song_id, uri in zip(batch["song_id"], batch["uri"]):
         try:
-            x, error, message = song_features(Song(song_id, uri), spec)[feature], "", ""
+            x, error, message = compute(Song(song_id, uri)), "", ""
         except AudioError as e:
             x, error, message = np.zeros((0, *shape), np.float32), e.kind, str(e)
         for key, value in (("song_id", song_id), ("uri", uri), ("error", error),
@@ -54,13 +62,22 @@ class SongScorer:
         self.bundle = read_bundle(bundle_root)
         self.model = load_keras_model(self.bundle)
         self.aggregator = aggregator
+        self.musicnn = None
+        if self.bundle.spec.kind == "musicnn":
+            from pipeline.models.musicnn import build_musicnn, load_weights
+
+            self.musicnn = build_musicnn()
+            load_weights(self.musicnn, self.bundle.musicnn_variables())
 
     def __call__(self, batch: dict) -> dict:
         xs = list(batch["x"])
         ok = [i for i, x in enumerate(xs) if len(x)]
         probs = np.zeros((0, len(self.bundle.classes)), np.float32)
         if ok:
-            frames = self.bundle.normalize(np.concatenate([xs[i] for i in ok]))
+            frames = np.concatenate([xs[i] for i in ok])
+            if self.musicnn is not None:
+                frames = self.musicnn.predict(frames, batch_size=32, verbose=0)["penultimate"]
+            frames = self.bundle.normalize(frames)
             probs = self.model.predict(frames, batch_size=64, verbose=0)
         n = len(xs)
         genre, confidence = [""] * n, np.zeros(n, np.float32)

@@ -78,19 +78,27 @@ def load_splits(features: str, config: TrainConfig):
     train_rows = row_split == "train"
     if not train_rows.any():
         raise ParameterError("the split leaves no train songs")
+    # per band (frames [n, bands, t]) or per dimension (embeddings [n, dims])
+    axes = (0, *range(2, x_all.ndim))
     train_x = x_all[train_rows].astype(np.float32)
-    mean = train_x.mean(axis=(0, 2))
-    std = train_x.std(axis=(0, 2)) + 1e-6
+    mean = train_x.mean(axis=axes)
+    std = train_x.std(axis=axes) + 1e-6
     del train_x
     out = {}
     for name in ("train", "valid", "test"):
         rows = row_split == name
-        x = ((x_all[rows].astype(np.float32) - mean[:, None]) / std[:, None]).astype(np.float32)
+        x = normalize(x_all[rows], mean, std)
         out[name] = SplitData(x=x, y=np.array([index[lab] for lab in labels[rows]], np.int64),
                               song_ids=song_ids[rows])
     if not len(out["valid"].y):
         raise ParameterError("the split leaves no validation songs (needed for early stopping)")
     return spec, classes, mean.astype(np.float32), std.astype(np.float32), out
+
+
+def normalize(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """(x - mean) / std along axis 1 of x [n, bands, ...], in float32."""
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    return ((x.astype(np.float32) - mean.reshape(shape)) / std.reshape(shape)).astype(np.float32)
 
 
 def _to_dataset(data: SplitData):

@@ -26,10 +26,11 @@ import tempfile
 import numpy as np
 
 from pipeline.errors import BundleError
-from pipeline.features.spec import FeatureSpec
+from pipeline.features.spec import FeatureSpec, spec_from_record
 from pipeline.storage import fs as fsio
 
 MODEL_FILE = "model.keras"
+MUSICNN_FILE = "musicnn.npz"  # embedding bundles: the pretrained network travels with the head
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,13 +42,22 @@ class Bundle:
     model: str
     feature: str
     classes: tuple[str, ...]
-    spec: FeatureSpec
+    spec: FeatureSpec  # or EmbeddingSpec
     mean: np.ndarray  # [n_bands]
     std: np.ndarray  # [n_bands]
 
     def normalize(self, x: np.ndarray) -> np.ndarray:
-        """Normalise frames [n, n_bands, t] with the train-split statistics (float32)."""
-        return ((x.astype(np.float32) - self.mean[:, None]) / self.std[:, None]).astype(np.float32)
+        """Normalise rows [n, n_bands, ...] with the train-split statistics (float32)."""
+        shape = (1, -1) + (1,) * (x.ndim - 2)
+        return ((x.astype(np.float32) - self.mean.reshape(shape))
+                / self.std.reshape(shape)).astype(np.float32)
+
+    def musicnn_variables(self) -> dict[str, np.ndarray]:
+        """The pretrained musicnn weights carried by an embedding bundle."""
+        fs, path = fsio.url_to_fs(self.root)
+        with fs.open(f"{path}/{MUSICNN_FILE}", "rb") as f:
+            with np.load(f) as data:
+                return {key.replace("|", "/"): data[key] for key in data.files}
 
 
 def save_bundle(out: str, *, model, model_name: str, feature: str, classes: list[str],
@@ -58,14 +68,21 @@ def save_bundle(out: str, *, model, model_name: str, feature: str, classes: list
         model.save(os.path.join(tmp, MODEL_FILE))
         docs = {
             "labels.json": list(classes),
-            "spec.json": {"spec": spec.to_dict(), "fingerprint": spec.fingerprint()},
+            "spec.json": spec.to_record(),
             "normalization.json": {"feature": feature, "mean": np.asarray(mean).tolist(),
                                    "std": np.asarray(std).tolist()},
             "config.json": config,
         }
         for name, doc in docs.items():
             _write_json(os.path.join(tmp, name), doc)
-        model_id = _fingerprint(tmp, [MODEL_FILE, *docs])
+        names = [MODEL_FILE, *docs]
+        if spec.kind == "musicnn":
+            from pipeline.storage.weights import read_checkpoint
+
+            np.savez(os.path.join(tmp, MUSICNN_FILE),
+                     **{k.replace("/", "|"): v for k, v in read_checkpoint(spec.model).items()})
+            names.append(MUSICNN_FILE)
+        model_id = _fingerprint(tmp, names)
         _write_json(os.path.join(tmp, "bundle.json"),
                     {"model_id": model_id, "model": model_name, "feature": feature})
         _write_json(os.path.join(tmp, "metrics.json"), {"model_id": model_id, **metrics})
@@ -93,7 +110,7 @@ def read_bundle(uri: str) -> Bundle:
     try:
         meta = json.loads(fsio.read_text(fsio.join(uri, "bundle.json")))
         classes = json.loads(fsio.read_text(fsio.join(uri, "labels.json")))
-        spec = FeatureSpec.from_dict(json.loads(fsio.read_text(fsio.join(uri, "spec.json")))["spec"])
+        spec = spec_from_record(json.loads(fsio.read_text(fsio.join(uri, "spec.json"))))
         norm = json.loads(fsio.read_text(fsio.join(uri, "normalization.json")))
     except FileNotFoundError as e:
         raise BundleError(f"{uri} is not a model bundle (missing {e.filename or e}); "

@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.errors import CatalogError, SpecMismatchError
-from pipeline.features.spec import FeatureSpec
+from pipeline.features.spec import spec_from_record
 from pipeline.storage import fs as fsio
 
 log = logging.getLogger(__name__)
@@ -61,15 +61,16 @@ def tensor_values(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return column.to_numpy_ndarray()
 
 
-def frame_schema(spec: FeatureSpec) -> pa.Schema:
+def frame_schema(spec) -> pa.Schema:
+    """Row schema of a feature table: keys, then one fixed-shape tensor per spec column."""
     value = pa.float16() if spec.dtype == "float16" else pa.float32()
     return pa.schema([
         ("song_id", pa.string()), ("frame", pa.int32()), ("start_s", pa.float32()),
         ("label", pa.string()), ("artist", pa.string()), ("split", pa.string()),
         ("padded", pa.bool_()),
-        ("mfcc", pa.fixed_shape_tensor(value, list(spec.mfcc_shape))),
-        ("logmel", pa.fixed_shape_tensor(value, list(spec.logmel_shape))),
-    ], metadata={"genres.spec_fingerprint": spec.fingerprint()})
+        *[(name, pa.fixed_shape_tensor(value, list(shape)))
+          for name, shape in spec.columns().items()],
+    ], metadata={"genres.spec_fingerprint": spec.fingerprint(), "genres.kind": spec.kind})
 
 
 class CommittedParts:
@@ -158,14 +159,15 @@ class CommittedParts:
 class FeatureStore(CommittedParts):
     """A feature directory: ``_spec.json`` plus committed frame shards."""
 
-    def read_spec(self) -> FeatureSpec:
+    def read_spec(self):
+        """The FeatureSpec or EmbeddingSpec the directory was made with."""
         uri = self._uri(SPEC_FILE)
         if not fsio.exists(uri):
             raise CatalogError(f"{self.root} is not a feature directory (no {SPEC_FILE}); "
                                f"run `genres extract` first")
-        return FeatureSpec.from_dict(json.loads(fsio.read_text(uri))["spec"])
+        return spec_from_record(json.loads(fsio.read_text(uri)))
 
-    def prepare(self, spec: FeatureSpec, *, overwrite: bool = False) -> None:
+    def prepare(self, spec, *, overwrite: bool = False) -> None:
         """Create the directory for ``spec``; refuse to mix specs unless ``overwrite``."""
         if overwrite and self.fs.exists(self.path):
             self.fs.rm(self.path, recursive=True)
@@ -177,9 +179,8 @@ class FeatureStore(CommittedParts):
                     f"{self.root} holds features of another spec ({old.fingerprint()} != "
                     f"{spec.fingerprint()}); pass --overwrite or choose another --out")
             return
-        record = {"spec": spec.to_dict(), "fingerprint": spec.fingerprint(),
-                  "versions": _versions(),
-                  "schema": {"mfcc": list(spec.mfcc_shape), "logmel": list(spec.logmel_shape)}}
+        record = {**spec.to_record(), "versions": _versions(),
+                  "schema": {name: list(shape) for name, shape in spec.columns().items()}}
         fsio.write_bytes_atomic(spec_uri, json.dumps(record, indent=2).encode())
 
     def read_frames(self, columns: list[str] | None = None) -> pa.Table:
