@@ -96,9 +96,15 @@ def build_parser() -> argparse.ArgumentParser:
                        ("tag", "label only songs not yet labelled by this model (schedules)")):
         p = sub.add_parser(name, help=text)
         p.add_argument("catalog", help="audio file, folder, manifest or URI")
-        p.add_argument("--model", required=True, help="model bundle directory")
+        source = p.add_mutually_exclusive_group(required=True)
+        source.add_argument("--model", help="model bundle directory")
+        source.add_argument("--tags", choices=["MSD", "MTT"],
+                            help="zero-shot: musicnn's own tags (Million Song Dataset or "
+                                 "MagnaTagATune), no trained model")
         p.add_argument("--out", required=True, help="labels directory")
         p.add_argument("--aggregate", default="mean", choices=["mean", "majority", "logodds"])
+        p.add_argument("--top-k", type=_positive_int, default=3,
+                       help="classes/tags listed in top_tags")
         p.add_argument("--batch-size", type=_positive_int, default=8, help="songs per model call")
         ray_address(p)
 
@@ -172,7 +178,8 @@ def cmd_score(args, *, tag: bool = False) -> dict:
     from pipeline.runtime.score import run_score
 
     s = run_score(args.catalog, args.model, args.out, aggregate=args.aggregate,
-                  batch_size=args.batch_size, address=args.address)
+                  batch_size=args.batch_size, address=args.address, zero_shot=args.tags,
+                  top_k=args.top_k)
     print(f"{'tag' if tag else 'score'}: {s['songs']} songs in, {s['skipped']} already labelled, "
           f"{s['labelled']} labelled, {s['failed']} failed, {s['frames']} frames, "
           f"{s['seconds']:.1f} s -> {s['out']}")

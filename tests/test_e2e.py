@@ -10,7 +10,7 @@ from pipeline.demo import synthesise_catalog
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
-LABEL_COLUMNS = ["song_id", "uri", "genre", "confidence", "probabilities", "n_frames",
+LABEL_COLUMNS = ["song_id", "uri", "genre", "confidence", "probabilities", "top_tags", "n_frames",
                  "aggregator", "model_id", "scored_at"]
 
 

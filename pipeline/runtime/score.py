@@ -56,12 +56,18 @@ def decode_batch(batch: dict, *, spec, feature: str) -> dict:
 class SongScorer:
     """Ray Data actor: the bundle's model over whole songs, then song aggregation."""
 
-    def __init__(self, bundle_root: str, aggregator: str):
-        from pipeline.storage.bundle import load_keras_model
+    def __init__(self, bundle_root: str, aggregator: str, zero_shot: str | None = None):
+        from pipeline.storage.bundle import load_keras_model, zero_shot_bundle
 
+        self.aggregator = aggregator
+        if zero_shot:  # musicnn's own tags, no trained head
+            from pipeline.extract import pretrained_musicnn
+
+            self.bundle, self.model = zero_shot_bundle(zero_shot), None
+            self.musicnn = pretrained_musicnn(zero_shot)
+            return
         self.bundle = read_bundle(bundle_root)
         self.model = load_keras_model(self.bundle)
-        self.aggregator = aggregator
         self.musicnn = None
         if self.bundle.spec.kind == "musicnn":
             from pipeline.models.musicnn import build_musicnn, load_weights
@@ -75,10 +81,12 @@ class SongScorer:
         probs = np.zeros((0, len(self.bundle.classes)), np.float32)
         if ok:
             frames = np.concatenate([xs[i] for i in ok])
-            if self.musicnn is not None:
-                frames = self.musicnn.predict(frames, batch_size=32, verbose=0)["penultimate"]
-            frames = self.bundle.normalize(frames)
-            probs = self.model.predict(frames, batch_size=64, verbose=0)
+            if self.model is None:
+                probs = self.musicnn.predict(frames, batch_size=32, verbose=0)["taggram"]
+            else:
+                if self.musicnn is not None:
+                    frames = self.musicnn.predict(frames, batch_size=32, verbose=0)["penultimate"]
+                probs = self.model.predict(self.bundle.normalize(frames), batch_size=64, verbose=0)
         n = len(xs)
         genre, confidence = [""] * n, np.zeros(n, np.float32)
         scores = np.zeros((n, len(self.bundle.classes)), np.float32)
@@ -97,12 +105,22 @@ class SongScorer:
                 "probabilities": scores}
 
 
-def run_score(catalog: str, model: str, out: str, *, aggregate: str = "mean",
-              batch_size: int = 8, address: str | None = None,
-              use_gpu: bool = False) -> dict:
-    """Label every song of ``catalog`` not yet labelled in ``out`` by this model + aggregator."""
+def run_score(catalog: str, model: str | None, out: str, *, aggregate: str = "mean",
+              batch_size: int = 8, address: str | None = None, use_gpu: bool = False,
+              zero_shot: str | None = None, top_k: int = 3) -> dict:
+    """Label every song of ``catalog`` not yet labelled in ``out`` by this model + aggregator.
+
+    ``zero_shot="MSD"|"MTT"`` labels with musicnn's own tags instead of a trained bundle.
+    """
     started = time.perf_counter()
-    bundle = read_bundle(model)
+    if zero_shot:
+        from pipeline.storage.bundle import zero_shot_bundle
+        from pipeline.storage.weights import fetch_wheel
+
+        fetch_wheel()
+        bundle = zero_shot_bundle(zero_shot)
+    else:
+        bundle = read_bundle(model)
     songs = load_catalog(catalog)
     store = LabelStore(out)
     store.remove_uncommitted()
@@ -122,7 +140,8 @@ def run_score(catalog: str, model: str, out: str, *, aggregate: str = "mean",
                             runtime_env=RUNTIME_ENV)
         ds = ds.map_batches(SongScorer, batch_size=batch_size, batch_format="numpy",
                             fn_constructor_kwargs={"bundle_root": bundle.root,
-                                                   "aggregator": aggregate},
+                                                   "aggregator": aggregate,
+                                                   "zero_shot": zero_shot},
                             compute=ray.data.ActorPoolStrategy(min_size=1,
                                                                max_size=max(1, cpus // 2)),
                             num_gpus=1 if use_gpu else 0, runtime_env=RUNTIME_ENV)
@@ -138,6 +157,8 @@ def run_score(catalog: str, model: str, out: str, *, aggregate: str = "mean",
                              "confidence": float(batch["confidence"][i]),
                              "probabilities": list(zip(bundle.classes,
                                                        batch["probabilities"][i].tolist())),
+                             "top_tags": [bundle.classes[j] for j in
+                                          np.argsort(-batch["probabilities"][i])[:top_k]],
                              "n_frames": int(batch["n_frames"][i]), "aggregator": aggregate,
                              "model_id": bundle.model_id, "scored_at": scored_at})
                 summary["frames"] += int(batch["n_frames"][i])

@@ -120,6 +120,18 @@ def read_bundle(uri: str) -> Bundle:
                   mean=np.asarray(norm["mean"], np.float32), std=np.asarray(norm["std"], np.float32))
 
 
+def zero_shot_bundle(name: str) -> Bundle:
+    """A model-less bundle whose classes are musicnn ``name``'s own tags (MSD or MTT)."""
+    from pipeline.features.spec import EmbeddingSpec
+    from pipeline.storage.weights import read_tags, weights_hash
+
+    tags = read_tags(name)
+    return Bundle(root="", model_id=f"musicnn-{name}-{weights_hash()}", model=f"musicnn:{name}",
+                  feature="taggram", classes=tuple(tags),
+                  spec=EmbeddingSpec(model=name, weights=weights_hash()),
+                  mean=np.zeros(len(tags), np.float32), std=np.ones(len(tags), np.float32))
+
+
 def load_keras_model(bundle: Bundle):
     """The bundle's tf-keras model (copied to a local temp dir first when remote)."""
     from pipeline.models.keras import tf_keras

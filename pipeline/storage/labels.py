@@ -13,6 +13,7 @@ from pipeline.storage.shards import CommittedParts
 LABEL_SCHEMA = pa.schema([
     ("song_id", pa.string()), ("uri", pa.string()), ("genre", pa.string()),
     ("confidence", pa.float32()), ("probabilities", pa.map_(pa.string(), pa.float32())),
+    ("top_tags", pa.list_(pa.string())),
     ("n_frames", pa.int32()), ("aggregator", pa.string()), ("model_id", pa.string()),
     ("scored_at", pa.timestamp("s", tz="UTC")),
 ])
