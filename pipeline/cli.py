@@ -72,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="feature storage type")
     p.add_argument("--songs-per-task", type=_positive_int, default=None,
                    help="songs per Ray task and shard (default: ~4 tasks per CPU, at most 32)")
+    p.add_argument("--use-gpu", action="store_true",
+                   help="musicnn features: each task takes a GPU (TensorFlow runs there)")
     p.add_argument("--overwrite", action="store_true", help="delete OUT and start fresh")
     ray_address(p)
 
@@ -142,7 +144,8 @@ def cmd_extract(args) -> dict:
 
     s = run_extract(args.catalog, args.out, _spec_from(args),
                     labels_from_folders=args.labels_from_folders, overwrite=args.overwrite,
-                    address=args.address, songs_per_task=args.songs_per_task)
+                    address=args.address, songs_per_task=args.songs_per_task,
+                    use_gpu=args.use_gpu)
     failed = sum(s["errors"].values())
     kinds = ", ".join(f"{k}={v}" for k, v in sorted(s["errors"].items())) or "none"
     rtf = s["audio_seconds"] / s["seconds"] if s["seconds"] else 0.0

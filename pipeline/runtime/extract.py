@@ -12,7 +12,7 @@ from pipeline.features import FeatureSpec
 from pipeline.runtime.session import cluster_cpus, init_ray
 from pipeline.storage.catalog import load_catalog
 from pipeline.storage.shards import FeatureStore
-from pipeline.errors import GenresError
+from pipeline.errors import GenresError, ParameterError
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ def plan_batches(n_songs: int, n_cpus: int, *, max_batch: int = 32) -> int:
 
 def run_extract(catalog: str, out: str, spec: FeatureSpec, *, labels_from_folders: bool = False,
                 overwrite: bool = False, address: str | None = None,
-                songs_per_task: int | None = None) -> dict:
+                songs_per_task: int | None = None, use_gpu: bool = False) -> dict:
     """Extract every song of ``catalog`` into the feature directory ``out``; returns a summary."""
     started = time.perf_counter()
     songs = load_catalog(catalog, labels_from_folders=labels_from_folders)
@@ -47,8 +47,10 @@ def run_extract(catalog: str, out: str, spec: FeatureSpec, *, labels_from_folder
         size = songs_per_task or plan_batches(len(todo), cpus)
         batches = [todo[i:i + size] for i in range(0, len(todo), size)]
         first = store.next_index()
-        task = ray.remote(extract_shard).options(num_cpus=1, max_retries=3,
-                                                 retry_exceptions=[OSError])
+        if use_gpu and spec.kind != "musicnn":
+            raise ParameterError("--use-gpu applies to --features musicnn (frames run on CPU)")
+        task = ray.remote(extract_shard).options(num_cpus=1, num_gpus=1 if use_gpu else 0,
+                                                 max_retries=3, retry_exceptions=[OSError])
         progress = Progress(len(todo))
         pending, failed = {}, []
         queue = list(enumerate(batches))
