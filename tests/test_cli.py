@@ -18,6 +18,8 @@ def _genres(*args):
     (["extract", "/definitely/not/here", "--out", "/tmp/x"], "catalog not found"),
     (["train", "/definitely/not/here", "--out", "/tmp/x"], "not a feature directory"),
     (["score", "/definitely/not/here", "--model", "/nope", "--out", "/tmp/x"], "not a model bundle"),
+    (["extract", "/definitely/not/here", "--out", "/tmp/x", "--use-gpu"], "--features musicnn"),
+    (["score", "x", "--out", "y"], "one of the arguments --model --tags is required"),
 ])
 def test_bad_arguments_exit_2_with_one_line(args, needle):
     result = _genres(*args)

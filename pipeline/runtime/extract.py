@@ -27,6 +27,8 @@ def run_extract(catalog: str, out: str, spec: FeatureSpec, *, labels_from_folder
                 songs_per_task: int | None = None, use_gpu: bool = False) -> dict:
     """Extract every song of ``catalog`` into the feature directory ``out``; returns a summary."""
     started = time.perf_counter()
+    if use_gpu and spec.kind != "musicnn":
+        raise ParameterError("--use-gpu applies to --features musicnn (frames run on CPU)")
     songs = load_catalog(catalog, labels_from_folders=labels_from_folders)
     store = FeatureStore(out)
     store.prepare(spec, overwrite=overwrite)
@@ -47,8 +49,6 @@ def run_extract(catalog: str, out: str, spec: FeatureSpec, *, labels_from_folder
         size = songs_per_task or plan_batches(len(todo), cpus)
         batches = [todo[i:i + size] for i in range(0, len(todo), size)]
         first = store.next_index()
-        if use_gpu and spec.kind != "musicnn":
-            raise ParameterError("--use-gpu applies to --features musicnn (frames run on CPU)")
         task = ray.remote(extract_shard).options(num_cpus=1, num_gpus=1 if use_gpu else 0,
                                                  max_retries=3, retry_exceptions=[OSError])
         progress = Progress(len(todo))
