@@ -91,3 +91,15 @@ def test_extract_gtzan3_manifest_with_corrupt_file(ray_session, shared_data, tmp
     # re-running skips committed work and writes nothing new
     assert cli.main(["extract", str(manifest), "--out", out, "--max-seconds", "5"]) == 0
     assert len(pd.read_parquet(out, columns=["song_id"])) == 300
+
+
+@pytest.mark.parametrize("model", ["dnn", "cnn1d"])
+def test_frame_models_train_one_epoch_and_score(ray_session, catalog, tmp_path, model):
+    features, bundle, labels = (str(tmp_path / n) for n in ("features", "model", "labels"))
+    assert cli.main(["extract", catalog, "--out", features]) == 0
+    assert cli.main(["train", features, "--out", bundle, "--model", model, "--epochs", "1",
+                     "--num-workers", "1"]) == 0
+    metrics = pd.read_json(tmp_path / "model" / "metrics.json", typ="series")
+    assert metrics["epochs_run"] == 1 and 0 <= metrics["test"]["frame_accuracy"] <= 1
+    assert cli.main(["score", catalog, "--model", bundle, "--out", labels]) == 0
+    assert len(pd.read_parquet(labels)) == 27

@@ -2,8 +2,26 @@
 
 from __future__ import annotations
 
+import functools
+
 from pipeline.errors import ParameterError
 from pipeline.models.keras import tf_keras
+
+
+@functools.lru_cache(maxsize=1)
+def custom_objects() -> dict:
+    """The project's Keras layers, registered so saved bundles load (no unsafe Lambdas)."""
+    keras = tf_keras()
+    import tensorflow as tf
+
+    @keras.utils.register_keras_serializable(package="genres")
+    class MeanStd(keras.layers.Layer):
+        """[batch, n, t] -> [batch, 2n]: mean and standard deviation over the last axis."""
+
+        def call(self, x):
+            return tf.concat([tf.reduce_mean(x, axis=-1), tf.math.reduce_std(x, axis=-1)], axis=1)
+
+    return {"genres>MeanStd": MeanStd}
 
 
 def build_cnn2d(input_shape: tuple[int, int], n_classes: int, *, l2: float = 1e-4,
@@ -34,6 +52,55 @@ def build_cnn2d(input_shape: tuple[int, int], n_classes: int, *, l2: float = 1e-
     return keras.Model(inputs, outputs, name="cnn2d")
 
 
+def build_dnn(input_shape: tuple[int, int], n_classes: int, *, l2: float = 1e-4,
+              dropout: float = 0.3) -> "tf.keras.Model":
+    """Dense layers on the mean and standard deviation over time of an MFCC frame.
+
+    Parameters
+    ----------
+    input_shape : (n_mfcc, t)
+        One normalised MFCC frame; the model pools it to a (2 * n_mfcc,) vector itself, so the
+        bundle scores raw frames like every other frame model.
+    n_classes : int
+        Softmax outputs, shape (batch, n_classes).
+    """
+    keras = tf_keras()
+    layers, reg = keras.layers, keras.regularizers.l2(l2)
+    inputs = keras.Input(shape=tuple(input_shape), name="mfcc")
+    x = custom_objects()["genres>MeanStd"](name="mean_std")(inputs)
+    for units in (256, 128):
+        x = layers.Dense(units, activation="relu", kernel_regularizer=reg)(x)
+        x = layers.Dropout(dropout)(x)
+    outputs = layers.Dense(n_classes, activation="softmax", kernel_regularizer=reg, name="genre")(x)
+    return keras.Model(inputs, outputs, name="dnn")
+
+
+def build_cnn1d(input_shape: tuple[int, int], n_classes: int, *, l2: float = 1e-4,
+                dropout: float = 0.4) -> "tf.keras.Model":
+    """Conv1D over time on an MFCC frame (batch norm, pooling, dropout, L2).
+
+    Parameters
+    ----------
+    input_shape : (n_mfcc, t)
+        One normalised MFCC frame (20 x 216 for 5 s); coefficients are the channels.
+    n_classes : int
+        Softmax outputs, shape (batch, n_classes).
+    """
+    keras = tf_keras()
+    layers, reg = keras.layers, keras.regularizers.l2(l2)
+    inputs = keras.Input(shape=tuple(input_shape), name="mfcc")
+    x = layers.Permute((2, 1))(inputs)  # [t, n_mfcc]
+    for filters, kernel in ((64, 5), (128, 5), (128, 3)):
+        x = layers.Conv1D(filters, kernel, padding="same", use_bias=False, kernel_regularizer=reg)(x)
+        x = layers.BatchNormalization(momentum=0.9)(x)
+        x = layers.Activation("relu")(x)
+        x = layers.MaxPooling1D(2)(x)
+    x = layers.GlobalAveragePooling1D()(x)
+    x = layers.Dropout(dropout)(x)
+    outputs = layers.Dense(n_classes, activation="softmax", kernel_regularizer=reg, name="genre")(x)
+    return keras.Model(inputs, outputs, name="cnn1d")
+
+
 def build_embed(input_shape: tuple[int], n_classes: int, *, units: int = 128, l2: float = 1e-3,
                 dropout: float = 0.5) -> "tf.keras.Model":
     """A small dense head on pretrained embeddings.
@@ -56,7 +123,8 @@ def build_embed(input_shape: tuple[int], n_classes: int, *, units: int = 128, l2
 
 
 # name -> (builder, feature column it reads)
-MODELS = {"cnn2d": (build_cnn2d, "logmel"), "embed": (build_embed, "embedding")}
+MODELS = {"cnn2d": (build_cnn2d, "logmel"), "cnn1d": (build_cnn1d, "mfcc"),
+          "dnn": (build_dnn, "mfcc"), "embed": (build_embed, "embedding")}
 
 
 def build_model(name: str, input_shape: tuple[int, int], n_classes: int):

@@ -134,16 +134,19 @@ def zero_shot_bundle(name: str) -> Bundle:
 
 def load_keras_model(bundle: Bundle):
     """The bundle's tf-keras model (copied to a local temp dir first when remote)."""
+    from pipeline.models.cnn import custom_objects
     from pipeline.models.keras import tf_keras
 
     keras = tf_keras()
+    objects = custom_objects()
     if fsio.is_local(bundle.root):
-        return keras.models.load_model(os.path.join(bundle.root, MODEL_FILE), compile=False)
+        return keras.models.load_model(os.path.join(bundle.root, MODEL_FILE), compile=False,
+                                       custom_objects=objects)
     fs, path = fsio.url_to_fs(bundle.root)
     with tempfile.TemporaryDirectory(prefix="genres-model-") as tmp:
         local = os.path.join(tmp, MODEL_FILE)
         fs.get(f"{path}/{MODEL_FILE}", local)
-        return keras.models.load_model(local, compile=False)
+        return keras.models.load_model(local, compile=False, custom_objects=objects)
 
 
 def _fingerprint(folder: str, names: list[str]) -> str:
