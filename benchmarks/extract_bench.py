@@ -168,7 +168,7 @@ def main(argv=None):
         ray_start, genres_t, summary = genres_run(paths, workdir / name.split()[0])
         results.append((name, len(paths), audio_s, naive_t, decode_t, ray_start, genres_t))
         print(f"{name}: Ray start {ray_start:.1f} s, first task result "
-              f"{summary['first_task_s']:.1f} s after ray.init began", flush=True)
+              f"{summary['first_task_s']:.1f} s after Ray was up", flush=True)
         import ray
 
         ray.shutdown()
