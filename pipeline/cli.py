@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--storage-path", default=None,
                    help="Ray Train checkpoint storage (shared storage on multi-node clusters)")
+    p.add_argument("--run-name", default=None,
+                   help="Ray Train run name; re-running with the same name (and storage path) "
+                        "resumes from its last epoch checkpoint")
     ray_address(p)
 
     for name, text in (("score", "label every song of a catalog"),
@@ -163,7 +166,7 @@ def cmd_train(args) -> dict:
                          batch_size=args.batch_size, patience=args.patience,
                          num_workers=args.num_workers, use_gpu=args.use_gpu, seed=args.seed)
     s = run_train(args.features, args.out, config, address=args.address,
-                  storage_path=args.storage_path)
+                  storage_path=args.storage_path, run_name=args.run_name)
     test = s["metrics"].get("test")
     if test:
         songs = ", ".join(f"{k} {v:.3f}" for k, v in test["song_accuracy"].items())

@@ -93,13 +93,32 @@ def test_extract_gtzan3_manifest_with_corrupt_file(ray_session, shared_data, tmp
     assert len(pd.read_parquet(out, columns=["song_id"])) == 300
 
 
+@pytest.fixture(scope="module")
+def features(catalog, tmp_path_factory, ray_session):
+    out = str(tmp_path_factory.mktemp("features") / "features")
+    assert cli.main(["extract", catalog, "--out", out]) == 0
+    return out
+
+
 @pytest.mark.parametrize("model", ["dnn", "cnn1d"])
-def test_frame_models_train_one_epoch_and_score(ray_session, catalog, tmp_path, model):
-    features, bundle, labels = (str(tmp_path / n) for n in ("features", "model", "labels"))
-    assert cli.main(["extract", catalog, "--out", features]) == 0
+def test_frame_models_train_one_epoch_and_score(catalog, features, tmp_path, model):
+    bundle, labels = str(tmp_path / "model"), str(tmp_path / "labels")
     assert cli.main(["train", features, "--out", bundle, "--model", model, "--epochs", "1",
                      "--num-workers", "1"]) == 0
     metrics = pd.read_json(tmp_path / "model" / "metrics.json", typ="series")
     assert metrics["epochs_run"] == 1 and 0 <= metrics["test"]["frame_accuracy"] <= 1
     assert cli.main(["score", catalog, "--model", bundle, "--out", labels]) == 0
     assert len(pd.read_parquet(labels)) == 27
+
+
+def test_a_restarted_run_resumes_from_its_last_checkpoint(features, tmp_path):
+    storage = str(tmp_path / "ray-train")
+    common = ["train", features, "--model", "dnn", "--num-workers", "1", "--patience", "50",
+              "--storage-path", storage, "--run-name", "resume-me"]
+    assert cli.main([*common, "--out", str(tmp_path / "first"), "--epochs", "2"]) == 0
+    assert cli.main([*common, "--out", str(tmp_path / "second"), "--epochs", "4"]) == 0
+    history = pd.read_csv(tmp_path / "second" / "history.csv")
+    # epochs 1-2 come from the first run's checkpoint, 3-4 were trained by the second
+    assert list(history.epoch) == [1, 2, 3, 4]
+    first = pd.read_csv(tmp_path / "first" / "history.csv")
+    pd.testing.assert_frame_equal(history.iloc[:2], first)

@@ -20,9 +20,11 @@ def init_ray(address: str | None = None) -> None:
     if ray.is_initialized():
         return
     select_legacy_keras()
-    address = address or os.environ.get("RAY_ADDRESS") or None
+    # "local" forces a new embedded instance: a bare ray.init() would join the last cluster
+    # `ray start` launched on this machine, even a dead one whose record was left behind.
+    address = address or os.environ.get("RAY_ADDRESS") or "local"
     kwargs = {"runtime_env": RUNTIME_ENV, "logging_level": logging.WARNING}
-    log.info("starting Ray (%s)", address or "embedded local")
+    log.info("starting Ray (%s)", "embedded local" if address == "local" else address)
     ray.init(address=address, **kwargs)
 
 
