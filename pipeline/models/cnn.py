@@ -24,6 +24,23 @@ def custom_objects() -> dict:
     return {"genres>MeanStd": MeanStd}
 
 
+def _conv_stack(layers, x, conv, pool, blocks, reg):
+    """Conv (no bias) -> batch norm -> ReLU -> pool(2) for each (filters, kernel) block."""
+    for filters, kernel in blocks:
+        x = conv(filters, kernel, padding="same", use_bias=False, kernel_regularizer=reg)(x)
+        # momentum 0.9: small catalogs give few steps per epoch, and the default 0.99 leaves
+        # the moving statistics far from the batch statistics (high validation loss).
+        x = layers.BatchNormalization(momentum=0.9)(x)
+        x = layers.Activation("relu")(x)
+        x = pool(2)(x)
+    return x
+
+
+def _genre(layers, x, n_classes, reg):
+    """The softmax output every model ends with, named ``genre``."""
+    return layers.Dense(n_classes, activation="softmax", kernel_regularizer=reg, name="genre")(x)
+
+
 def build_cnn2d(input_shape: tuple[int, int], n_classes: int, *, l2: float = 1e-4,
                 dropout: float = 0.3) -> "tf.keras.Model":
     """A small 2D CNN on one log-mel frame.
@@ -39,17 +56,10 @@ def build_cnn2d(input_shape: tuple[int, int], n_classes: int, *, l2: float = 1e-
     layers, reg = keras.layers, keras.regularizers.l2(l2)
     inputs = keras.Input(shape=tuple(input_shape), name="logmel")
     x = layers.Reshape((*input_shape, 1))(inputs)
-    for filters in (16, 32, 64, 64):
-        x = layers.Conv2D(filters, 3, padding="same", use_bias=False, kernel_regularizer=reg)(x)
-        # momentum 0.9: small catalogs give few steps per epoch, and the default 0.99 leaves
-        # the moving statistics far from the batch statistics (high validation loss).
-        x = layers.BatchNormalization(momentum=0.9)(x)
-        x = layers.Activation("relu")(x)
-        x = layers.MaxPooling2D(2)(x)
-    x = layers.GlobalAveragePooling2D()(x)
-    x = layers.Dropout(dropout)(x)
-    outputs = layers.Dense(n_classes, activation="softmax", kernel_regularizer=reg, name="genre")(x)
-    return keras.Model(inputs, outputs, name="cnn2d")
+    x = _conv_stack(layers, x, layers.Conv2D, layers.MaxPooling2D,
+                    [(16, 3), (32, 3), (64, 3), (64, 3)], reg)
+    x = layers.Dropout(dropout)(layers.GlobalAveragePooling2D()(x))
+    return keras.Model(inputs, _genre(layers, x, n_classes, reg), name="cnn2d")
 
 
 def build_dnn(input_shape: tuple[int, int], n_classes: int, *, l2: float = 1e-4,
@@ -71,8 +81,7 @@ def build_dnn(input_shape: tuple[int, int], n_classes: int, *, l2: float = 1e-4,
     for units in (256, 128):
         x = layers.Dense(units, activation="relu", kernel_regularizer=reg)(x)
         x = layers.Dropout(dropout)(x)
-    outputs = layers.Dense(n_classes, activation="softmax", kernel_regularizer=reg, name="genre")(x)
-    return keras.Model(inputs, outputs, name="dnn")
+    return keras.Model(inputs, _genre(layers, x, n_classes, reg), name="dnn")
 
 
 def build_cnn1d(input_shape: tuple[int, int], n_classes: int, *, l2: float = 1e-4,
@@ -90,15 +99,10 @@ def build_cnn1d(input_shape: tuple[int, int], n_classes: int, *, l2: float = 1e-
     layers, reg = keras.layers, keras.regularizers.l2(l2)
     inputs = keras.Input(shape=tuple(input_shape), name="mfcc")
     x = layers.Permute((2, 1))(inputs)  # [t, n_mfcc]
-    for filters, kernel in ((64, 5), (128, 5), (128, 3)):
-        x = layers.Conv1D(filters, kernel, padding="same", use_bias=False, kernel_regularizer=reg)(x)
-        x = layers.BatchNormalization(momentum=0.9)(x)
-        x = layers.Activation("relu")(x)
-        x = layers.MaxPooling1D(2)(x)
-    x = layers.GlobalAveragePooling1D()(x)
-    x = layers.Dropout(dropout)(x)
-    outputs = layers.Dense(n_classes, activation="softmax", kernel_regularizer=reg, name="genre")(x)
-    return keras.Model(inputs, outputs, name="cnn1d")
+    x = _conv_stack(layers, x, layers.Conv1D, layers.MaxPooling1D,
+                    [(64, 5), (128, 5), (128, 3)], reg)
+    x = layers.Dropout(dropout)(layers.GlobalAveragePooling1D()(x))
+    return keras.Model(inputs, _genre(layers, x, n_classes, reg), name="cnn1d")
 
 
 def build_embed(input_shape: tuple[int], n_classes: int, *, units: int = 128, l2: float = 1e-3,
@@ -118,8 +122,7 @@ def build_embed(input_shape: tuple[int], n_classes: int, *, units: int = 128, l2
     x = layers.Dropout(0.2)(inputs)
     x = layers.Dense(units, activation="relu", kernel_regularizer=reg)(x)
     x = layers.Dropout(dropout)(x)
-    outputs = layers.Dense(n_classes, activation="softmax", kernel_regularizer=reg, name="genre")(x)
-    return keras.Model(inputs, outputs, name="embed")
+    return keras.Model(inputs, _genre(layers, x, n_classes, reg), name="embed")
 
 
 # name -> (builder, feature column it reads)
