@@ -98,10 +98,7 @@ def genres_run(paths, workdir: pathlib.Path):
 
 def profile(paths, n=8):
     """Serial per-stage seconds per song: decode, resample, STFT, mel, dB + DCT, write."""
-    import io
-
     import pyarrow as pa
-    import pyarrow.parquet as pq
     import soundfile as sf
     import soxr
 

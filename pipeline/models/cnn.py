@@ -42,7 +42,7 @@ def _genre(layers, x, n_classes, reg):
 
 
 def build_cnn2d(input_shape: tuple[int, int], n_classes: int, *, l2: float = 1e-4,
-                dropout: float = 0.3) -> "tf.keras.Model":
+                dropout: float = 0.3):
     """A small 2D CNN on one log-mel frame.
 
     Parameters
@@ -63,7 +63,7 @@ def build_cnn2d(input_shape: tuple[int, int], n_classes: int, *, l2: float = 1e-
 
 
 def build_dnn(input_shape: tuple[int, int], n_classes: int, *, l2: float = 1e-4,
-              dropout: float = 0.3) -> "tf.keras.Model":
+              dropout: float = 0.3):
     """Dense layers on the mean and standard deviation over time of an MFCC frame.
 
     Parameters
@@ -85,7 +85,7 @@ def build_dnn(input_shape: tuple[int, int], n_classes: int, *, l2: float = 1e-4,
 
 
 def build_cnn1d(input_shape: tuple[int, int], n_classes: int, *, l2: float = 1e-4,
-                dropout: float = 0.4) -> "tf.keras.Model":
+                dropout: float = 0.4):
     """Conv1D over time on an MFCC frame (batch norm, pooling, dropout, L2).
 
     Parameters
@@ -106,7 +106,7 @@ def build_cnn1d(input_shape: tuple[int, int], n_classes: int, *, l2: float = 1e-
 
 
 def build_embed(input_shape: tuple[int], n_classes: int, *, units: int = 128, l2: float = 1e-3,
-                dropout: float = 0.5) -> "tf.keras.Model":
+                dropout: float = 0.5):
     """A small dense head on pretrained embeddings.
 
     Parameters

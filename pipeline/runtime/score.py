@@ -6,7 +6,6 @@ shuffle or groupby over the catalog.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import logging
 import time

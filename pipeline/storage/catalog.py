@@ -60,7 +60,7 @@ def _from_folder(fs, root: str, source: str, labels_from_folders: bool) -> list[
                                    f"but {rel} is directly under {source}")
             label = rel.split("/", 1)[0]
         songs.append(Song(song_id=posixpath.splitext(rel)[0],
-                          uri=fsio.unstrip(fs, path, source), label=label))
+                          uri=fsio.unstrip(path, source), label=label))
     return songs
 
 

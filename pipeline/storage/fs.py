@@ -30,7 +30,7 @@ def protocol_of(uri: str) -> str:
     return str(uri).split("://", 1)[0] if "://" in str(uri) else ""
 
 
-def unstrip(fs, path: str, like: str) -> str:
+def unstrip(path: str, like: str) -> str:
     """Turn a filesystem-native path back into a URI of the same scheme as ``like``."""
     proto = protocol_of(like)
     return f"{proto}://{path}" if proto and proto != "file" else path

@@ -79,6 +79,7 @@ class CommittedParts:
     def __init__(self, root: str):
         self.root = str(root).rstrip("/")
         self.fs, self.path = fsio.url_to_fs(self.root)
+        self._commits: dict[int, dict] | None = None  # read once; kept current by write_part
 
     def _uri(self, *parts: str) -> str:
         return fsio.join(self.root, *parts)
@@ -87,17 +88,17 @@ class CommittedParts:
         return posixpath.join(self.path, *parts)
 
     def commits(self) -> dict[int, dict]:
-        """Commit records by part index."""
-        folder = self._path("_commits")
-        if not self.fs.exists(folder):
-            return {}
-        out = {}
-        for path in self.fs.ls(folder, detail=False):
-            m = _PART.search(path)
-            if m and path.endswith(".json"):
-                with self.fs.open(path, "r") as f:
-                    out[int(m.group(1))] = json.load(f)
-        return out
+        """Commit records by part index (listed and read once per store object)."""
+        if self._commits is None:
+            self._commits = {}
+            folder = self._path("_commits")
+            if self.fs.exists(folder):
+                for path in self.fs.ls(folder, detail=False):
+                    m = _PART.search(path)
+                    if m and path.endswith(".json"):
+                        with self.fs.open(path, "r") as f:
+                            self._commits[int(m.group(1))] = json.load(f)
+        return dict(self._commits)
 
     def next_index(self) -> int:
         return max(self.commits(), default=-1) + 1
@@ -128,6 +129,8 @@ class CommittedParts:
                   "songs": sorted(set(rows.column("song_id").to_pylist())),
                   "errors": errors.column("song_id").to_pylist(), **record}
         fsio.write_bytes_atomic(self._uri("_commits", name + ".json"), json.dumps(record).encode())
+        if self._commits is not None:
+            self._commits[index] = record
 
     def read_rows(self, columns: list[str] | None = None, *, where=None) -> pa.Table | None:
         """Committed rows (parts whose record satisfies ``where``), in part order; None if none."""
@@ -171,6 +174,7 @@ class FeatureStore(CommittedParts):
         """Create the directory for ``spec``; refuse to mix specs unless ``overwrite``."""
         if overwrite and self.fs.exists(self.path):
             self.fs.rm(self.path, recursive=True)
+            self._commits = None
         spec_uri = self._uri(SPEC_FILE)
         if fsio.exists(spec_uri):
             old = self.read_spec()
