@@ -78,9 +78,21 @@ def build_parser() -> argparse.ArgumentParser:
     ray_address(p)
 
     p = sub.add_parser("train", help="fit a model on Ray Train and write a model bundle")
-    p.add_argument("features", help="feature directory written by `genres extract`")
+    p.add_argument("features", help="feature directory written by `genres extract` (or, with "
+                                    "--frame-table, a CSV/Parquet table of frame features)")
     p.add_argument("--out", required=True, help="model bundle directory")
-    p.add_argument("--model", default="cnn2d", help="model name (default: cnn2d)")
+    p.add_argument("--model", default="cnn2d",
+                   help="cnn2d (default), cnn1d, cnn1d_mel100ms, dnn, mil, or embed (musicnn "
+                        "features)")
+    p.add_argument("--frame-table", action="store_true",
+                   help="FEATURES is a table with one row per frame: name, label, features...")
+    p.add_argument("--name-column", default="filename", help="frame table: frame name column")
+    p.add_argument("--label-column", default="label", help="frame table: label column")
+    p.add_argument("--song-pattern", default=r"^(.+)\.\d+\.\w+$",
+                   help="frame table: regex whose 'song' (or first) group is the song in a frame "
+                        "name (default: 'jazz.00012.4.wav' -> 'jazz.00012')")
+    p.add_argument("--splits", default=None,
+                   help="frame table: manifest whose split/artist columns are joined on the song")
     p.add_argument("--split", default="auto", choices=["auto", "manifest", "song", "artist"],
                    help="auto: the manifest's split column when present, else by song")
     p.add_argument("--epochs", type=_positive_int, default=30)
@@ -107,7 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
                             help="zero-shot: musicnn's own tags (Million Song Dataset or "
                                  "MagnaTagATune), no trained model")
         p.add_argument("--out", required=True, help="labels directory")
-        p.add_argument("--aggregate", default="mean", choices=["mean", "majority", "logodds"])
+        p.add_argument("--aggregate", default=None,
+                       choices=["mean", "majority", "logodds", "sequence"],
+                       help="song aggregation of frame predictions (default: mean; mil bundles "
+                            "pool frames themselves)")
         p.add_argument("--top-k", type=_positive_int, default=3,
                        help="classes/tags listed in top_tags")
         p.add_argument("--batch-size", type=_positive_int, default=8, help="songs per model call")
@@ -164,14 +179,18 @@ def cmd_train(args) -> dict:
 
     config = TrainConfig(model=args.model, split=args.split, epochs=args.epochs,
                          batch_size=args.batch_size, patience=args.patience,
-                         num_workers=args.num_workers, use_gpu=args.use_gpu, seed=args.seed)
+                         num_workers=args.num_workers, use_gpu=args.use_gpu, seed=args.seed,
+                         frame_table=args.frame_table, name_column=args.name_column,
+                         song_pattern=args.song_pattern, label_column=args.label_column,
+                         splits=args.splits)
     s = run_train(args.features, args.out, config, address=args.address,
                   storage_path=args.storage_path, run_name=args.run_name)
     test = s["metrics"].get("test")
     if test:
         songs = ", ".join(f"{k} {v:.3f}" for k, v in test["song_accuracy"].items())
-        quality = (f"test: {test['songs']} songs, frame accuracy {test['frame_accuracy']:.3f}, "
-                   f"song accuracy {songs}")
+        frames = (f"frame accuracy {test['frame_accuracy']:.3f}, "
+                  if test["frame_accuracy"] is not None else "")
+        quality = f"test: {test['songs']} songs, {frames}song accuracy {songs}"
     else:
         quality = "no test songs in this split"
     print(f"train: {s['model']} on {s['train_songs']} train / {s['valid_songs']} valid songs, "

@@ -22,7 +22,8 @@ def confusion(truth: np.ndarray, pred: np.ndarray, n_classes: int) -> np.ndarray
     return out
 
 
-def evaluate(probs: np.ndarray, y: np.ndarray, song_ids: np.ndarray, classes: list[str]) -> dict:
+def evaluate(probs: np.ndarray, y: np.ndarray, song_ids: np.ndarray, classes: list[str], *,
+             sequence=None) -> dict:
     """Frame accuracy and song accuracy per aggregator.
 
     Parameters
@@ -30,6 +31,9 @@ def evaluate(probs: np.ndarray, y: np.ndarray, song_ids: np.ndarray, classes: li
     probs : np.ndarray [shape=(n_frames, n_classes)]
     y : np.ndarray [shape=(n_frames,)]  true class index of each frame (constant per song)
     song_ids : np.ndarray [shape=(n_frames,)]
+    sequence : callable, optional
+        The learned aggregator: list of per-song frame probabilities -> song scores
+        [n_songs, n_classes]; reported as ``sequence``.
     """
     n = len(classes)
     result = {"frames": int(len(y)), "frame_accuracy": float((probs.argmax(1) == y).mean()),
@@ -42,4 +46,16 @@ def evaluate(probs: np.ndarray, y: np.ndarray, song_ids: np.ndarray, classes: li
                          for rows in groups.values()])
         result["song_accuracy"][name] = float((pred == truth).mean())
         result["confusion"][name] = confusion(truth, pred, n).tolist()
+    if sequence is not None:
+        pred = np.asarray(sequence([probs[rows] for rows in groups.values()])).argmax(1)
+        result["song_accuracy"]["sequence"] = float((pred == truth).mean())
+        result["confusion"]["sequence"] = confusion(truth, pred, n).tolist()
     return result
+
+
+def evaluate_songs(probs: np.ndarray, y: np.ndarray, classes: list[str], name: str) -> dict:
+    """Song accuracy of a model that predicts songs directly (probs [n_songs, n_classes])."""
+    pred = probs.argmax(1)
+    return {"frames": None, "frame_accuracy": None, "songs": int(len(y)),
+            "song_accuracy": {name: float((pred == y).mean())},
+            "confusion": {name: confusion(y, pred, len(classes)).tolist()}}

@@ -100,15 +100,47 @@ def features(catalog, tmp_path_factory, ray_session):
     return out
 
 
-@pytest.mark.parametrize("model", ["dnn", "cnn1d"])
-def test_frame_models_train_one_epoch_and_score(catalog, features, tmp_path, model):
+@pytest.mark.parametrize("model", ["dnn", "cnn1d", "cnn1d_mel100ms", "mil"])
+def test_every_model_trains_one_epoch_and_scores(catalog, features, tmp_path, model):
     bundle, labels = str(tmp_path / "model"), str(tmp_path / "labels")
     assert cli.main(["train", features, "--out", bundle, "--model", model, "--epochs", "1",
-                     "--num-workers", "1"]) == 0
+                     "--num-workers", "1", "--batch-size", "4"]) == 0
     metrics = pd.read_json(tmp_path / "model" / "metrics.json", typ="series")
-    assert metrics["epochs_run"] == 1 and 0 <= metrics["test"]["frame_accuracy"] <= 1
-    assert cli.main(["score", catalog, "--model", bundle, "--out", labels]) == 0
-    assert len(pd.read_parquet(labels)) == 27
+    test = metrics["test"]
+    rows = pd.read_csv(catalog)
+    held_out = ((rows.split == "test") & (rows.uri != "bad.wav")).sum()
+    assert metrics["epochs_run"] == 1 and test["songs"] == held_out
+    aggregator = "mil" if model == "mil" else "sequence"
+    if model == "mil":  # bags: song accuracy only
+        assert set(test["song_accuracy"]) == {"mil"} and test["frame_accuracy"] is None
+    else:
+        assert set(test["song_accuracy"]) == {"majority", "mean", "logodds", "sequence"}
+        assert 0 <= test["frame_accuracy"] <= 1
+    args = ["score", catalog, "--model", bundle, "--out", labels]
+    assert cli.main(args + ([] if model == "mil" else ["--aggregate", "sequence"])) == 0
+    out = pd.read_parquet(labels)
+    assert len(out) == 27 and set(out.aggregator) == {aggregator}
+    assert np.allclose([sum(dict(p).values()) for p in out.probabilities], 1, atol=1e-4)
+
+
+def test_train_from_a_frame_table(ray_session, shared_data, tmp_path):
+    """Kaggle's 3 s feature rows (name, label, 57 features) -> dnn -> every aggregator."""
+    table = pd.read_csv(shared_data / "gtzan_features" / "features_3_sec_classical_jazz_rock.csv")
+    songs = table.filename.str.rsplit(".", n=2).str[0]
+    small = table[songs.isin(sorted(set(songs))[::10])]  # 30 songs, ~300 frames
+    path = tmp_path / "frames.csv"
+    small.to_csv(path, index=False)
+    bundle = tmp_path / "model"
+    assert cli.main(["train", str(path), "--frame-table", "--name-column", "filename",
+                     "--song-pattern", r"^(?P<song>\w+\.\d+)\.\d+\.wav$", "--model", "dnn",
+                     "--split", "song", "--epochs", "1", "--out", str(bundle)]) == 0
+    metrics = pd.read_json(bundle / "metrics.json", typ="series")
+    assert set(metrics["test"]["song_accuracy"]) == {"majority", "mean", "logodds", "sequence"}
+    spec = pd.read_json(bundle / "spec.json", typ="series")
+    assert spec["kind"] == "table" and len(spec["spec"]["features"]) == 58  # length + 57
+    # a table bundle refuses audio, on one line
+    assert cli.main(["score", str(shared_data / "gtzan_other"), "--model", str(bundle),
+                     "--out", str(tmp_path / "labels")]) == 2
 
 
 def test_a_restarted_run_resumes_from_its_last_checkpoint(features, tmp_path):

@@ -146,7 +146,31 @@ class EmbeddingSpec(_SpecIO):
         return {"embedding": (200,), "taggram": (50,)}
 
 
-SPECS = {cls.kind: cls for cls in (FeatureSpec, EmbeddingSpec)}
+@dataclasses.dataclass(frozen=True)
+class TableSpec(_SpecIO):
+    """Frame features a user already has: one table row per frame (``train --frame-table``).
+
+    ``features`` are the table's numeric columns in model input order; ``name_column`` holds
+    the frame name and ``song_pattern`` the regex that finds its song in that name.
+    """
+
+    kind: ClassVar[str] = "table"
+
+    features: tuple[str, ...] = ()
+    name_column: str = "filename"
+    song_pattern: str = ""
+
+    def __post_init__(self):
+        object.__setattr__(self, "features", tuple(self.features))  # JSON gives a list
+        if not self.features:
+            raise ParameterError("a frame table needs at least one numeric feature column")
+
+    def columns(self) -> dict[str, tuple[int, ...]]:
+        """``features``: one vector per frame, in ``features`` order."""
+        return {"features": (len(self.features),)}
+
+
+SPECS = {cls.kind: cls for cls in (FeatureSpec, EmbeddingSpec, TableSpec)}
 
 
 def spec_from_record(record: dict):

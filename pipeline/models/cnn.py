@@ -1,4 +1,9 @@
-"""Frame models: pure Keras builders ``build_<name>(input_shape, n_classes) -> Model``."""
+"""Models: pure Keras builders ``build_<name>(input_shape, n_classes) -> Model``.
+
+Frame models map one frame (or one embedding) to genre probabilities and are aggregated per
+song afterwards; the ``mil`` model takes a whole song (a bag of frames with a mask) and
+pools inside the network, so it predicts songs directly.
+"""
 
 from __future__ import annotations
 
@@ -68,16 +73,21 @@ def build_dnn(input_shape: tuple[int, int], n_classes: int, *, l2: float = 1e-4,
 
     Parameters
     ----------
-    input_shape : (n_mfcc, t)
+    input_shape : (n_mfcc, t) or (n_features,)
         One normalised MFCC frame; the model pools it to a (2 * n_mfcc,) vector itself, so the
-        bundle scores raw frames like every other frame model.
+        bundle scores raw frames like every other frame model. A 1-D shape is one row of a
+        frame table (``train --frame-table``), used as it is.
     n_classes : int
         Softmax outputs, shape (batch, n_classes).
     """
     keras = tf_keras()
     layers, reg = keras.layers, keras.regularizers.l2(l2)
-    inputs = keras.Input(shape=tuple(input_shape), name="mfcc")
-    x = custom_objects()["genres>MeanStd"](name="mean_std")(inputs)
+    if len(input_shape) == 1:  # a row of a frame table: already one vector per frame
+        inputs = keras.Input(shape=tuple(input_shape), name="features")
+        x = inputs
+    else:
+        inputs = keras.Input(shape=tuple(input_shape), name="mfcc")
+        x = custom_objects()["genres>MeanStd"](name="mean_std")(inputs)
     for units in (256, 128):
         x = layers.Dense(units, activation="relu", kernel_regularizer=reg)(x)
         x = layers.Dropout(dropout)(x)
@@ -105,6 +115,57 @@ def build_cnn1d(input_shape: tuple[int, int], n_classes: int, *, l2: float = 1e-
     return keras.Model(inputs, _genre(layers, x, n_classes, reg), name="cnn1d")
 
 
+def build_cnn1d_mel100ms(input_shape: tuple[int, int], n_classes: int, *, l2: float = 1e-4,
+                         dropout: float = 0.4):
+    """Conv1D over time on 100 ms log-mel windows.
+
+    The first convolution has kernel 5 and stride 5, so each of its outputs sees exactly one
+    window of 5 STFT columns x all mel bands (5 x 512 / 22050 Hz = 116 ms); the later blocks
+    convolve over the sequence of windows.
+
+    Parameters
+    ----------
+    input_shape : (n_mels, t)
+        One normalised log-mel frame (128 x 216 for 5 s); mel bands are the channels.
+    n_classes : int
+        Softmax outputs, shape (batch, n_classes).
+    """
+    keras = tf_keras()
+    layers, reg = keras.layers, keras.regularizers.l2(l2)
+    inputs = keras.Input(shape=tuple(input_shape), name="logmel")
+    x = layers.Permute((2, 1))(inputs)  # [t, n_mels]
+    x = layers.Conv1D(64, 5, strides=5, use_bias=False, kernel_regularizer=reg)(x)  # [t/5, 64]
+    x = layers.Activation("relu")(layers.BatchNormalization(momentum=0.9)(x))
+    x = _conv_stack(layers, x, layers.Conv1D, layers.MaxPooling1D, [(128, 3), (128, 3)], reg)
+    x = layers.Dropout(dropout)(layers.GlobalAveragePooling1D()(x))
+    return keras.Model(inputs, _genre(layers, x, n_classes, reg), name="cnn1d_mel100ms")
+
+
+def build_mil(input_shape: tuple[int, int], n_classes: int, *, l2: float = 1e-4,
+              dropout: float = 0.3):
+    """Multiple-instance learning: a frame encoder on every frame, mean-pooled per song.
+
+    Inputs are a bag per song: ``frames`` [batch, n_frames, n_mels, t] (normalised log-mel,
+    n_frames may vary between batches) and ``mask`` [batch, n_frames] (1 for real frames, 0 for
+    padding). The encoder (cnn2d's conv stack) runs on each frame through TimeDistributed;
+    GlobalAveragePooling1D averages the real frames' encodings (the mask keeps padding out),
+    and one softmax gives the song's probabilities, shape (batch, n_classes).
+    """
+    keras = tf_keras()
+    layers, reg = keras.layers, keras.regularizers.l2(l2)
+    frame = keras.Input(shape=tuple(input_shape))
+    x = layers.Reshape((*input_shape, 1))(frame)
+    x = _conv_stack(layers, x, layers.Conv2D, layers.MaxPooling2D,
+                    [(16, 3), (32, 3), (64, 3), (64, 3)], reg)
+    encoder = keras.Model(frame, layers.GlobalAveragePooling2D()(x), name="frame_encoder")
+    frames = keras.Input(shape=(None, *input_shape), name="frames")
+    mask = keras.Input(shape=(None,), name="mask")
+    x = layers.TimeDistributed(encoder, name="encode_frames")(frames)  # [batch, n_frames, 64]
+    x = layers.GlobalAveragePooling1D(name="pool_frames")(x, mask=mask)
+    x = layers.Dropout(dropout)(x)
+    return keras.Model([frames, mask], _genre(layers, x, n_classes, reg), name="mil")
+
+
 def build_embed(input_shape: tuple[int], n_classes: int, *, units: int = 128, l2: float = 1e-3,
                 dropout: float = 0.5):
     """A small dense head on pretrained embeddings.
@@ -125,20 +186,29 @@ def build_embed(input_shape: tuple[int], n_classes: int, *, units: int = 128, l2
     return keras.Model(inputs, _genre(layers, x, n_classes, reg), name="embed")
 
 
-# name -> (builder, feature column it reads)
-MODELS = {"cnn2d": (build_cnn2d, "logmel"), "cnn1d": (build_cnn1d, "mfcc"),
-          "dnn": (build_dnn, "mfcc"), "embed": (build_embed, "embedding")}
+# name -> (builder, feature column it reads, "frame" or "song" level output)
+MODELS = {"cnn2d": (build_cnn2d, "logmel", "frame"), "cnn1d": (build_cnn1d, "mfcc", "frame"),
+          "cnn1d_mel100ms": (build_cnn1d_mel100ms, "logmel", "frame"),
+          "dnn": (build_dnn, "mfcc", "frame"), "mil": (build_mil, "logmel", "song"),
+          "embed": (build_embed, "embedding", "frame")}
 
 
-def build_model(name: str, input_shape: tuple[int, int], n_classes: int):
-    """Build the registered model ``name``."""
+def _entry(name: str):
     if name not in MODELS:
         raise ParameterError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
-    return MODELS[name][0](input_shape, n_classes)
+    return MODELS[name]
+
+
+def build_model(name: str, input_shape: tuple[int, ...], n_classes: int):
+    """Build the registered model ``name`` for frames (or embeddings) of ``input_shape``."""
+    return _entry(name)[0](input_shape, n_classes)
 
 
 def feature_column(name: str) -> str:
-    """The feature column (``logmel`` or ``mfcc``) model ``name`` reads."""
-    if name not in MODELS:
-        raise ParameterError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
-    return MODELS[name][1]
+    """The feature column (``logmel``, ``mfcc``, ``embedding``) model ``name`` reads."""
+    return _entry(name)[1]
+
+
+def model_level(name: str) -> str:
+    """``frame`` (aggregated per song afterwards) or ``song`` (bags of frames, ``mil``)."""
+    return _entry(name)[2]

@@ -13,8 +13,9 @@ import time
 import numpy as np
 import pyarrow as pa
 
-from pipeline.errors import AudioError
+from pipeline.errors import AudioError, ParameterError
 from pipeline.extract import frame_song, musicnn_input
+from pipeline.features.bags import make_bags
 from pipeline.features.musicnn import N_MELS as MUSICNN_MELS, PATCH_FRAMES
 from pipeline.models.aggregate import aggregate, decide
 from pipeline.runtime.session import RUNTIME_ENV, cluster_cpus, init_ray
@@ -56,60 +57,77 @@ class SongScorer:
     """Ray Data actor: the bundle's model over whole songs, then song aggregation."""
 
     def __init__(self, bundle_root: str, aggregator: str, zero_shot: str | None = None):
-        from pipeline.storage.bundle import load_keras_model, zero_shot_bundle
+        from pipeline.storage.bundle import SEQUENCE_FILE, load_keras_model, zero_shot_bundle
 
         self.aggregator = aggregator
+        self.musicnn = self.model = self.sequence = None
         if zero_shot:  # musicnn's own tags, no trained head
             from pipeline.extract import pretrained_musicnn
 
-            self.bundle, self.model = zero_shot_bundle(zero_shot), None
+            self.bundle = zero_shot_bundle(zero_shot)
             self.musicnn = pretrained_musicnn(zero_shot)
             return
         self.bundle = read_bundle(bundle_root)
         self.model = load_keras_model(self.bundle)
-        self.musicnn = None
+        if aggregator == "sequence":
+            self.sequence = load_keras_model(self.bundle, SEQUENCE_FILE)
         if self.bundle.spec.kind == "musicnn":
             from pipeline.models.musicnn import build_musicnn, load_weights
 
             self.musicnn = build_musicnn()
             load_weights(self.musicnn, self.bundle.musicnn_variables())
 
+    def song_scores(self, songs: list[np.ndarray]) -> list[tuple[np.ndarray, int]]:
+        """(song scores [n_classes], winning class) of each song's model input [n_frames, ...]."""
+        if self.model is None:
+            return self._aggregate([self.musicnn.predict(x, batch_size=32, verbose=0)["taggram"]
+                                    for x in songs])
+        if self.musicnn is not None:
+            songs = [self.musicnn.predict(x, batch_size=32, verbose=0)["penultimate"]
+                     for x in songs]
+        songs = [self.bundle.normalize(x) for x in songs]
+        if self.bundle.level == "song":  # bags: the model pools the frames of each song itself
+            n = np.array([len(x) for x in songs])
+            frames, mask, _ = make_bags(np.concatenate(songs), np.repeat(np.arange(len(songs)), n))
+            probs = self.model.predict([frames, mask], batch_size=8, verbose=0)
+            return [(p, int(np.argmax(p))) for p in probs]
+        frames = self.model.predict(np.concatenate(songs), batch_size=64, verbose=0)
+        bounds = np.cumsum([0] + [len(x) for x in songs])
+        return self._aggregate([frames[a:b] for a, b in zip(bounds[:-1], bounds[1:])])
+
+    def _aggregate(self, probs: list[np.ndarray]) -> list[tuple[np.ndarray, int]]:
+        if self.aggregator == "sequence":
+            from pipeline.models.sequence import sequence_scores
+
+            return [(s, int(np.argmax(s))) for s in sequence_scores(self.sequence, probs)]
+        out = []
+        for p in probs:
+            s = aggregate(p, self.aggregator)
+            out.append((s, decide(s, p)))
+        return out
+
     def __call__(self, batch: dict) -> dict:
         xs = list(batch["x"])
         ok = [i for i, x in enumerate(xs) if len(x)]
-        probs = np.zeros((0, len(self.bundle.classes)), np.float32)
-        if ok:
-            frames = np.concatenate([xs[i] for i in ok])
-            if self.model is None:
-                probs = self.musicnn.predict(frames, batch_size=32, verbose=0)["taggram"]
-            else:
-                if self.musicnn is not None:
-                    frames = self.musicnn.predict(frames, batch_size=32, verbose=0)["penultimate"]
-                probs = self.model.predict(self.bundle.normalize(frames), batch_size=64, verbose=0)
         n = len(xs)
         genre, confidence = [""] * n, np.zeros(n, np.float32)
         scores = np.zeros((n, len(self.bundle.classes)), np.float32)
-        n_frames = np.array([len(x) for x in xs], np.int32)
-        start = 0
-        for i in ok:
-            song_probs = probs[start:start + n_frames[i]]
-            start += n_frames[i]
-            s = aggregate(song_probs, self.aggregator)
-            best = decide(s, song_probs)
-            genre[i], confidence[i] = self.bundle.classes[best], s[best]
-            scores[i] = s
+        if ok:
+            for i, (s, best) in zip(ok, self.song_scores([xs[i] for i in ok])):
+                genre[i], confidence[i], scores[i] = self.bundle.classes[best], s[best], s
         return {"song_id": batch["song_id"], "uri": batch["uri"], "error": batch["error"],
                 "message": batch["message"], "genre": np.array(genre, dtype=object),
-                "confidence": confidence, "n_frames": n_frames,
+                "confidence": confidence, "n_frames": np.array([len(x) for x in xs], np.int32),
                 "probabilities": scores}
 
 
-def run_score(catalog: str, model: str | None, out: str, *, aggregate: str = "mean",
+def run_score(catalog: str, model: str | None, out: str, *, aggregate: str | None = None,
               batch_size: int = 8, address: str | None = None, use_gpu: bool = False,
               zero_shot: str | None = None, top_k: int = 3) -> dict:
     """Label every song of ``catalog`` not yet labelled in ``out`` by this model + aggregator.
 
     ``zero_shot="MSD"|"MTT"`` labels with musicnn's own tags instead of a trained bundle.
+    ``aggregate`` defaults to ``mean`` (frame models) or the bundle's own pooling (``mil``).
     """
     started = time.perf_counter()
     if zero_shot:
@@ -120,6 +138,10 @@ def run_score(catalog: str, model: str | None, out: str, *, aggregate: str = "me
         bundle = zero_shot_bundle(zero_shot)
     else:
         bundle = read_bundle(model)
+    aggregate = _check_aggregator(bundle, aggregate)
+    if bundle.spec.kind == "table":
+        raise ParameterError(f"{model} was trained on a frame table ({len(bundle.spec.features)} "
+                             f"columns), not on audio features; it cannot score audio")
     songs = load_catalog(catalog)
     store = LabelStore(out)
     store.remove_uncommitted()
@@ -168,6 +190,20 @@ def run_score(catalog: str, model: str | None, out: str, *, aggregate: str = "me
             _commit(store, index, rows, errors, bundle.model_id, aggregate, summary)
     summary["seconds"] = time.perf_counter() - started
     return summary
+
+
+def _check_aggregator(bundle, aggregate: str | None) -> str:
+    """The aggregator to use; a song-level (mil) bundle aggregates itself."""
+    if bundle.level == "song":
+        if aggregate not in (None, *bundle.aggregators):
+            raise ParameterError(f"{bundle.model} bundles pool frames themselves; drop "
+                                 f"--aggregate {aggregate}")
+        return bundle.aggregators[0]
+    aggregate = aggregate or "mean"
+    if aggregate not in bundle.aggregators:
+        raise ParameterError(f"--aggregate {aggregate}: this bundle offers "
+                             f"{', '.join(bundle.aggregators)} (retrain for a sequence aggregator)")
+    return aggregate
 
 
 def _commit(store, index, rows, errors, model_id, aggregator, summary) -> None:

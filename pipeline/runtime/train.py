@@ -20,8 +20,9 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.errors import ParameterError
-from pipeline.evaluate import evaluate
-from pipeline.models.cnn import build_model, feature_column
+from pipeline.features.bags import make_bags
+from pipeline.evaluate import evaluate, evaluate_songs, group_by_song
+from pipeline.models.cnn import build_model, feature_column, model_level
 from pipeline.runtime.session import RUNTIME_ENV, init_ray
 from pipeline.splits import assign_splits
 from pipeline.storage.bundle import save_bundle
@@ -32,7 +33,13 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """How to train; recorded in the bundle's config.json."""
+    """How to train; recorded in the bundle's config.json.
+
+    ``batch_size`` counts frames for frame models and songs (bags) for ``mil``. The
+    ``frame_table`` fields describe a user's own per-frame feature table (``--frame-table``);
+    ``splits`` is then an optional manifest whose ``split``/``artist`` columns are joined on
+    the song name.
+    """
 
     model: str = "cnn2d"
     split: str = "auto"
@@ -43,56 +50,116 @@ class TrainConfig:
     num_workers: int = 1
     use_gpu: bool = False
     seed: int = 0
+    frame_table: bool = False
+    name_column: str = "filename"
+    song_pattern: str = r"^(.+)\.\d+\.\w+$"
+    label_column: str = "label"
+    splits: str | None = None
+
+
+@dataclasses.dataclass
+class Rows:
+    """Feature rows before splitting: x [n_frames, ...] with each row's song_id and label."""
+
+    spec: object
+    column: str
+    x: np.ndarray
+    song_ids: np.ndarray
+    labels: np.ndarray  # None where unlabelled
+    meta: dict  # song_id -> {"split": str|None, "artist": str|None}
 
 
 @dataclasses.dataclass
 class SplitData:
-    """Normalised frames of one split: x [n, bands, t] float32, y [n] int, song_ids [n]."""
+    """One split, normalised: model inputs (first axis: frames, or songs for bag models),
+    class index y [n] and song_ids [n] of every example."""
 
-    x: np.ndarray
+    inputs: dict[str, np.ndarray]
     y: np.ndarray
     song_ids: np.ndarray
 
 
-def load_splits(features: str, config: TrainConfig):
-    """Frames per split plus the class order and per-band mean/std of the train split."""
+def read_rows(features: str, config: TrainConfig) -> Rows:
+    """The labelled feature rows of a feature directory or of a frame table."""
+    if config.frame_table:
+        from pipeline.storage.frame_table import read_frame_table
+
+        table = read_frame_table(features, name_column=config.name_column,
+                                 song_pattern=config.song_pattern,
+                                 label_column=config.label_column)
+        meta = {sid: {"split": None, "artist": None} for sid in table.song_ids}
+        if config.splits:
+            meta = _join_splits(meta, config.splits)
+        return Rows(spec=table.spec, column="features", x=table.x, song_ids=table.song_ids,
+                    labels=table.labels, meta=meta)
+    if config.splits:
+        raise ParameterError("--splits is for --frame-table; a feature directory carries the "
+                             "manifest's split column already")
     store = FeatureStore(features)
     spec = store.read_spec()
     column = feature_column(config.model)
+    if column not in spec.columns():
+        raise ParameterError(f"model {config.model} reads {column!r}, but {features} holds "
+                             f"{sorted(spec.columns())}; extract the matching --features")
     table = store.read_frames(["song_id", "label", "artist", "split", column])
-    labels = table.column("label").to_numpy(zero_copy_only=False)
-    labelled = np.array([lab is not None for lab in labels])
-    if not labelled.any():
-        raise ParameterError(f"{features} has no labelled songs; extract with "
-                             f"--labels-from-folders or a manifest 'label' column")
     song_ids = table.column("song_id").to_numpy(zero_copy_only=False)
     meta = {}
     for sid, split, artist in zip(song_ids, table.column("split").to_pylist(),
                                   table.column("artist").to_pylist()):
         meta.setdefault(sid, {"split": split, "artist": artist})
-    splits = assign_splits(meta, config.split, seed=config.seed)
-    classes = sorted({lab for lab in labels[labelled]})
+    return Rows(spec=spec, column=column, x=tensor_values(table.column(column)),
+                song_ids=song_ids, labels=table.column("label").to_numpy(zero_copy_only=False),
+                meta=meta)
+
+
+def _join_splits(meta: dict, manifest: str) -> dict:
+    """``split``/``artist`` of each table song from a manifest, matched on the song name."""
+    from pipeline.storage.catalog import load_catalog
+
+    by_name = {}
+    for song in load_catalog(manifest):
+        by_name[song.song_id] = by_name[song.song_id.rsplit("/", 1)[-1]] = song
+    missing = [sid for sid in meta if sid not in by_name]
+    if len(missing) == len(meta):
+        raise ParameterError(f"no song of the table is in {manifest} (e.g. {missing[0]!r})")
+    if missing:
+        log.warning("train: %d table songs are not in %s and are left out", len(missing), manifest)
+    return {sid: {"split": by_name[sid].split if sid in by_name else None,
+                  "artist": by_name[sid].artist if sid in by_name else None} for sid in meta}
+
+
+def load_splits(features: str, config: TrainConfig):
+    """Splits ready for training plus the spec, class order and per-band mean/std of train."""
+    rows = read_rows(features, config)
+    labelled = np.array([lab is not None for lab in rows.labels])
+    if not labelled.any():
+        raise ParameterError(f"{features} has no labelled songs; extract with "
+                             f"--labels-from-folders or a manifest 'label' column")
+    splits = assign_splits(rows.meta, config.split, seed=config.seed)
+    classes = sorted({lab for lab in rows.labels[labelled]})
     index = {c: i for i, c in enumerate(classes)}
-    x_all = tensor_values(table.column(column))
-    row_split = np.array([splits[sid] if ok else None for sid, ok in zip(song_ids, labelled)])
+    row_split = np.array([splits.get(sid) if ok else None
+                          for sid, ok in zip(rows.song_ids, labelled)])
     train_rows = row_split == "train"
     if not train_rows.any():
         raise ParameterError("the split leaves no train songs")
-    # per band (frames [n, bands, t]) or per dimension (embeddings [n, dims])
-    axes = (0, *range(2, x_all.ndim))
-    train_x = x_all[train_rows].astype(np.float32)
+    # per band (frames [n, bands, t]) or per dimension (embeddings, table rows [n, dims])
+    axes = (0, *range(2, rows.x.ndim))
+    train_x = rows.x[train_rows].astype(np.float32)
     mean = train_x.mean(axis=axes)
     std = train_x.std(axis=axes) + 1e-6
     del train_x
+    bags = model_level(config.model) == "song"
     out = {}
     for name in ("train", "valid", "test"):
-        rows = row_split == name
-        x = normalize(x_all[rows], mean, std)
-        out[name] = SplitData(x=x, y=np.array([index[lab] for lab in labels[rows]], np.int64),
-                              song_ids=song_ids[rows])
+        mask = row_split == name
+        x = normalize(rows.x[mask], mean, std)
+        y = np.array([index[lab] for lab in rows.labels[mask]], np.int64)
+        out[name] = _bag_split(x, y, rows.song_ids[mask]) if bags else \
+            SplitData(inputs={"x": x}, y=y, song_ids=rows.song_ids[mask])
     if not len(out["valid"].y):
         raise ParameterError("the split leaves no validation songs (needed for early stopping)")
-    return spec, classes, mean.astype(np.float32), std.astype(np.float32), out
+    return rows.spec, rows.column, classes, mean.astype(np.float32), std.astype(np.float32), out
 
 
 def normalize(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
@@ -101,12 +168,20 @@ def normalize(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
     return ((x.astype(np.float32) - mean.reshape(shape)) / std.reshape(shape)).astype(np.float32)
 
 
+def _bag_split(x: np.ndarray, y: np.ndarray, song_ids: np.ndarray) -> SplitData:
+    """One example per song (see :func:`pipeline.features.bags.make_bags`)."""
+    frames, mask, rows = make_bags(x, song_ids)
+    return SplitData(inputs={"frames": frames, "mask": mask},
+                     y=np.array([y[r[0]] for r in rows], np.int64),
+                     song_ids=np.array([song_ids[r[0]] for r in rows], dtype=object))
+
+
 def _to_dataset(data: SplitData):
     import ray
     from ray.data.extensions import ArrowTensorArray
 
-    table = pa.table({"x": ArrowTensorArray.from_numpy(data.x), "y": pa.array(data.y)})
-    return ray.data.from_arrow(table)
+    columns = {k: ArrowTensorArray.from_numpy(v) for k, v in data.inputs.items()}
+    return ray.data.from_arrow(pa.table({**columns, "y": pa.array(data.y)}))
 
 
 def train_loop_per_worker(loop: dict) -> None:
@@ -120,6 +195,9 @@ def train_loop_per_worker(loop: dict) -> None:
 
     tf.get_logger().setLevel("WARNING")  # MWMS logs every collective at INFO
     tf.keras.utils.set_random_seed(loop["seed"])
+    if loop["use_gpu"]:
+        for gpu in tf.config.list_physical_devices("GPU"):
+            tf.config.experimental.set_memory_growth(gpu, True)
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     with strategy.scope():
         model = build_model(loop["model"], tuple(loop["input_shape"]), loop["n_classes"])
@@ -136,13 +214,16 @@ def train_loop_per_worker(loop: dict) -> None:
     rank = ray.train.get_context().get_world_rank()
     train_shard = ray.train.get_dataset_shard("train")
     valid_shard = ray.train.get_dataset_shard("valid")
+    inputs = loop["inputs"] if len(loop["inputs"]) > 1 else loop["inputs"][0]
     for epoch in range(state["epoch"], loop["epochs"]):
-        train_tf = train_shard.to_tf("x", "y", batch_size=loop["batch_size"],
+        train_tf = train_shard.to_tf(inputs, "y", batch_size=loop["batch_size"],
                                      local_shuffle_buffer_size=4 * loop["batch_size"],
                                      local_shuffle_seed=loop["seed"] + epoch)
-        valid_tf = valid_shard.to_tf("x", "y", batch_size=loop["batch_size"])
+        valid_tf = valid_shard.to_tf(inputs, "y", batch_size=loop["batch_size"])
+        epoch_started = time.perf_counter()
         fitted = model.fit(train_tf, validation_data=valid_tf, epochs=1, verbose=0)
-        row = {"epoch": epoch + 1, **{k: float(v[-1]) for k, v in fitted.history.items()}}
+        row = {"epoch": epoch + 1, **{k: float(v[-1]) for k, v in fitted.history.items()},
+               "seconds": time.perf_counter() - epoch_started}
         state["history"].append(row)
         state["epoch"] = epoch + 1
         # Validation metrics are all-reduced across workers, so every worker takes the same
@@ -180,18 +261,24 @@ def _load_weights(path: str) -> list[np.ndarray]:
 
 def run_train(features: str, out: str, config: TrainConfig, *, address: str | None = None,
               storage_path: str | None = None, run_name: str | None = None) -> dict:
-    """Train ``config.model`` on a feature directory and write the bundle to ``out``."""
+    """Train ``config.model`` on a feature directory (or frame table) and write the bundle."""
     started = time.perf_counter()
-    spec, classes, mean, std, data = load_splits(features, config)
-    column = feature_column(config.model)
-    log.info("train: %d classes, frames train/valid/test = %d/%d/%d", len(classes),
+    level = model_level(config.model)
+    if config.frame_table and config.model != "dnn":
+        raise ParameterError(f"--frame-table rows are feature vectors; train them with "
+                             f"--model dnn, not {config.model}")
+    spec, column, classes, mean, std, data = load_splits(features, config)
+    log.info("train: %d classes, %s train/valid/test = %d/%d/%d", len(classes),
+             "songs" if level == "song" else "frames",
              len(data["train"].y), len(data["valid"].y), len(data["test"].y))
     init_ray(address)
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer
 
-    loop = {**dataclasses.asdict(config), "input_shape": list(data["train"].x.shape[1:]),
-            "n_classes": len(classes)}
+    first = next(iter(data["train"].inputs.values()))
+    frame_shape = first.shape[2:] if level == "song" else first.shape[1:]
+    loop = {**dataclasses.asdict(config), "input_shape": list(frame_shape),
+            "n_classes": len(classes), "inputs": list(data["train"].inputs)}
     trainer = TensorflowTrainer(
         train_loop_per_worker,
         train_loop_config=loop,
@@ -208,21 +295,47 @@ def run_train(features: str, out: str, config: TrainConfig, *, address: str | No
     with result.checkpoint.as_directory() as folder:
         state = json.load(open(os.path.join(folder, "state.json")))
         best = _load_weights(os.path.join(folder, "best.npz"))
-    model = build_model(config.model, tuple(loop["input_shape"]), len(classes))
+    model = build_model(config.model, tuple(frame_shape), len(classes))
     model.set_weights(best)
     metrics = {"classes": classes, "epochs_run": state["epoch"],
                "stopped_early": state["stopped_early"],
                "best_val_loss": state["best_val_loss"], "test": None}
+    probs = {name: model.predict(_model_inputs(split), batch_size=8 if level == "song" else 64,
+                                 verbose=0)
+             for name, split in data.items() if len(split.y)}
+    sequence = None
+    if level == "frame":  # the learned aggregator, on out-of-sample frame predictions
+        from pipeline.models.sequence import fit_sequence, sequence_scores
+
+        sequence = fit_sequence(*_songs(probs["valid"], data["valid"]), len(classes),
+                                seed=config.seed)
     for name in ("valid", "test"):
+        if name not in probs:
+            continue
         split = data[name]
-        if len(split.y):
-            probs = model.predict(split.x, batch_size=64, verbose=0)
-            metrics[name] = evaluate(probs, split.y, split.song_ids, classes)
+        if level == "song":
+            metrics[name] = evaluate_songs(probs[name], split.y, classes, "mil")
+        else:
+            metrics[name] = evaluate(probs[name], split.y, split.song_ids, classes,
+                                     sequence=lambda songs: sequence_scores(sequence, songs))
     model_id = save_bundle(out, model=model, model_name=config.model, feature=column,
                            classes=classes, spec=spec, mean=mean, std=std,
                            config={**dataclasses.asdict(config), "features": features},
-                           metrics=metrics, history=state["history"])
+                           metrics=metrics, history=state["history"], level=level,
+                           sequence_model=sequence)
     return {"model": config.model, "model_id": model_id, "out": out, "metrics": metrics,
             "epochs": state["epoch"], "seconds": time.perf_counter() - started,
             "train_songs": len(set(data["train"].song_ids)),
             "valid_songs": len(set(data["valid"].song_ids))}
+
+
+def _model_inputs(split: SplitData):
+    """The array (one input) or list of arrays (``frames``, ``mask``) a model predicts on."""
+    values = list(split.inputs.values())
+    return values[0] if len(values) == 1 else values
+
+
+def _songs(probs: np.ndarray, split: SplitData) -> tuple[list[np.ndarray], np.ndarray]:
+    """Frame probabilities grouped per song, with each song's class."""
+    groups = group_by_song(split.song_ids)
+    return [probs[rows] for rows in groups.values()], np.array([split.y[r[0]] for r in groups.values()])

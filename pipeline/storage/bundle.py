@@ -3,7 +3,9 @@
 ::
 
     model.keras          the tf-keras model (architecture + weights)
-    bundle.json          model_id (fingerprint of everything below), model name, feature column
+    sequence.keras       frame models: the learned ``sequence`` aggregator (GRU on frame log-odds)
+    bundle.json          model_id (fingerprint of everything below), model name, feature column,
+                         level (``frame`` or ``song``) and the aggregators it supports
     labels.json          class order of the model's outputs
     spec.json            the FeatureSpec the model was trained on (with fingerprint)
     normalization.json   per-band mean/std fitted on train songs only
@@ -30,6 +32,7 @@ from pipeline.features.spec import FeatureSpec, spec_from_record
 from pipeline.storage import fs as fsio
 
 MODEL_FILE = "model.keras"
+SEQUENCE_FILE = "sequence.keras"
 MUSICNN_FILE = "musicnn.npz"  # embedding bundles: the pretrained network travels with the head
 
 
@@ -45,6 +48,8 @@ class Bundle:
     spec: FeatureSpec  # or EmbeddingSpec
     mean: np.ndarray  # [n_bands]
     std: np.ndarray  # [n_bands]
+    level: str = "frame"  # "song": the model takes a bag of frames per song (mil)
+    aggregators: tuple[str, ...] = ("majority", "mean", "logodds")
 
     def normalize(self, x: np.ndarray) -> np.ndarray:
         """Normalise rows [n, n_bands, ...] with the train-split statistics (float32)."""
@@ -62,10 +67,12 @@ class Bundle:
 
 def save_bundle(out: str, *, model, model_name: str, feature: str, classes: list[str],
                 spec: FeatureSpec, mean: np.ndarray, std: np.ndarray, config: dict,
-                metrics: dict, history: list[dict]) -> str:
+                metrics: dict, history: list[dict], level: str = "frame",
+                sequence_model=None) -> str:
     """Write a bundle to ``out`` (local or URI), replacing one already there; returns model_id."""
     with tempfile.TemporaryDirectory(prefix="genres-bundle-") as tmp:
         model.save(os.path.join(tmp, MODEL_FILE))
+        aggregators = [model_name] if level == "song" else ["majority", "mean", "logodds"]
         docs = {
             "labels.json": list(classes),
             "spec.json": spec.to_record(),
@@ -76,6 +83,10 @@ def save_bundle(out: str, *, model, model_name: str, feature: str, classes: list
         for name, doc in docs.items():
             _write_json(os.path.join(tmp, name), doc)
         names = [MODEL_FILE, *docs]
+        if sequence_model is not None:
+            sequence_model.save(os.path.join(tmp, SEQUENCE_FILE))
+            names.append(SEQUENCE_FILE)
+            aggregators.append("sequence")
         if spec.kind == "musicnn":
             from pipeline.storage.weights import read_checkpoint
 
@@ -84,13 +95,16 @@ def save_bundle(out: str, *, model, model_name: str, feature: str, classes: list
             names.append(MUSICNN_FILE)
         model_id = _fingerprint(tmp, names)
         _write_json(os.path.join(tmp, "bundle.json"),
-                    {"model_id": model_id, "model": model_name, "feature": feature})
+                    {"model_id": model_id, "model": model_name, "feature": feature,
+                     "level": level, "aggregators": aggregators})
         _write_json(os.path.join(tmp, "metrics.json"), {"model_id": model_id, **metrics})
         _write_history(os.path.join(tmp, "history.csv"), history)
         os.makedirs(os.path.join(tmp, "plots"))
         _plot_history(history, os.path.join(tmp, "plots", "learning_curves.png"))
         if metrics.get("test"):
-            best = max(metrics["test"]["song_accuracy"], key=metrics["test"]["song_accuracy"].get)
+            # the aggregator shown is chosen on validation songs, never on the test split
+            chosen = (metrics.get("valid") or metrics["test"])["song_accuracy"]
+            best = max(chosen, key=chosen.get)
             _plot_confusion(np.array(metrics["test"]["confusion"][best]), classes,
                             f"song-level confusion ({best}), test split",
                             os.path.join(tmp, "plots", "confusion.png"))
@@ -117,7 +131,9 @@ def read_bundle(uri: str) -> Bundle:
                           f"train one with `genres train`") from e
     return Bundle(root=uri, model_id=meta["model_id"], model=meta["model"],
                   feature=meta["feature"], classes=tuple(classes), spec=spec,
-                  mean=np.asarray(norm["mean"], np.float32), std=np.asarray(norm["std"], np.float32))
+                  mean=np.asarray(norm["mean"], np.float32), std=np.asarray(norm["std"], np.float32),
+                  level=meta.get("level", "frame"),
+                  aggregators=tuple(meta.get("aggregators", Bundle.aggregators)))
 
 
 def zero_shot_bundle(name: str) -> Bundle:
@@ -132,20 +148,21 @@ def zero_shot_bundle(name: str) -> Bundle:
                   mean=np.zeros(len(tags), np.float32), std=np.ones(len(tags), np.float32))
 
 
-def load_keras_model(bundle: Bundle):
-    """The bundle's tf-keras model (copied to a local temp dir first when remote)."""
+def load_keras_model(bundle: Bundle, name: str = MODEL_FILE):
+    """A tf-keras model of the bundle (``model.keras`` or ``sequence.keras``), copied to a
+    local temp dir first when the bundle is remote."""
     from pipeline.models.cnn import custom_objects
     from pipeline.models.keras import tf_keras
 
     keras = tf_keras()
     objects = custom_objects()
     if fsio.is_local(bundle.root):
-        return keras.models.load_model(os.path.join(bundle.root, MODEL_FILE), compile=False,
+        return keras.models.load_model(os.path.join(bundle.root, name), compile=False,
                                        custom_objects=objects)
     fs, path = fsio.url_to_fs(bundle.root)
     with tempfile.TemporaryDirectory(prefix="genres-model-") as tmp:
-        local = os.path.join(tmp, MODEL_FILE)
-        fs.get(f"{path}/{MODEL_FILE}", local)
+        local = os.path.join(tmp, name)
+        fs.get(f"{path}/{name}", local)
         return keras.models.load_model(local, compile=False, custom_objects=objects)
 
 

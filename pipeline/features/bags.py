@@ -1,0 +1,26 @@
+"""Bags for multiple-instance models: the frames of each song stacked with a mask (pure numpy)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def make_bags(x: np.ndarray, song_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, list]:
+    """Frames [n, ...] -> (frames [songs, max_frames, ...], mask [songs, max_frames], row lists).
+
+    Songs come in first-seen order; ``row lists`` gives each song's row indices into ``x``.
+    Short songs are padded by repeating their own frames: the mask (1 real, 0 padding) keeps
+    the repeats out of the pooling, and batch norm in training sees real frames only, never
+    artificial zeros.
+    """
+    groups: dict = {}
+    for i, sid in enumerate(song_ids):
+        groups.setdefault(sid, []).append(i)
+    rows = [np.asarray(r) for r in groups.values()]
+    n = max((len(r) for r in rows), default=1)
+    frames = np.empty((len(rows), n, *x.shape[1:]), np.float32)
+    mask = np.zeros((len(rows), n), np.float32)
+    for i, r in enumerate(rows):
+        frames[i] = x[np.resize(r, n)]
+        mask[i, :len(r)] = 1.0
+    return frames, mask, rows
