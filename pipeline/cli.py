@@ -7,7 +7,7 @@ import json
 import logging
 import sys
 
-from pipeline.errors import GenresError
+from pipeline.errors import CatalogError, GenresError
 
 log = logging.getLogger("genres")
 
@@ -112,7 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in (("score", "label every song of a catalog"),
                        ("tag", "label only songs not yet labelled by this model (schedules)")):
         p = sub.add_parser(name, help=text)
-        p.add_argument("catalog", help="audio file, folder, manifest or URI")
+        p.add_argument("catalog", help="audio file, folder, manifest or URI; or a feature "
+                                       "directory from `genres extract` (same spec as the model)")
         source = p.add_mutually_exclusive_group(required=True)
         source.add_argument("--model", help="model bundle directory")
         source.add_argument("--tags", choices=["MSD", "MTT"],
@@ -126,7 +127,15 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--top-k", type=_positive_int, default=3,
                        help="classes/tags listed in top_tags")
         p.add_argument("--batch-size", type=_positive_int, default=8, help="songs per model call")
+        p.add_argument("--use-gpu", action="store_true",
+                       help="one GPU per model actor (as many actors as the cluster has GPUs)")
         ray_address(p)
+
+    p = sub.add_parser("latest", help="the latest label of every song in a labels directory")
+    p.add_argument("labels", help="labels directory written by `genres score`/`genres tag`")
+    p.add_argument("--model-id", default=None, help="only labels of this model_id")
+    p.add_argument("--out", default=None,
+                   help="write the rows to this .parquet or .csv file (default: CSV on stdout)")
 
     sub.add_parser("weights", help="fetch the pretrained musicnn weights into the cache "
                                    "($GENRES_CACHE or ~/.cache/genres)")
@@ -204,11 +213,34 @@ def cmd_score(args, *, tag: bool = False) -> dict:
 
     s = run_score(args.catalog, args.model, args.out, aggregate=args.aggregate,
                   batch_size=args.batch_size, address=args.address, zero_shot=args.tags,
-                  top_k=args.top_k)
+                  top_k=args.top_k, use_gpu=args.use_gpu)
     print(f"{'tag' if tag else 'score'}: {s['songs']} songs in, {s['skipped']} already labelled, "
           f"{s['labelled']} labelled, {s['failed']} failed, {s['frames']} frames, "
           f"{s['seconds']:.1f} s -> {s['out']}")
     return s
+
+
+def cmd_latest(args) -> dict:
+    from pipeline.storage.labels import LabelStore
+    from pipeline.storage.fs import exists, join
+
+    if not exists(join(args.labels, "_commits")):
+        raise CatalogError(f"{args.labels} is not a labels directory (no _commits/); "
+                           f"write one with `genres score` or `genres tag`")
+    table = LabelStore(args.labels).latest(args.model_id)
+    frame = table.to_pandas()
+    frame["probabilities"] = [dict(p) for p in frame["probabilities"]]
+    if args.out is None:
+        frame.to_csv(sys.stdout, index=False)
+    elif args.out.endswith(".csv"):
+        frame.to_csv(args.out, index=False)
+    else:
+        import pyarrow.parquet as pq
+
+        pq.write_table(table, args.out)
+    if args.out:
+        print(f"latest: {len(frame)} songs -> {args.out}")
+    return {"songs": len(frame)}
 
 
 def cmd_demo(args) -> dict:
@@ -237,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     commands = {"extract": cmd_extract, "train": cmd_train, "score": cmd_score,
-                "tag": lambda a: cmd_score(a, tag=True), "demo": cmd_demo,
+                "tag": lambda a: cmd_score(a, tag=True), "latest": cmd_latest, "demo": cmd_demo,
                 "weights": cmd_weights}
     try:
         commands[args.command](args)

@@ -154,3 +154,59 @@ def test_a_restarted_run_resumes_from_its_last_checkpoint(features, tmp_path):
     assert list(history.epoch) == [1, 2, 3, 4]
     first = pd.read_csv(tmp_path / "first" / "history.csv")
     pd.testing.assert_frame_equal(history.iloc[:2], first)
+
+
+@pytest.fixture(scope="module")
+def two_models(features, tmp_path_factory):
+    """Two versions of a model (one epoch each, different seeds): two model_ids."""
+    root = tmp_path_factory.mktemp("models")
+    paths = [str(root / f"dnn-{seed}") for seed in (0, 1)]
+    for seed, path in enumerate(paths):
+        assert cli.main(["train", features, "--out", path, "--model", "dnn", "--epochs", "1",
+                         "--seed", str(seed)]) == 0
+    return paths
+
+
+def test_tag_is_incremental_across_features_audio_and_model_versions(catalog, features,
+                                                                     two_models, tmp_path):
+    from pipeline.runtime.score import run_score
+    from pipeline.storage.bundle import read_bundle
+    from pipeline.storage.labels import LabelStore
+
+    first, second = (read_bundle(p) for p in two_models)
+    assert first.model_id != second.model_id
+    labels = str(tmp_path / "labels")
+    commits = tmp_path / "labels" / "_commits"
+
+    # precomputed features: scored without decoding; the extraction error is carried over
+    s = run_score(features, first.root, labels)
+    assert s["labelled"] == 27 and s["failed"] == 1
+    # reading parts runs as tasks, apart from the model actors (not fused into them)
+    assert "MapBatches(read_feature_part) -> MapBatches(SongScorer)" in s["plan"]
+    assert list(pd.read_parquet(f"{labels}/_errors").song_id) == ["bad"]
+    parts = sorted(p.name for p in commits.iterdir())
+
+    # re-runs write nothing, whether from the features or from the audio
+    assert cli.main(["tag", features, "--model", first.root, "--out", labels]) == 0
+    assert cli.main(["tag", catalog, "--model", first.root, "--out", labels]) == 0
+    assert sorted(p.name for p in commits.iterdir()) == parts
+
+    # a new model version re-tags everything under its own model_id; the old rows stay
+    s = run_score(catalog, second.root, labels)
+    assert "MapBatches(decode_batch) -> MapBatches(SongScorer)" in s["plan"]
+    rows = pd.read_parquet(labels)
+    assert rows.groupby("model_id").size().to_dict() == {first.model_id: 27, second.model_id: 27}
+    latest = LabelStore(labels).latest().to_pandas()
+    assert len(latest) == 27 and set(latest.model_id) == {second.model_id}
+    assert set(LabelStore(labels).latest(first.model_id).to_pandas().song_id) == set(latest.song_id)
+
+
+def test_features_of_another_spec_are_refused(two_models, tmp_path, capsys):
+    from pipeline.features import FeatureSpec
+    from pipeline.storage.shards import FeatureStore
+
+    other = str(tmp_path / "features-64-mels")
+    FeatureStore(other).prepare(FeatureSpec(n_mels=64))
+    assert cli.main(["score", other, "--model", two_models[0], "--out", str(tmp_path / "l")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "n_mels 64 != 128" in err

@@ -1,7 +1,9 @@
 """Scoring on Ray Data: catalog -> decode + features (tasks) -> model (actor pool) -> labels.
 
-Each row carries one whole song (its frames as one tensor), so song aggregation needs no
-shuffle or groupby over the catalog.
+The input is a catalog of audio (decoded and featurised with the bundle's spec) or a feature
+directory written by ``genres extract`` (its spec must match the bundle's). Each row carries one
+whole song (its frames as one tensor), so song aggregation needs no shuffle or groupby over the
+catalog. Labels are committed in parts as the stream goes, so memory does not grow with it.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import time
 import numpy as np
 import pyarrow as pa
 
-from pipeline.errors import AudioError, ParameterError
+from pipeline.errors import AudioError, ParameterError, SpecMismatchError
 from pipeline.extract import frame_song, musicnn_input
 from pipeline.features.bags import make_bags
 from pipeline.features.musicnn import N_MELS as MUSICNN_MELS, PATCH_FRAMES
@@ -21,8 +23,9 @@ from pipeline.models.aggregate import aggregate, decide
 from pipeline.runtime.session import RUNTIME_ENV, cluster_cpus, init_ray
 from pipeline.storage.bundle import read_bundle
 from pipeline.storage.catalog import Song, load_catalog
+from pipeline.storage import fs as fsio
 from pipeline.storage.labels import LABEL_SCHEMA, LabelStore
-from pipeline.storage.shards import ERROR_SCHEMA
+from pipeline.storage.shards import ERROR_SCHEMA, SPEC_FILE, FeatureStore, tensor_values
 
 log = logging.getLogger(__name__)
 
@@ -53,25 +56,65 @@ def decode_batch(batch: dict, *, spec, feature: str) -> dict:
     return {**{k: np.array(v, dtype=object) for k, v in out.items() if k != "x"}, "x": xs}
 
 
+def read_feature_part(batch: dict, *, root: str, column: str) -> dict:
+    """Ray Data map_batches fn: committed feature parts -> one row per listed song.
+
+    A part holds every frame of its songs (extract writes whole songs per part), so grouping
+    by song_id inside one part is enough.
+    """
+    from pipeline.storage.shards import FeatureStore
+
+    store = FeatureStore(root)
+    out = {"song_id": [], "uri": [], "x": []}
+    for part, songs in zip(batch["part"], batch["songs"]):
+        table = store.read_part(part, ["song_id", "frame", column])
+        ids = table.column("song_id").to_numpy(zero_copy_only=False)
+        values = tensor_values(table.column(column))
+        frames = table.column("frame").to_numpy()
+        for song_id in songs:
+            rows = np.flatnonzero(ids == song_id)
+            out["song_id"].append(song_id)
+            out["uri"].append(store.part_uri(part))
+            out["x"].append(values[rows[np.argsort(frames[rows])]].astype(np.float32))
+    xs = np.empty(len(out["x"]), dtype=object)
+    xs[:] = out["x"]
+    n = len(xs)
+    return {"song_id": np.array(out["song_id"], dtype=object),
+            "uri": np.array(out["uri"], dtype=object), "error": np.array([""] * n, dtype=object),
+            "message": np.array([""] * n, dtype=object), "x": xs}
+
+
 class SongScorer:
     """Ray Data actor: the bundle's model over whole songs, then song aggregation."""
 
-    def __init__(self, bundle_root: str, aggregator: str, zero_shot: str | None = None):
+    def __init__(self, bundle_root: str, aggregator: str, zero_shot: str | None = None,
+                 precomputed: bool = False, use_gpu: bool = False):
+        from pipeline.models.keras import tf_keras
         from pipeline.storage.bundle import SEQUENCE_FILE, load_keras_model, zero_shot_bundle
 
+        tf_keras()
+        import tensorflow as tf
+
+        if use_gpu:
+            for gpu in tf.config.list_physical_devices("GPU"):
+                tf.config.experimental.set_memory_growth(gpu, True)
+        else:  # one CPU per actor: decode tasks run on the others
+            tf.config.threading.set_intra_op_parallelism_threads(1)
+            tf.config.threading.set_inter_op_parallelism_threads(1)
         self.aggregator = aggregator
         self.musicnn = self.model = self.sequence = None
         if zero_shot:  # musicnn's own tags, no trained head
-            from pipeline.extract import pretrained_musicnn
-
             self.bundle = zero_shot_bundle(zero_shot)
-            self.musicnn = pretrained_musicnn(zero_shot)
+            if not precomputed:  # from a feature directory the taggram is already there
+                from pipeline.extract import pretrained_musicnn
+
+                self.musicnn = pretrained_musicnn(zero_shot)
             return
         self.bundle = read_bundle(bundle_root)
         self.model = load_keras_model(self.bundle)
         if aggregator == "sequence":
             self.sequence = load_keras_model(self.bundle, SEQUENCE_FILE)
-        if self.bundle.spec.kind == "musicnn":
+        if self.bundle.spec.kind == "musicnn" and not precomputed:
             from pipeline.models.musicnn import build_musicnn, load_weights
 
             self.musicnn = build_musicnn()
@@ -79,9 +122,11 @@ class SongScorer:
 
     def song_scores(self, songs: list[np.ndarray]) -> list[tuple[np.ndarray, int]]:
         """(song scores [n_classes], winning class) of each song's model input [n_frames, ...]."""
-        if self.model is None:
-            return self._aggregate([self.musicnn.predict(x, batch_size=32, verbose=0)["taggram"]
-                                    for x in songs])
+        if self.model is None:  # zero-shot: musicnn's taggram (computed here or precomputed)
+            if self.musicnn is not None:
+                songs = [self.musicnn.predict(x, batch_size=32, verbose=0)["taggram"]
+                         for x in songs]
+            return self._aggregate(songs)
         if self.musicnn is not None:
             songs = [self.musicnn.predict(x, batch_size=32, verbose=0)["penultimate"]
                      for x in songs]
@@ -121,13 +166,15 @@ class SongScorer:
                 "probabilities": scores}
 
 
-def run_score(catalog: str, model: str | None, out: str, *, aggregate: str | None = None,
+def run_score(source: str, model: str | None, out: str, *, aggregate: str | None = None,
               batch_size: int = 8, address: str | None = None, use_gpu: bool = False,
               zero_shot: str | None = None, top_k: int = 3) -> dict:
-    """Label every song of ``catalog`` not yet labelled in ``out`` by this model + aggregator.
+    """Label every song of ``source`` not yet labelled in ``out`` by this model + aggregator.
 
-    ``zero_shot="MSD"|"MTT"`` labels with musicnn's own tags instead of a trained bundle.
-    ``aggregate`` defaults to ``mean`` (frame models) or the bundle's own pooling (``mil``).
+    ``source`` is a catalog (audio) or a feature directory from ``genres extract`` whose spec
+    fingerprint equals the bundle's. ``zero_shot="MSD"|"MTT"`` labels with musicnn's own tags
+    instead of a trained bundle. ``aggregate`` defaults to ``mean`` (frame models) or the
+    bundle's own pooling (``mil``). ``use_gpu`` gives each model actor one GPU.
     """
     started = time.perf_counter()
     if zero_shot:
@@ -139,34 +186,57 @@ def run_score(catalog: str, model: str | None, out: str, *, aggregate: str | Non
     else:
         bundle = read_bundle(model)
     aggregate = _check_aggregator(bundle, aggregate)
+    features = FeatureStore(source) if fsio.exists(fsio.join(source, SPEC_FILE)) else None
     if bundle.spec.kind == "table":
         raise ParameterError(f"{model} was trained on a frame table ({len(bundle.spec.features)} "
                              f"columns), not on audio features; it cannot score audio")
-    songs = load_catalog(catalog)
     store = LabelStore(out)
     store.remove_uncommitted()
     done = store.labelled(bundle.model_id, aggregate)
-    todo = [s for s in songs if s.song_id not in done]
-    summary = {"songs": len(songs), "skipped": len(songs) - len(todo), "labelled": 0,
+    carried = []  # feature directories: songs that already failed extraction
+    if features is not None:
+        items, carried, n_songs = _feature_items(features, bundle, done)
+    else:
+        songs = load_catalog(source)
+        items = [{"song_id": s.song_id, "uri": s.uri} for s in songs if s.song_id not in done]
+        n_songs = len(songs)
+    todo = sum(len(i["songs"]) for i in items) if features is not None else len(items)
+    summary = {"songs": n_songs, "skipped": n_songs - todo - len(carried), "labelled": 0,
                "failed": 0, "frames": 0, "out": out, "model_id": bundle.model_id}
-    if todo:
+    index = store.next_index()
+    if carried and not items:
+        _commit(store, index, [], carried, bundle.model_id, aggregate, summary)
+    if items:
         init_ray(address)
         import ray
 
         cpus = cluster_cpus()
-        items = [{"song_id": s.song_id, "uri": s.uri} for s in todo]
         ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 4 * cpus)))
-        ds = ds.map_batches(decode_batch, batch_size=2, batch_format="numpy",
-                            fn_kwargs={"spec": bundle.spec, "feature": bundle.feature},
-                            runtime_env=RUNTIME_ENV)
+        # Songs in, one row per song out, on CPU tasks. The explicit max_retries (a crashed
+        # worker's songs are redone; bad audio never raises) also gives these tasks other remote
+        # args than the model actors, so Ray Data does not fuse decoding into the actors, where
+        # it would run at the actor pool's parallelism.
+        if features is not None:
+            ds = ds.map_batches(read_feature_part, batch_size=1, batch_format="numpy",
+                                fn_kwargs={"root": features.root, "column": bundle.feature},
+                                num_cpus=1, max_retries=3)
+        else:
+            ds = ds.map_batches(decode_batch, batch_size=2, batch_format="numpy",
+                                fn_kwargs={"spec": bundle.spec, "feature": bundle.feature},
+                                num_cpus=1, max_retries=3, runtime_env=RUNTIME_ENV)
+        gpus = int(ray.cluster_resources().get("GPU", 0))
+        if use_gpu and not gpus:
+            raise ParameterError("--use-gpu: the Ray cluster has no GPUs")
+        actors = gpus if use_gpu else max(1, cpus // 2)
         ds = ds.map_batches(SongScorer, batch_size=batch_size, batch_format="numpy",
                             fn_constructor_kwargs={"bundle_root": bundle.root,
                                                    "aggregator": aggregate,
-                                                   "zero_shot": zero_shot},
-                            compute=ray.data.ActorPoolStrategy(min_size=1,
-                                                               max_size=max(1, cpus // 2)),
-                            num_gpus=1 if use_gpu else 0, runtime_env=RUNTIME_ENV)
-        rows, errors, index = [], [], store.next_index()
+                                                   "zero_shot": zero_shot,
+                                                   "precomputed": features is not None,
+                                                   "use_gpu": use_gpu},
+                            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
+                            num_cpus=1, num_gpus=1 if use_gpu else 0, runtime_env=RUNTIME_ENV)
+        rows, errors = [], list(carried)
         scored_at = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             for i in range(len(batch["song_id"])):
@@ -188,8 +258,44 @@ def run_score(catalog: str, model: str | None, out: str, *, aggregate: str | Non
                 rows, errors, index = [], [], index + 1
         if rows or errors:
             _commit(store, index, rows, errors, bundle.model_id, aggregate, summary)
+        summary["plan"] = _executed_plan(ds)
     summary["seconds"] = time.perf_counter() - started
     return summary
+
+
+def _feature_items(features, bundle, done: set[str]):
+    """Work items (one per committed part, with its songs still to label), the extraction
+    errors not yet carried into the labels, and the number of songs in the directory."""
+    spec = features.read_spec()
+    if spec.fingerprint() != bundle.spec.fingerprint():
+        raise SpecMismatchError(
+            f"{features.root} was extracted with feature spec {spec.fingerprint()}, the model "
+            f"with {bundle.spec.fingerprint()} ({spec_difference(spec, bundle.spec)}); "
+            f"re-extract with the model's settings or score the audio catalog instead")
+    items, n_songs = [], 0
+    for record in features.commits().values():
+        n_songs += len(record["songs"]) + len(record["errors"])
+        songs = [s for s in record["songs"] if s not in done]
+        if songs:
+            items.append({"part": record["part"], "songs": songs})
+    carried = [{k: str(v) for k, v in row.items()}
+               for row in features.read_errors().to_pylist() if row["song_id"] not in done]
+    return items, carried, n_songs
+
+
+def spec_difference(a, b) -> str:
+    """The settings two specs disagree on, as ``name a != b`` (or their kinds)."""
+    if a.kind != b.kind:
+        return f"kind {a.kind} != {b.kind}"
+    x, y = a.to_dict(), b.to_dict()
+    return ", ".join(f"{k} {x[k]} != {y[k]}" for k in x if x[k] != y.get(k)) or "same settings"
+
+
+def _executed_plan(ds) -> str:
+    """Operator names of the executed dataset, e.g. ``MapBatches(decode_batch)``."""
+    import re
+
+    return " -> ".join(re.findall(r"^Operator \d+ ([^:]+):", ds.stats(), re.M))
 
 
 def _check_aggregator(bundle, aggregate: str | None) -> str:

@@ -141,6 +141,15 @@ class CommittedParts:
                     tables.append(pq.read_table(f, columns=columns))
         return pa.concat_tables(tables, promote_options="default") if tables else None
 
+    def part_uri(self, part: str) -> str:
+        """URI of a part's rows file (``part`` as named in its commit record)."""
+        return self._uri(part + ".parquet")
+
+    def read_part(self, part: str, columns: list[str] | None = None) -> pa.Table:
+        """The rows of one committed part."""
+        with self.fs.open(self._path(part + ".parquet"), "rb") as f:
+            return pq.read_table(f, columns=columns)
+
     def read_errors(self) -> pa.Table:
         tables = []
         for index, record in sorted(self.commits().items()):
