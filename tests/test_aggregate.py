@@ -49,3 +49,25 @@ def test_evaluate_counts_songs_and_frames():
     assert result["song_accuracy"]["mean"] == 1.0  # a -> blues, b -> rock
     assert result["song_accuracy"]["majority"] == 0.5  # a -> rock by votes
     assert np.array(result["confusion"]["mean"]).sum() == 2
+
+
+def test_sequence_inputs_are_padded_log_odds():
+    from pipeline.models.sequence import frame_logodds, pad_sequences
+
+    songs = [np.array([[0.5, 0.5]]), np.array([[0.9, 0.1], [0.2, 0.8]])]
+    x = pad_sequences([frame_logodds(p) for p in songs])
+    assert x.shape == (2, 2, 2) and x.dtype == np.float32
+    assert np.allclose(x[1, 0], [np.log(9), -np.log(9)], atol=1e-5)
+    assert np.all(x[0, 1] == 0)  # padding: all zeros, masked by the GRU
+    assert np.isfinite(frame_logodds(np.array([[1.0, 0.0]]))).all()
+
+
+def test_bags_pad_with_the_songs_own_frames_and_mask_them():
+    from pipeline.features.bags import make_bags
+
+    x = np.arange(5, dtype=np.float32)[:, None] * np.ones((5, 3), np.float32)
+    frames, mask, rows = make_bags(x, np.array(["a", "b", "a", "b", "b"]))
+    assert frames.shape == (2, 3, 3) and mask.tolist() == [[1, 1, 0], [1, 1, 1]]
+    assert frames[0, :, 0].tolist() == [0, 2, 0]  # song a: frames 0, 2, then a repeat of 0
+    assert frames[1, :, 0].tolist() == [1, 3, 4]
+    assert [r.tolist() for r in rows] == [[0, 2], [1, 3, 4]]

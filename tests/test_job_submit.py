@@ -89,3 +89,7 @@ def test_extract_job_under_ray_job_submit(ray_head, tmp_path):
     assert "succeeded" in result.stdout + result.stderr
     assert pd.read_parquet(out, columns=["song_id"]).song_id.nunique() == 3
     assert list(pd.read_parquet(out / "_errors").song_id) == ["bad"]
+    # the schedule's guard: the same submission id again is refused, nothing runs twice
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode != 0 and "already exists" in again.stdout + again.stderr, \
+        (again.stdout + again.stderr)[-2000:]
