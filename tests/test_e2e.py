@@ -45,7 +45,7 @@ def test_extract_train_score_tag(ray_session, catalog, tmp_path):
                  "metrics.json", "history.csv", "plots/learning_curves.png", "plots/confusion.png"):
         assert (tmp_path / "model" / name).exists(), name
     metrics = pd.read_json(tmp_path / "model" / "metrics.json", typ="series")
-    assert set(metrics["test"]["song_accuracy"]) == {"majority", "mean", "logodds"}
+    assert set(metrics["test"]["song_accuracy"]) == {"majority", "mean", "logodds", "sequence"}
 
     assert cli.main(["score", catalog, "--model", model, "--out", labels]) == 0
     table = pq.read_table(f"{labels}/part-00000.parquet")
