@@ -316,8 +316,10 @@ def run_train(features: str, out: str, config: TrainConfig, *, address: str | No
         if level == "song":
             metrics[name] = evaluate_songs(probs[name], split.y, classes, "mil")
         else:
-            metrics[name] = evaluate(probs[name], split.y, split.song_ids, classes,
-                                     sequence=lambda songs: sequence_scores(sequence, songs))
+            # the sequence aggregator was fitted on the validation songs: test songs only
+            metrics[name] = evaluate(
+                probs[name], split.y, split.song_ids, classes,
+                sequence=(lambda songs: sequence_scores(sequence, songs)) if name == "test" else None)
     model_id = save_bundle(out, model=model, model_name=config.model, feature=column,
                            classes=classes, spec=spec, mean=mean, std=std,
                            config={**dataclasses.asdict(config), "features": features},
