@@ -95,12 +95,8 @@ class SongScorer:
         tf_keras()
         import tensorflow as tf
 
-        if use_gpu:
-            for gpu in tf.config.list_physical_devices("GPU"):
-                tf.config.experimental.set_memory_growth(gpu, True)
-        else:  # one CPU per actor: decode tasks run on the others
-            tf.config.threading.set_intra_op_parallelism_threads(1)
-            tf.config.threading.set_inter_op_parallelism_threads(1)
+        for gpu in tf.config.list_physical_devices("GPU") if use_gpu else []:
+            tf.config.experimental.set_memory_growth(gpu, True)
         self.aggregator = aggregator
         self.musicnn = self.model = self.sequence = None
         if zero_shot:  # musicnn's own tags, no trained head
