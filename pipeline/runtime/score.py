@@ -92,11 +92,12 @@ class SongScorer:
         from pipeline.models.keras import tf_keras
         from pipeline.storage.bundle import SEQUENCE_FILE, load_keras_model, zero_shot_bundle
 
-        tf_keras()
-        import tensorflow as tf
+        if use_gpu:  # before any model is built: memory growth cannot change afterwards
+            tf_keras()
+            import tensorflow as tf
 
-        for gpu in tf.config.list_physical_devices("GPU") if use_gpu else []:
-            tf.config.experimental.set_memory_growth(gpu, True)
+            for gpu in tf.config.list_physical_devices("GPU"):
+                tf.config.experimental.set_memory_growth(gpu, True)
         self.aggregator = aggregator
         self.musicnn = self.model = self.sequence = None
         if zero_shot:  # musicnn's own tags, no trained head
