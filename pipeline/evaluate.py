@@ -4,15 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from pipeline.features.bags import group_by_song
 from pipeline.models.aggregate import AGGREGATORS, aggregate, decide
-
-
-def group_by_song(song_ids: np.ndarray) -> dict[str, np.ndarray]:
-    """Row indices of each song, in first-seen order."""
-    groups: dict[str, list[int]] = {}
-    for i, sid in enumerate(song_ids):
-        groups.setdefault(sid, []).append(i)
-    return {sid: np.asarray(rows) for sid, rows in groups.items()}
 
 
 def confusion(truth: np.ndarray, pred: np.ndarray, n_classes: int) -> np.ndarray:

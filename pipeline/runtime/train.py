@@ -20,8 +20,8 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.errors import ParameterError
-from pipeline.features.bags import make_bags
-from pipeline.evaluate import evaluate, evaluate_songs, group_by_song
+from pipeline.features.bags import group_by_song, make_bags
+from pipeline.evaluate import evaluate, evaluate_songs
 from pipeline.models.cnn import build_model, feature_column, model_level
 from pipeline.runtime.session import RUNTIME_ENV, init_ray
 from pipeline.splits import assign_splits
