@@ -51,9 +51,14 @@ def decode_batch(batch: dict, *, spec, feature: str) -> dict:
         for key, value in (("song_id", song_id), ("uri", uri), ("error", error),
                            ("message", message), ("x", x.astype(np.float32))):
             out[key].append(value)
-    xs = np.empty(len(out["x"]), dtype=object)
-    xs[:] = out["x"]
-    return {**{k: np.array(v, dtype=object) for k, v in out.items() if k != "x"}, "x": xs}
+    return _song_batch(out)
+
+
+def _song_batch(columns: dict[str, list]) -> dict:
+    """Lists per column -> a numpy batch; ``x`` holds one [n_frames, ...] array per song."""
+    xs = np.empty(len(columns["x"]), dtype=object)
+    xs[:] = columns["x"]
+    return {**{k: np.array(v, dtype=object) for k, v in columns.items() if k != "x"}, "x": xs}
 
 
 def read_feature_part(batch: dict, *, root: str, column: str) -> dict:
@@ -62,10 +67,8 @@ def read_feature_part(batch: dict, *, root: str, column: str) -> dict:
     A part holds every frame of its songs (extract writes whole songs per part), so grouping
     by song_id inside one part is enough.
     """
-    from pipeline.storage.shards import FeatureStore
-
     store = FeatureStore(root)
-    out = {"song_id": [], "uri": [], "x": []}
+    out = {"song_id": [], "uri": [], "error": [], "message": [], "x": []}
     for part, songs in zip(batch["part"], batch["songs"]):
         table = store.read_part(part, ["song_id", "frame", column])
         ids = table.column("song_id").to_numpy(zero_copy_only=False)
@@ -75,13 +78,10 @@ def read_feature_part(batch: dict, *, root: str, column: str) -> dict:
             rows = np.flatnonzero(ids == song_id)
             out["song_id"].append(song_id)
             out["uri"].append(store.part_uri(part))
+            out["error"].append("")
+            out["message"].append("")
             out["x"].append(values[rows[np.argsort(frames[rows])]].astype(np.float32))
-    xs = np.empty(len(out["x"]), dtype=object)
-    xs[:] = out["x"]
-    n = len(xs)
-    return {"song_id": np.array(out["song_id"], dtype=object),
-            "uri": np.array(out["uri"], dtype=object), "error": np.array([""] * n, dtype=object),
-            "message": np.array([""] * n, dtype=object), "x": xs}
+    return _song_batch(out)
 
 
 class SongScorer:
