@@ -9,6 +9,7 @@ catalog. Labels are committed in parts as the stream goes, so memory does not gr
 from __future__ import annotations
 
 import datetime
+import functools
 import logging
 import time
 
@@ -30,6 +31,8 @@ from pipeline.storage.shards import ERROR_SCHEMA, SPEC_FILE, FeatureStore, tenso
 log = logging.getLogger(__name__)
 
 _PART_SONGS = 2000  # songs per committed labels part: a killed run keeps finished parts
+_BLOCK_SONGS = 200  # at most this many songs per Ray Data block
+_TF_ACTOR_MEMORY = 1536 * 1024**2  # reserved per TensorFlow model actor (a mil actor: ~1 GB RSS)
 
 
 def decode_batch(batch: dict, *, spec, feature: str) -> dict:
@@ -90,7 +93,8 @@ class SongScorer:
     def __init__(self, bundle_root: str, aggregator: str, zero_shot: str | None = None,
                  precomputed: bool = False, use_gpu: bool = False):
         from pipeline.models.keras import tf_keras
-        from pipeline.storage.bundle import SEQUENCE_FILE, load_keras_model, zero_shot_bundle
+        from pipeline.storage.bundle import (SEQUENCE_FILE, load_keras_model, read_lite_model,
+                                             zero_shot_bundle)
 
         if use_gpu:  # before any model is built: memory growth cannot change afterwards
             tf_keras()
@@ -108,7 +112,14 @@ class SongScorer:
                 self.musicnn = pretrained_musicnn(zero_shot)
             return
         self.bundle = read_bundle(bundle_root)
-        self.model = load_keras_model(self.bundle)
+        if self.bundle.level == "frame" and not use_gpu:  # CPU: the TFLite copy, 4x cheaper
+            from pipeline.models.lite import LiteModel
+
+            self.model = LiteModel(read_lite_model(self.bundle), threads=1)
+            self.predict_frames = self.model.predict
+        else:
+            self.model = load_keras_model(self.bundle)
+            self.predict_frames = functools.partial(self.model.predict, batch_size=64, verbose=0)
         if aggregator == "sequence":
             self.sequence = load_keras_model(self.bundle, SEQUENCE_FILE)
         if self.bundle.spec.kind == "musicnn" and not precomputed:
@@ -133,7 +144,7 @@ class SongScorer:
             frames, mask, _ = make_bags(np.concatenate(songs), np.repeat(np.arange(len(songs)), n))
             probs = self.model.predict([frames, mask], batch_size=8, verbose=0)
             return [(p, int(np.argmax(p))) for p in probs]
-        frames = self.model.predict(np.concatenate(songs), batch_size=64, verbose=0)
+        frames = self.predict_frames(np.concatenate(songs))
         bounds = np.cumsum([0] + [len(x) for x in songs])
         return self._aggregate([frames[a:b] for a, b in zip(bounds[:-1], bounds[1:])])
 
@@ -208,23 +219,27 @@ def run_score(source: str, model: str | None, out: str, *, aggregate: str | None
         import ray
 
         cpus = cluster_cpus()
-        ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 4 * cpus)))
-        # Songs in, one row per song out, on CPU tasks. The explicit max_retries (a crashed
-        # worker's songs are redone; bad audio never raises) also gives these tasks other remote
-        # args than the model actors, so Ray Data does not fuse decoding into the actors, where
-        # it would run at the actor pool's parallelism.
+        # Blocks of at most _BLOCK_SONGS songs: enough blocks to keep every CPU decoding, and
+        # a retried block redoes minutes of work, not a whole slice of a large catalog.
+        blocks = max(4 * cpus, -(-len(items) // _BLOCK_SONGS))
+        ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), blocks)))
+        # Songs in, one row per song out, on CPU tasks (bad audio never raises; Ray Data
+        # retries a task whose worker died, so its songs are redone).
         if features is not None:
             ds = ds.map_batches(read_feature_part, batch_size=1, batch_format="numpy",
                                 fn_kwargs={"root": features.root, "column": bundle.feature},
-                                num_cpus=1, max_retries=3)
+                                num_cpus=1)
         else:
             ds = ds.map_batches(decode_batch, batch_size=2, batch_format="numpy",
                                 fn_kwargs={"spec": bundle.spec, "feature": bundle.feature},
-                                num_cpus=1, max_retries=3, runtime_env=RUNTIME_ENV)
+                                num_cpus=1, runtime_env=RUNTIME_ENV)
         gpus = int(ray.cluster_resources().get("GPU", 0))
         if use_gpu and not gpus:
             raise ParameterError("--use-gpu: the Ray cluster has no GPUs")
-        actors = gpus if use_gpu else max(1, cpus // 2)
+        # The actors' resources always differ from the tasks' (see _model_actors), which also
+        # keeps Ray Data from fusing decoding into the actors, at the pool's parallelism.
+        actors, actor_cpus, actor_memory = _model_actors(bundle, cpus, gpus, use_gpu=use_gpu,
+                                                         precomputed=features is not None)
         ds = ds.map_batches(SongScorer, batch_size=batch_size, batch_format="numpy",
                             fn_constructor_kwargs={"bundle_root": bundle.root,
                                                    "aggregator": aggregate,
@@ -232,7 +247,8 @@ def run_score(source: str, model: str | None, out: str, *, aggregate: str | None
                                                    "precomputed": features is not None,
                                                    "use_gpu": use_gpu},
                             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
-                            num_cpus=1, num_gpus=1 if use_gpu else 0, runtime_env=RUNTIME_ENV)
+                            num_cpus=actor_cpus, num_gpus=1 if use_gpu else 0,
+                            memory=actor_memory, runtime_env=RUNTIME_ENV)
         rows, errors = [], list(carried)
         scored_at = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
@@ -258,6 +274,24 @@ def run_score(source: str, model: str | None, out: str, *, aggregate: str | None
         summary["plan"] = _executed_plan(ds)
     summary["seconds"] = time.perf_counter() - started
     return summary
+
+
+def _model_actors(bundle, cpus: int, gpus: int, *, use_gpu: bool,
+                  precomputed: bool) -> tuple[int, float, int | None]:
+    """(most model actors, CPUs each, memory reserved each in bytes) for scoring ``bundle``.
+
+    On CPU a frame model runs in LiteRT on one thread and costs about a third of the decoding
+    that feeds it (cnn2d, 600 songs: 10.6 core-s of inference, 25 core-s of decode + features).
+    Reserving a whole CPU for each actor would leave that CPU mostly idle and halve decoding on
+    a small node, so these actors reserve none, and one per 4 CPUs keeps up. TensorFlow in the
+    actor (on a GPU, musicnn's network, ``mil``) is real CPU work and memory: one CPU and
+    ``_TF_ACTOR_MEMORY`` per actor.
+    """
+    if use_gpu:
+        return gpus, 1, _TF_ACTOR_MEMORY
+    if bundle.level == "frame" and (bundle.spec.kind != "musicnn" or precomputed):
+        return max(1, cpus // 4), 0, None
+    return max(1, cpus // 2), 1, _TF_ACTOR_MEMORY
 
 
 def _feature_items(features, bundle, done: set[str]):

@@ -3,6 +3,7 @@
 ::
 
     model.keras          the tf-keras model (architecture + weights)
+    model.tflite         frame models: a TFLite copy of model.keras, what scoring runs on CPU
     sequence.keras       frame models: the learned ``sequence`` aggregator (GRU on frame log-odds)
     bundle.json          model_id (fingerprint of everything below), model name, feature column,
                          level (``frame`` or ``song``) and the aggregators it supports
@@ -32,6 +33,7 @@ from pipeline.features.spec import FeatureSpec, spec_from_record
 from pipeline.storage import fs as fsio
 
 MODEL_FILE = "model.keras"
+LITE_FILE = "model.tflite"
 SEQUENCE_FILE = "sequence.keras"
 MUSICNN_FILE = "musicnn.npz"  # embedding bundles: the pretrained network travels with the head
 
@@ -83,6 +85,12 @@ def save_bundle(out: str, *, model, model_name: str, feature: str, classes: list
         for name, doc in docs.items():
             _write_json(os.path.join(tmp, name), doc)
         names = [MODEL_FILE, *docs]
+        if level == "frame":
+            from pipeline.models.lite import to_tflite
+
+            with open(os.path.join(tmp, LITE_FILE), "wb") as f:
+                f.write(to_tflite(model))
+            names.append(LITE_FILE)
         if sequence_model is not None:
             sequence_model.save(os.path.join(tmp, SEQUENCE_FILE))
             names.append(SEQUENCE_FILE)
@@ -164,6 +172,19 @@ def load_keras_model(bundle: Bundle, name: str = MODEL_FILE):
         local = os.path.join(tmp, name)
         fs.get(f"{path}/{name}", local)
         return keras.models.load_model(local, compile=False, custom_objects=objects)
+
+
+def read_lite_model(bundle: Bundle) -> bytes:
+    """The TFLite flatbuffer of a frame bundle's model; bundles saved before ``model.tflite``
+    existed get theirs converted here (a few seconds, once per scoring actor)."""
+    uri = fsio.join(bundle.root, LITE_FILE)
+    if fsio.exists(uri):
+        fs, path = fsio.url_to_fs(uri)
+        with fs.open(path, "rb") as f:
+            return f.read()
+    from pipeline.models.lite import to_tflite
+
+    return to_tflite(load_keras_model(bundle))
 
 
 def _fingerprint(folder: str, names: list[str]) -> str:
