@@ -87,6 +87,12 @@ def read_feature_part(batch: dict, *, root: str, column: str) -> dict:
     return _song_batch(out)
 
 
+def runs_lite(bundle, use_gpu: bool) -> bool:
+    """Whether scoring runs the bundle's model from its LiteRT copy: frame models on CPU (4x
+    cheaper than Keras there); GPUs and song-level (mil) models run Keras."""
+    return bundle.level == "frame" and not use_gpu
+
+
 class SongScorer:
     """Ray Data actor: the bundle's model over whole songs, then song aggregation."""
 
@@ -112,7 +118,7 @@ class SongScorer:
                 self.musicnn = pretrained_musicnn(zero_shot)
             return
         self.bundle = read_bundle(bundle_root)
-        if self.bundle.level == "frame" and not use_gpu:  # CPU: the TFLite copy, 4x cheaper
+        if runs_lite(self.bundle, use_gpu):
             from pipeline.models.lite import LiteModel
 
             self.model = LiteModel(read_lite_model(self.bundle), threads=1)
@@ -289,7 +295,7 @@ def _model_actors(bundle, cpus: int, gpus: int, *, use_gpu: bool,
     """
     if use_gpu:
         return gpus, 1, _TF_ACTOR_MEMORY
-    if bundle.level == "frame" and (bundle.spec.kind != "musicnn" or precomputed):
+    if runs_lite(bundle, use_gpu) and (bundle.spec.kind != "musicnn" or precomputed):
         return max(1, cpus // 4), 0, None
     return max(1, cpus // 2), 1, _TF_ACTOR_MEMORY
 

@@ -177,11 +177,10 @@ def load_keras_model(bundle: Bundle, name: str = MODEL_FILE):
 def read_lite_model(bundle: Bundle) -> bytes:
     """The TFLite flatbuffer of a frame bundle's model; bundles saved before ``model.tflite``
     existed get theirs converted here (a few seconds, once per scoring actor)."""
-    uri = fsio.join(bundle.root, LITE_FILE)
-    if fsio.exists(uri):
-        fs, path = fsio.url_to_fs(uri)
-        with fs.open(path, "rb") as f:
-            return f.read()
+    try:
+        return fsio.read_bytes(fsio.join(bundle.root, LITE_FILE))
+    except FileNotFoundError:
+        pass
     from pipeline.models.lite import to_tflite
 
     return to_tflite(load_keras_model(bundle))

@@ -59,6 +59,12 @@ def read_text(uri: str) -> str:
         return f.read()
 
 
+def read_bytes(uri: str) -> bytes:
+    fs, path = url_to_fs(uri)
+    with fs.open(path, "rb") as f:
+        return f.read()
+
+
 def exists(uri: str) -> bool:
     fs, path = url_to_fs(uri)
     return fs.exists(path)
