@@ -234,7 +234,7 @@ def run_score(source: str, model: str | None, out: str, *, aggregate: str | None
         if features is not None:
             ds = ds.map_batches(read_feature_part, batch_size=1, batch_format="numpy",
                                 fn_kwargs={"root": features.root, "column": bundle.feature},
-                                num_cpus=1)
+                                num_cpus=1, runtime_env=RUNTIME_ENV)
         else:
             ds = ds.map_batches(decode_batch, batch_size=2, batch_format="numpy",
                                 fn_kwargs={"spec": bundle.spec, "feature": bundle.feature},
@@ -242,19 +242,26 @@ def run_score(source: str, model: str | None, out: str, *, aggregate: str | None
         gpus = int(ray.cluster_resources().get("GPU", 0))
         if use_gpu and not gpus:
             raise ParameterError("--use-gpu: the Ray cluster has no GPUs")
-        # The actors' resources always differ from the tasks' (see _model_actors), which also
-        # keeps Ray Data from fusing decoding into the actors, at the pool's parallelism.
-        actors, actor_cpus, actor_memory = _model_actors(bundle, cpus, gpus, use_gpu=use_gpu,
-                                                         precomputed=features is not None)
+        # LiteRT actors ask for exactly what the tasks ask for (same keys too: Ray Data
+        # compares the remote args), so it fuses decoding into them; TensorFlow actors ask
+        # for memory, so decoding stays in tasks on every CPU (see _model_actors).
+        actors, actor_cpus, actor_memory = _model_actors(
+            bundle, cpus, gpus, use_gpu=use_gpu, precomputed=features is not None,
+            aggregator=aggregate)
+        resources = {"num_cpus": actor_cpus, **({"num_gpus": 1} if use_gpu else {}),
+                     **({"memory": actor_memory} if actor_memory else {})}
+        # Fused actors start in a second and do all the work: start them all at once (an
+        # autoscaled pool from 1 added the second actor ~10 s into a 20 s run).
+        fused = actor_memory is None
         ds = ds.map_batches(SongScorer, batch_size=batch_size, batch_format="numpy",
                             fn_constructor_kwargs={"bundle_root": bundle.root,
                                                    "aggregator": aggregate,
                                                    "zero_shot": zero_shot,
                                                    "precomputed": features is not None,
                                                    "use_gpu": use_gpu},
-                            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
-                            num_cpus=actor_cpus, num_gpus=1 if use_gpu else 0,
-                            memory=actor_memory, runtime_env=RUNTIME_ENV)
+                            compute=ray.data.ActorPoolStrategy(min_size=actors if fused else 1,
+                                                               max_size=actors),
+                            runtime_env=RUNTIME_ENV, **resources)
         rows, errors = [], list(carried)
         scored_at = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
@@ -282,21 +289,23 @@ def run_score(source: str, model: str | None, out: str, *, aggregate: str | None
     return summary
 
 
-def _model_actors(bundle, cpus: int, gpus: int, *, use_gpu: bool,
-                  precomputed: bool) -> tuple[int, float, int | None]:
+def _model_actors(bundle, cpus: int, gpus: int, *, use_gpu: bool, precomputed: bool,
+                  aggregator: str) -> tuple[int, float, int | None]:
     """(most model actors, CPUs each, memory reserved each in bytes) for scoring ``bundle``.
 
     On CPU a frame model runs in LiteRT on one thread and costs about a third of the decoding
-    that feeds it (cnn2d, 600 songs: 10.6 core-s of inference, 25 core-s of decode + features).
-    Reserving a whole CPU for each actor would leave that CPU mostly idle and halve decoding on
-    a small node, so these actors reserve none, and one per 4 CPUs keeps up. TensorFlow in the
-    actor (on a GPU, musicnn's network, ``mil``) is real CPU work and memory: one CPU and
-    ``_TF_ACTOR_MEMORY`` per actor.
+    that feeds it (cnn2d, 600 songs: 10.6 core-s of inference, 25 core-s of decode + features)
+    in a few MB. These actors ask for what a decode task asks for (one CPU, no memory), so Ray
+    Data fuses decoding into them: one actor per CPU decodes, featurises and scores its songs,
+    and the frames never pass through the object store. TensorFlow in the actor (on a GPU,
+    musicnn's network, ``mil``, the ``sequence`` aggregator's GRU) is ~1 GB per actor: fewer
+    actors, ``_TF_ACTOR_MEMORY`` each, and decoding stays in tasks on every CPU.
     """
     if use_gpu:
         return gpus, 1, _TF_ACTOR_MEMORY
-    if runs_lite(bundle, use_gpu) and (bundle.spec.kind != "musicnn" or precomputed):
-        return max(1, cpus // 4), 0, None
+    if (runs_lite(bundle, use_gpu) and aggregator != "sequence"
+            and (bundle.spec.kind != "musicnn" or precomputed)):
+        return cpus, 1, None
     return max(1, cpus // 2), 1, _TF_ACTOR_MEMORY
 
 

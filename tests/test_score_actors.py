@@ -1,0 +1,37 @@
+"""How scoring sizes its model actors: light LiteRT actors take decoding in, TensorFlow ones not."""
+
+from types import SimpleNamespace
+
+import pytest
+
+from pipeline.runtime.score import _TF_ACTOR_MEMORY, _model_actors
+
+
+def bundle(level="frame", kind="audio"):
+    return SimpleNamespace(level=level, spec=SimpleNamespace(kind=kind))
+
+
+def actors(b, *, cpus=8, gpus=0, use_gpu=False, precomputed=False, aggregator="mean"):
+    return _model_actors(b, cpus, gpus, use_gpu=use_gpu, precomputed=precomputed,
+                         aggregator=aggregator)
+
+
+def test_a_litert_frame_model_gets_one_actor_per_cpu_shaped_like_a_decode_task():
+    # one CPU and no memory reservation, as decode_batch asks: Ray Data fuses the two
+    assert actors(bundle()) == (8, 1, None)
+    assert actors(bundle(kind="musicnn"), precomputed=True) == (8, 1, None)
+    assert actors(bundle(), cpus=1) == (1, 1, None)
+
+
+@pytest.mark.parametrize("case", [
+    dict(b=bundle(level="song")),  # mil runs Keras
+    dict(b=bundle(), aggregator="sequence"),  # the GRU runs Keras
+    dict(b=bundle(kind="musicnn")),  # musicnn's network on audio runs Keras
+])
+def test_tensorflow_actors_reserve_memory_and_leave_decoding_to_tasks(case):
+    b = case.pop("b")
+    assert actors(b, **case) == (4, 1, _TF_ACTOR_MEMORY)
+
+
+def test_on_gpus_there_is_one_actor_per_gpu():
+    assert actors(bundle(), gpus=2, use_gpu=True) == (2, 1, _TF_ACTOR_MEMORY)
