@@ -17,10 +17,10 @@ def actors(b, *, cpus=8, gpus=0, use_gpu=False, precomputed=False, aggregator="m
 
 
 def test_a_litert_frame_model_gets_one_actor_per_cpu_shaped_like_a_decode_task():
-    # one CPU and no memory reservation, as decode_batch asks: Ray Data fuses the two
-    assert actors(bundle()) == (8, 1, None)
-    assert actors(bundle(kind="musicnn"), precomputed=True) == (8, 1, None)
-    assert actors(bundle(), cpus=1) == (1, 1, None)
+    # one CPU and no other key, as decode_batch asks: Ray Data fuses the two
+    assert actors(bundle()) == (8, 8, {"num_cpus": 1})
+    assert actors(bundle(kind="musicnn"), precomputed=True) == (8, 8, {"num_cpus": 1})
+    assert actors(bundle(), cpus=1) == (1, 1, {"num_cpus": 1})
 
 
 @pytest.mark.parametrize("case", [
@@ -30,8 +30,9 @@ def test_a_litert_frame_model_gets_one_actor_per_cpu_shaped_like_a_decode_task()
 ])
 def test_tensorflow_actors_reserve_memory_and_leave_decoding_to_tasks(case):
     b = case.pop("b")
-    assert actors(b, **case) == (4, 1, _TF_ACTOR_MEMORY)
+    assert actors(b, **case) == (1, 4, {"num_cpus": 1, "memory": _TF_ACTOR_MEMORY})
 
 
 def test_on_gpus_there_is_one_actor_per_gpu():
-    assert actors(bundle(), gpus=2, use_gpu=True) == (2, 1, _TF_ACTOR_MEMORY)
+    assert actors(bundle(), gpus=2, use_gpu=True) == (
+        1, 2, {"num_cpus": 1, "num_gpus": 1, "memory": _TF_ACTOR_MEMORY})

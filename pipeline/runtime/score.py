@@ -242,25 +242,17 @@ def run_score(source: str, model: str | None, out: str, *, aggregate: str | None
         gpus = int(ray.cluster_resources().get("GPU", 0))
         if use_gpu and not gpus:
             raise ParameterError("--use-gpu: the Ray cluster has no GPUs")
-        # LiteRT actors ask for exactly what the tasks ask for (same keys too: Ray Data
-        # compares the remote args), so it fuses decoding into them; TensorFlow actors ask
-        # for memory, so decoding stays in tasks on every CPU (see _model_actors).
-        actors, actor_cpus, actor_memory = _model_actors(
-            bundle, cpus, gpus, use_gpu=use_gpu, precomputed=features is not None,
-            aggregator=aggregate)
-        resources = {"num_cpus": actor_cpus, **({"num_gpus": 1} if use_gpu else {}),
-                     **({"memory": actor_memory} if actor_memory else {})}
-        # Fused actors start in a second and do all the work: start them all at once (an
-        # autoscaled pool from 1 added the second actor ~10 s into a 20 s run).
-        fused = actor_memory is None
+        # light actors take decoding in (Ray Data fuses it), heavy ones leave it to the tasks
+        least, most, resources = _model_actors(bundle, cpus, gpus, use_gpu=use_gpu,
+                                               precomputed=features is not None,
+                                               aggregator=aggregate)
         ds = ds.map_batches(SongScorer, batch_size=batch_size, batch_format="numpy",
                             fn_constructor_kwargs={"bundle_root": bundle.root,
                                                    "aggregator": aggregate,
                                                    "zero_shot": zero_shot,
                                                    "precomputed": features is not None,
                                                    "use_gpu": use_gpu},
-                            compute=ray.data.ActorPoolStrategy(min_size=actors if fused else 1,
-                                                               max_size=actors),
+                            compute=ray.data.ActorPoolStrategy(min_size=least, max_size=most),
                             runtime_env=RUNTIME_ENV, **resources)
         rows, errors = [], list(carried)
         scored_at = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
@@ -290,23 +282,25 @@ def run_score(source: str, model: str | None, out: str, *, aggregate: str | None
 
 
 def _model_actors(bundle, cpus: int, gpus: int, *, use_gpu: bool, precomputed: bool,
-                  aggregator: str) -> tuple[int, float, int | None]:
-    """(most model actors, CPUs each, memory reserved each in bytes) for scoring ``bundle``.
+                  aggregator: str) -> tuple[int, int, dict]:
+    """(fewest model actors, most, the Ray remote args of each) for scoring ``bundle``.
 
     On CPU a frame model runs in LiteRT on one thread and costs about a third of the decoding
     that feeds it (cnn2d, 600 songs: 10.6 core-s of inference, 25 core-s of decode + features)
-    in a few MB. These actors ask for what a decode task asks for (one CPU, no memory), so Ray
-    Data fuses decoding into them: one actor per CPU decodes, featurises and scores its songs,
-    and the frames never pass through the object store. TensorFlow in the actor (on a GPU,
-    musicnn's network, ``mil``, the ``sequence`` aggregator's GRU) is ~1 GB per actor: fewer
-    actors, ``_TF_ACTOR_MEMORY`` each, and decoding stays in tasks on every CPU.
+    in a few MB. Its actors ask for exactly what a decode task asks for (``num_cpus=1`` and no
+    other key: Ray Data fuses two maps only when their remote args are equal), so decoding
+    runs inside them: one actor per CPU decodes, featurises and scores its songs, and frames
+    never cross the object store. They start in a second and do all the work, so the pool
+    starts full (autoscaled from 1, the second actor came ~10 s into a 20 s run). TensorFlow
+    in the actor (on a GPU, musicnn's network, ``mil``, the ``sequence`` aggregator's GRU) is
+    ~1 GB per actor: fewer actors, ``_TF_ACTOR_MEMORY`` each, and decoding stays in tasks.
     """
     if use_gpu:
-        return gpus, 1, _TF_ACTOR_MEMORY
+        return 1, gpus, {"num_cpus": 1, "num_gpus": 1, "memory": _TF_ACTOR_MEMORY}
     if (runs_lite(bundle, use_gpu) and aggregator != "sequence"
             and (bundle.spec.kind != "musicnn" or precomputed)):
-        return cpus, 1, None
-    return max(1, cpus // 2), 1, _TF_ACTOR_MEMORY
+        return cpus, cpus, {"num_cpus": 1}
+    return 1, max(1, cpus // 2), {"num_cpus": 1, "memory": _TF_ACTOR_MEMORY}
 
 
 def _feature_items(features, bundle, done: set[str]):

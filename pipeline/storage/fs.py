@@ -53,16 +53,14 @@ def write_bytes_atomic(uri: str, data: bytes) -> None:
             f.write(data)
 
 
-def read_text(uri: str) -> str:
-    fs, path = url_to_fs(uri)
-    with fs.open(path, "r") as f:
-        return f.read()
-
-
 def read_bytes(uri: str) -> bytes:
     fs, path = url_to_fs(uri)
     with fs.open(path, "rb") as f:
         return f.read()
+
+
+def read_text(uri: str) -> str:
+    return read_bytes(uri).decode("utf-8")
 
 
 def exists(uri: str) -> bool:
