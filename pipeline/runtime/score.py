@@ -21,7 +21,7 @@ from pipeline.extract import frame_song, musicnn_input
 from pipeline.features.bags import make_bags
 from pipeline.features.musicnn import N_MELS as MUSICNN_MELS, PATCH_FRAMES
 from pipeline.models.aggregate import aggregate, decide
-from pipeline.runtime.session import RUNTIME_ENV, cluster_cpus, init_ray
+from pipeline.runtime.session import cluster_cpus, init_ray
 from pipeline.storage.bundle import read_bundle
 from pipeline.storage.catalog import Song, load_catalog
 from pipeline.storage import fs as fsio
@@ -235,11 +235,11 @@ def run_score(source: str, model: str | None, out: str, *, aggregate: str | None
         if features is not None:
             ds = ds.map_batches(read_feature_part, batch_size=1, batch_format="numpy",
                                 fn_kwargs={"root": features.root, "column": bundle.feature},
-                                num_cpus=1, runtime_env=RUNTIME_ENV)
+                                num_cpus=1)
         else:
             ds = ds.map_batches(decode_batch, batch_size=2, batch_format="numpy",
                                 fn_kwargs={"spec": bundle.spec, "feature": bundle.feature},
-                                num_cpus=1, runtime_env=RUNTIME_ENV)
+                                num_cpus=1)
         gpus = int(ray.cluster_resources().get("GPU", 0))
         if use_gpu and not gpus:
             raise ParameterError("--use-gpu: the Ray cluster has no GPUs")
@@ -254,7 +254,7 @@ def run_score(source: str, model: str | None, out: str, *, aggregate: str | None
                                                    "precomputed": features is not None,
                                                    "use_gpu": use_gpu},
                             compute=ray.data.ActorPoolStrategy(min_size=least, max_size=most),
-                            runtime_env=RUNTIME_ENV, **resources)
+                            **resources)
         rows, errors = [], list(carried)
         scored_at = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
