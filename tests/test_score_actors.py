@@ -1,10 +1,13 @@
-"""How scoring sizes its model actors: light LiteRT actors take decoding in, TensorFlow ones not."""
+"""How scoring sizes its model actors (light LiteRT actors take decoding in, TensorFlow ones
+not), and what they load."""
 
 from types import SimpleNamespace
 
 import pytest
 
+from pipeline.errors import BundleError
 from pipeline.runtime.score import _TF_ACTOR_MEMORY, _model_actors
+from pipeline.storage.bundle import read_lite_model
 
 
 def bundle(level="frame", kind="audio"):
@@ -36,3 +39,11 @@ def test_tensorflow_actors_reserve_memory_and_leave_decoding_to_tasks(case):
 def test_on_gpus_there_is_one_actor_per_gpu():
     assert actors(bundle(), gpus=2, use_gpu=True) == (
         1, 2, {"num_cpus": 1, "num_gpus": 1, "memory": _TF_ACTOR_MEMORY})
+
+
+@pytest.mark.parametrize("content", [b"", b"PK\x03\x04 not a flatbuffer"])
+def test_a_damaged_lite_copy_is_refused_by_name_with_its_fix(tmp_path, content):
+    # LiteRT's own error ("`model_path` or `model_content`") names neither the file nor a fix
+    (tmp_path / "model.tflite").write_bytes(content)
+    with pytest.raises(BundleError, match=r"model\.tflite is not a TFLite model .*delete it"):
+        read_lite_model(SimpleNamespace(root=str(tmp_path)))

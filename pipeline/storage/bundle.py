@@ -176,11 +176,18 @@ def load_keras_model(bundle: Bundle, name: str = MODEL_FILE):
 
 def read_lite_model(bundle: Bundle) -> bytes:
     """The TFLite flatbuffer of a frame bundle's model; bundles saved before ``model.tflite``
-    existed get theirs converted here (a few seconds, once per scoring actor)."""
+    existed get theirs converted here (this imports TensorFlow: ~15 s in each scoring actor)."""
+    uri = fsio.join(bundle.root, LITE_FILE)
     try:
-        return fsio.read_bytes(fsio.join(bundle.root, LITE_FILE))
+        data = fsio.read_bytes(uri)
     except FileNotFoundError:
-        pass
+        data = None
+    if data is not None:
+        # Checked here: LiteRT's own error for a cut or foreign file names neither file nor fix.
+        if data[4:8] != b"TFL3":  # the flatbuffer's file identifier
+            raise BundleError(f"{uri} is not a TFLite model ({len(data)} bytes); delete it and "
+                              f"scoring converts {MODEL_FILE} again")
+        return data
     from pipeline.models.lite import to_tflite
 
     return to_tflite(load_keras_model(bundle))
