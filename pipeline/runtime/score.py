@@ -22,7 +22,7 @@ from pipeline.features.bags import make_bags
 from pipeline.features.musicnn import N_MELS as MUSICNN_MELS, PATCH_FRAMES
 from pipeline.models.aggregate import aggregate, decide
 from pipeline.runtime.session import cluster_cpus, init_ray
-from pipeline.storage.bundle import read_bundle
+from pipeline.storage.bundle import read_bundle, read_lite_model
 from pipeline.storage.catalog import Song, load_catalog
 from pipeline.storage import fs as fsio
 from pipeline.storage.labels import LABEL_SCHEMA, LabelStore
@@ -97,10 +97,12 @@ class SongScorer:
     """Ray Data actor: the bundle's model over whole songs, then song aggregation."""
 
     def __init__(self, bundle_root: str, aggregator: str, zero_shot: str | None = None,
-                 precomputed: bool = False, use_gpu: bool = False):
+                 precomputed: bool = False, use_gpu: bool = False,
+                 lite_model: bytes | None = None):
+        """``lite_model``: the bundle's LiteRT flatbuffer, read once by the driver, when the
+        model runs in LiteRT (see :func:`runs_lite`); Keras otherwise."""
         from pipeline.models.keras import tf_keras
-        from pipeline.storage.bundle import (SEQUENCE_FILE, load_keras_model, read_lite_model,
-                                             zero_shot_bundle)
+        from pipeline.storage.bundle import SEQUENCE_FILE, load_keras_model, zero_shot_bundle
 
         if use_gpu:  # before any model is built: memory growth cannot change afterwards
             tf_keras()
@@ -118,10 +120,10 @@ class SongScorer:
                 self.musicnn = pretrained_musicnn(zero_shot)
             return
         self.bundle = read_bundle(bundle_root)
-        if runs_lite(self.bundle, use_gpu):
+        if lite_model is not None:
             from pipeline.models.lite import LiteModel
 
-            self.model = LiteModel(read_lite_model(self.bundle), threads=1)
+            self.model = LiteModel(lite_model, threads=1)
             self.predict_frames = self.model.predict
         else:
             self.model = load_keras_model(self.bundle)
@@ -221,6 +223,9 @@ def run_score(source: str, model: str | None, out: str, *, aggregate: str | None
     if carried and not items:
         _commit(store, index, [], carried, bundle.model_id, aggregate, summary)
     if items:
+        # Read (or, for an old bundle, converted) once here, not in every actor: a damaged
+        # file stops the run before Ray starts, and the actors never touch TensorFlow for it.
+        lite = read_lite_model(bundle) if not zero_shot and runs_lite(bundle, use_gpu) else None
         init_ray(address)
         import ray
 
@@ -252,7 +257,8 @@ def run_score(source: str, model: str | None, out: str, *, aggregate: str | None
                                                    "aggregator": aggregate,
                                                    "zero_shot": zero_shot,
                                                    "precomputed": features is not None,
-                                                   "use_gpu": use_gpu},
+                                                   "use_gpu": use_gpu,
+                                                   "lite_model": lite},
                             compute=ray.data.ActorPoolStrategy(min_size=least, max_size=most),
                             **resources)
         rows, errors = [], list(carried)

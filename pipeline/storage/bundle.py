@@ -176,21 +176,19 @@ def load_keras_model(bundle: Bundle, name: str = MODEL_FILE):
 
 def read_lite_model(bundle: Bundle) -> bytes:
     """The TFLite flatbuffer of a frame bundle's model; bundles saved before ``model.tflite``
-    existed get theirs converted here (this imports TensorFlow: ~15 s in each scoring actor)."""
+    existed get theirs converted here (this imports TensorFlow, ~15 s)."""
     uri = fsio.join(bundle.root, LITE_FILE)
     try:
         data = fsio.read_bytes(uri)
     except FileNotFoundError:
-        data = None
-    if data is not None:
-        # Checked here: LiteRT's own error for a cut or foreign file names neither file nor fix.
-        if data[4:8] != b"TFL3":  # the flatbuffer's file identifier
-            raise BundleError(f"{uri} is not a TFLite model ({len(data)} bytes); delete it and "
-                              f"scoring converts {MODEL_FILE} again")
-        return data
-    from pipeline.models.lite import to_tflite
+        from pipeline.models.lite import to_tflite
 
-    return to_tflite(load_keras_model(bundle))
+        return to_tflite(load_keras_model(bundle))
+    # Checked here: LiteRT's own error for a cut or foreign file names neither file nor fix.
+    if data[4:8] != b"TFL3":  # the flatbuffer's file identifier
+        raise BundleError(f"{uri} is not a TFLite model ({len(data)} bytes); delete it and "
+                          f"scoring converts {MODEL_FILE} again")
+    return data
 
 
 def _fingerprint(folder: str, names: list[str]) -> str:
