@@ -96,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="auto", choices=["auto", "manifest", "song", "artist"],
                    help="auto: the manifest's split column when present, else by song")
     p.add_argument("--epochs", type=_positive_int, default=30)
-    p.add_argument("--batch-size", type=_positive_int, default=16, help="per worker")
+    p.add_argument("--batch-size", type=_positive_int, default=16,
+                   help="frames (songs for mil) per optimizer step, over all workers")
     p.add_argument("--patience", type=_positive_int, default=6,
                    help="early stopping: epochs without validation-loss improvement")
     p.add_argument("--num-workers", type=_positive_int, default=1)

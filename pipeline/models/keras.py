@@ -23,6 +23,19 @@ def select_legacy_keras() -> None:
         raise GenresError("TF_USE_LEGACY_KERAS must be 1: genres models are tf-keras models")
 
 
+def onednn_enabled() -> bool | None:
+    """Whether this process's TensorFlow runs oneDNN's custom ops (None if it cannot tell).
+
+    TensorFlow turns them on by default on Linux only for CPUs with AVX512-VNNI/BF16, AVX-VNNI
+    or AMX; ``TF_ENABLE_ONEDNN_OPTS=0|1`` decides otherwise. Numerics and kernels differ.
+    """
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+    except ImportError:  # a private module: a TensorFlow without it just cannot say
+        return None
+    return bool(_pywrap_util_port.IsMklEnabled())
+
+
 def tf_keras():
     """Return ``tf.keras`` (tf-keras), refusing a process where Keras 3 is already loaded."""
     already = "tensorflow" in sys.modules

@@ -9,9 +9,16 @@ from pipeline.models.keras import KERAS_ENV, select_legacy_keras
 
 log = logging.getLogger(__name__)
 
-# Every Ray worker, Train worker and Data actor must see these before TensorFlow loads:
-# the job's runtime env on a cluster, inherited from the driver in embedded Ray.
-RUNTIME_ENV = {"env_vars": dict(KERAS_ENV)}
+# Passed on from the driver when set there: whether TensorFlow uses oneDNN's custom ops (its
+# default depends on the CPU), so every worker takes the path the driver was told to take.
+PASSED_ON = ("TF_ENABLE_ONEDNN_OPTS",)
+
+
+def runtime_env() -> dict:
+    """What every Ray worker, Train worker and Data actor must see before TensorFlow loads:
+    the job's runtime env on a cluster (embedded Ray's workers inherit the driver's env)."""
+    env = {key: os.environ.get(key, value) for key, value in KERAS_ENV.items()}
+    return {"env_vars": {**env, **{key: os.environ[key] for key in PASSED_ON if key in os.environ}}}
 
 
 def init_ray(address: str | None = None) -> None:
@@ -26,7 +33,7 @@ def init_ray(address: str | None = None) -> None:
     address = address or os.environ.get("RAY_ADDRESS") or "local"
     kwargs = {"logging_level": logging.WARNING}
     if address != "local":  # a cluster's workers get the env from the job, merged with this
-        kwargs["runtime_env"] = RUNTIME_ENV
+        kwargs["runtime_env"] = runtime_env()
     # Embedded Ray's workers inherit the env select_legacy_keras() just set, so no runtime env:
     # only tasks and actors without one can take the workers Ray prestarts (Ray #47212). With
     # one, each waited for a new process: scoring actors were ready 6.5-9.5 s into a run on

@@ -5,6 +5,12 @@ songs only, and hands Ray Datasets to a ``TensorflowTrainer``. Each worker build
 under ``MultiWorkerMirroredStrategy``, fits one epoch at a time on its dataset shard, and
 reports a checkpoint (current and best weights) every epoch. The driver then evaluates the
 best weights on the test songs and writes the bundle.
+
+No replica ever gets an empty batch: each worker feeds its own replica whole batches of its
+equal shard (:func:`worker_feed`). Keras' own rebatching of a worker's dataset split a last
+partial batch of fewer rows than workers into empty pieces, and TensorFlow's oneDNN Conv2D
+(on by default on CPUs with AVX512-VNNI/BF16, AVX-VNNI or AMX) answers an empty batch with a
+tensor of its input's shape, which failed the next convolution.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from pipeline.errors import ParameterError
 from pipeline.features.bags import group_by_song, make_bags
 from pipeline.evaluate import evaluate, evaluate_songs
 from pipeline.models.cnn import build_model, feature_column, model_level
-from pipeline.runtime.session import RUNTIME_ENV, init_ray
+from pipeline.runtime.session import init_ray, runtime_env
 from pipeline.splits import assign_splits
 from pipeline.storage.bundle import save_bundle
 from pipeline.storage.shards import FeatureStore, tensor_values
@@ -35,7 +41,8 @@ log = logging.getLogger(__name__)
 class TrainConfig:
     """How to train; recorded in the bundle's config.json.
 
-    ``batch_size`` counts frames for frame models and songs (bags) for ``mil``. The
+    ``batch_size`` counts frames for frame models and songs (bags) for ``mil``, per optimizer
+    step over all workers (each worker takes ``ceil(batch_size / num_workers)``). The
     ``frame_table`` fields describe a user's own per-frame feature table (``--frame-table``);
     ``splits`` is then an optional manifest whose ``split``/``artist`` columns are joined on
     the song name.
@@ -176,6 +183,37 @@ def _bag_split(x: np.ndarray, y: np.ndarray, song_ids: np.ndarray) -> SplitData:
                      song_ids=np.array([song_ids[r[0]] for r in rows], dtype=object))
 
 
+@dataclasses.dataclass(frozen=True)
+class Feed:
+    """What each worker feeds its replica per epoch: ``steps`` batches of ``batch`` rows."""
+
+    batch: int
+    steps: int
+
+
+def worker_feed(rows: int, workers: int, batch_size: int, *, drop_last: bool, split: str,
+                unit: str) -> Feed:
+    """Per-worker batches of one split, the same number on every worker, none empty.
+
+    Ray Train streams each of ``workers`` exactly ``rows // workers`` rows (it drops the
+    remainder to keep the shards equal). ``batch_size`` is the global batch of one optimizer
+    step, so a worker's batch is ``ceil(batch_size / workers)`` rows. Training drops a
+    worker's last partial batch (``drop_last``; the shuffle varies which rows); validation
+    keeps it, and it is never empty because every worker holds at least one row.
+    """
+    per_worker = rows // workers
+    batch = -(-batch_size // workers)
+    steps = per_worker // batch if drop_last else -(-per_worker // batch)
+    if steps == 0 and drop_last:
+        raise ParameterError(f"the {split} split has {rows} {unit}: {workers} workers x {batch} "
+                             f"a batch need at least {workers * batch}; lower --batch-size or "
+                             f"--num-workers")
+    if steps == 0:
+        raise ParameterError(f"the {split} split has {rows} {unit}, fewer than the {workers} "
+                             f"workers; lower --num-workers or give it more songs")
+    return Feed(batch=batch, steps=steps)
+
+
 def _to_dataset(data: SplitData):
     import ray
     from ray.data.extensions import ArrowTensorArray
@@ -188,7 +226,7 @@ def train_loop_per_worker(loop: dict) -> None:
     """Ray Train worker: build under the strategy, fit epoch by epoch, report checkpoints."""
     import ray.train
 
-    from pipeline.models.keras import tf_keras
+    from pipeline.models.keras import onednn_enabled, tf_keras
 
     keras = tf_keras()
     import tensorflow as tf
@@ -215,13 +253,22 @@ def train_loop_per_worker(loop: dict) -> None:
     train_shard = ray.train.get_dataset_shard("train")
     valid_shard = ray.train.get_dataset_shard("valid")
     inputs = loop["inputs"] if len(loop["inputs"]) > 1 else loop["inputs"][0]
+    train_feed, valid_feed = Feed(**loop["train_feed"]), Feed(**loop["valid_feed"])
+
+    def per_replica(shard, feed: Feed, **to_tf):
+        # The worker's own shard in whole batches for its replica: Keras neither rebatches
+        # nor pads it, so no replica gets an empty batch (see the module docstring).
+        return strategy.distribute_datasets_from_function(
+            lambda _: shard.to_tf(inputs, "y", batch_size=feed.batch, **to_tf))
+
     for epoch in range(state["epoch"], loop["epochs"]):
-        train_tf = train_shard.to_tf(inputs, "y", batch_size=loop["batch_size"],
-                                     local_shuffle_buffer_size=4 * loop["batch_size"],
-                                     local_shuffle_seed=loop["seed"] + epoch)
-        valid_tf = valid_shard.to_tf(inputs, "y", batch_size=loop["batch_size"])
+        train_tf = per_replica(train_shard, train_feed, drop_last=True,
+                               local_shuffle_buffer_size=4 * train_feed.batch,
+                               local_shuffle_seed=loop["seed"] + epoch)
+        valid_tf = per_replica(valid_shard, valid_feed)
         epoch_started = time.perf_counter()
-        fitted = model.fit(train_tf, validation_data=valid_tf, epochs=1, verbose=0)
+        fitted = model.fit(train_tf, validation_data=valid_tf, epochs=1, verbose=0,
+                           steps_per_epoch=train_feed.steps, validation_steps=valid_feed.steps)
         row = {"epoch": epoch + 1, **{k: float(v[-1]) for k, v in fitted.history.items()},
                "seconds": time.perf_counter() - epoch_started}
         state["history"].append(row)
@@ -243,7 +290,7 @@ def train_loop_per_worker(loop: dict) -> None:
                 _save_weights(os.path.join(folder, "current.npz"), current_weights)
                 _save_weights(os.path.join(folder, "best.npz"), best_weights)
                 with open(os.path.join(folder, "state.json"), "w") as f:
-                    json.dump({**state, "stopped_early": stop}, f)
+                    json.dump({**state, "stopped_early": stop, "onednn": onednn_enabled()}, f)
                 ckpt = ray.train.Checkpoint.from_directory(folder)
             ray.train.report({**row, "best_val_loss": state["best_val_loss"]}, checkpoint=ckpt)
         if stop:
@@ -277,8 +324,13 @@ def run_train(features: str, out: str, config: TrainConfig, *, address: str | No
 
     first = next(iter(data["train"].inputs.values()))
     frame_shape = first.shape[2:] if level == "song" else first.shape[1:]
+    unit = "songs" if level == "song" else "frames"
+    feeds = {name: worker_feed(len(data[name].y), config.num_workers, config.batch_size,
+                               drop_last=name == "train", split=name, unit=unit)
+             for name in ("train", "valid")}
     loop = {**dataclasses.asdict(config), "input_shape": list(frame_shape),
-            "n_classes": len(classes), "inputs": list(data["train"].inputs)}
+            "n_classes": len(classes), "inputs": list(data["train"].inputs),
+            **{f"{name}_feed": dataclasses.asdict(feed) for name, feed in feeds.items()}}
     trainer = TensorflowTrainer(
         train_loop_per_worker,
         train_loop_config=loop,
@@ -287,7 +339,7 @@ def run_train(features: str, out: str, config: TrainConfig, *, address: str | No
             name=run_name or f"genres-train-{config.model}-{int(time.time())}",
             storage_path=storage_path,
             checkpoint_config=CheckpointConfig(num_to_keep=1),
-            worker_runtime_env=RUNTIME_ENV),
+            worker_runtime_env=runtime_env()),
         datasets={"train": _to_dataset(data["train"]), "valid": _to_dataset(data["valid"])})
     result = trainer.fit()
     if result.checkpoint is None:
@@ -299,7 +351,11 @@ def run_train(features: str, out: str, config: TrainConfig, *, address: str | No
     model.set_weights(best)
     metrics = {"classes": classes, "epochs_run": state["epoch"],
                "stopped_early": state["stopped_early"],
-               "best_val_loss": state["best_val_loss"], "test": None}
+               "best_val_loss": state["best_val_loss"], "test": None,
+               "workers": {"count": config.num_workers, "batch_per_worker": feeds["train"].batch,
+                           "train_steps": feeds["train"].steps,
+                           "valid_steps": feeds["valid"].steps,
+                           "onednn_custom_ops": state.get("onednn")}}
     probs = {name: model.predict(_model_inputs(split), batch_size=8 if level == "song" else 64,
                                  verbose=0)
              for name, split in data.items() if len(split.y)}
