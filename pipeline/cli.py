@@ -103,11 +103,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-workers", type=_positive_int, default=1)
     p.add_argument("--use-gpu", action="store_true")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--bag-frames", type=_positive_int, default=16,
+                   help="mil: at most this many frames per song in a bag (drawn anew each epoch)")
     p.add_argument("--storage-path", default=None,
-                   help="Ray Train checkpoint storage (shared storage on multi-node clusters)")
+                   help="Ray Train checkpoint storage (shared storage on multi-node clusters; "
+                        "default ~/ray_results)")
     p.add_argument("--run-name", default=None,
-                   help="Ray Train run name; re-running with the same name (and storage path) "
-                        "resumes from its last epoch checkpoint")
+                   help="Ray Train run name (default: derived from --out, the settings and the "
+                        "data, so a re-run resumes from its last epoch checkpoint)")
     ray_address(p)
 
     for name, text in (("score", "label every song of a catalog"),
@@ -190,6 +193,7 @@ def cmd_train(args) -> dict:
     config = TrainConfig(model=args.model, split=args.split, epochs=args.epochs,
                          batch_size=args.batch_size, patience=args.patience,
                          num_workers=args.num_workers, use_gpu=args.use_gpu, seed=args.seed,
+                         bag_frames=args.bag_frames,
                          frame_table=args.frame_table, name_column=args.name_column,
                          song_pattern=args.song_pattern, label_column=args.label_column,
                          splits=args.splits)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import shutil
 
 import numpy as np
 
@@ -120,10 +121,12 @@ def run_demo(workdir: str, *, songs_per_genre: int = 12, epochs: int = 12,
     log.info("demo: synthesising %d songs per genre into %s", songs_per_genre, outputs["catalog"])
     manifest = synthesise_catalog(outputs["catalog"], songs_per_genre=songs_per_genre)
     run_extract(manifest, outputs["features"], FeatureSpec(), overwrite=True)
+    # the demo trains anew every time: its own run storage, emptied first
+    runs = os.path.join(workdir, "train-runs")
+    shutil.rmtree(runs, ignore_errors=True)
     trained = run_train(outputs["features"], outputs["model"],
-                        TrainConfig(epochs=epochs, num_workers=num_workers, patience=4, batch_size=8))
-    import shutil
-
+                        TrainConfig(epochs=epochs, num_workers=num_workers, patience=4, batch_size=8),
+                        storage_path=runs)
     shutil.rmtree(outputs["labels"], ignore_errors=True)
     scored = run_score(manifest, outputs["model"], outputs["labels"])
     labels = pd.read_parquet(outputs["labels"] + "/part-00000.parquet")

@@ -1,12 +1,20 @@
-"""Song-level and artist-level train/valid/test splits (pure, deterministic)."""
+"""Song-level and artist-level train/valid/test splits (pure, deterministic, decided per row).
+
+A row's split depends only on its own song_id, artist and manifest ``split`` value, so every
+frame of a song lands on the same side wherever and in whatever order it is processed: the
+training pipeline computes it inside Ray Data, with no list of songs anywhere.
+"""
 
 from __future__ import annotations
 
 import hashlib
 
+import numpy as np
+
 from pipeline.errors import ParameterError
 
 SPLIT_METHODS = ("auto", "manifest", "song", "artist")
+SPLITS = ("train", "valid", "test")
 
 
 def _unit(key: str, seed: int) -> float:
@@ -15,36 +23,46 @@ def _unit(key: str, seed: int) -> float:
     return int.from_bytes(digest[:8], "big") / 2 ** 64
 
 
-def assign_splits(songs: dict[str, dict], method: str = "auto", *, test: float = 0.2,
-                  valid: float = 0.15, seed: int = 0) -> dict[str, str | None]:
-    """Split of every song: ``train``, ``valid``, ``test`` or None (excluded).
+def resolve_method(method: str, *, any_given: bool) -> str:
+    """``manifest``, ``song`` or ``artist``: "auto" is "manifest" when any row carries a
+    manifest split (``any_given``), else "song"."""
+    if method not in SPLIT_METHODS:
+        raise ParameterError(f"unknown split {method!r}; choose one of {SPLIT_METHODS}")
+    if method == "auto":
+        return "manifest" if any_given else "song"
+    if method == "manifest" and not any_given:
+        raise ParameterError("--split manifest needs a manifest with a 'split' column; "
+                             "use --split song or --split artist")
+    return method
+
+
+def split_rows(song_ids, artists, given, method: str, *, seed: int = 0, test: float = 0.2,
+               valid: float = 0.15) -> np.ndarray:
+    """The split of each row: ``train``, ``valid``, ``test`` or None (excluded).
 
     Parameters
     ----------
-    songs : {song_id: {"split": str|None, "artist": str|None}}
-    method : "manifest" uses the ``split`` column; "song" hashes the song_id; "artist" hashes the
-        artist so no artist is on two sides; "auto" is "manifest" when any split is given, else
-        "song". Validation songs are always disjoint from train and test songs.
+    song_ids, artists, given : sequences of the same length
+        Each row's song_id, artist (or None) and manifest split (or None/"").
+    method : "manifest" (the given split), "song" (a hash of the song_id) or "artist" (a hash
+        of the artist, so no artist is on two sides); see :func:`resolve_method`.
     """
-    if method not in SPLIT_METHODS:
-        raise ParameterError(f"unknown split {method!r}; choose one of {SPLIT_METHODS}")
-    given = any(meta.get("split") for meta in songs.values())
-    if method == "auto":
-        method = "manifest" if given else "song"
     if method == "manifest":
-        if not given:
-            raise ParameterError("--split manifest needs a manifest with a 'split' column; "
-                                 "use --split song or --split artist")
-        return {sid: meta.get("split") or None for sid, meta in songs.items()}
-    out = {}
-    for sid, meta in songs.items():
+        return np.array([g or None for g in given], dtype=object)
+    if method not in ("song", "artist"):
+        raise ParameterError(f"split method {method!r} is not resolved; see resolve_method")
+    out = np.empty(len(song_ids), dtype=object)
+    memo: dict[str, str] = {}  # a song's frames are neighbours: hash each key once
+    for i, (sid, artist) in enumerate(zip(song_ids, artists)):
         if method == "artist":
-            if not meta.get("artist"):
+            if not artist:
                 raise ParameterError(f"--split artist needs an artist for every song; "
                                      f"{sid} has none")
-            key = "artist:" + meta["artist"]
+            key = "artist:" + artist
         else:
             key = "song:" + sid
-        u = _unit(key, seed)
-        out[sid] = "test" if u < test else "valid" if u < test + valid else "train"
+        if key not in memo:
+            u = _unit(key, seed)
+            memo[key] = "test" if u < test else "valid" if u < test + valid else "train"
+        out[i] = memo[key]
     return out

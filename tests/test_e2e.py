@@ -148,17 +148,25 @@ def test_train_from_a_frame_table(ray_session, shared_data, tmp_path):
                      "--out", str(tmp_path / "labels")]) == 2
 
 
-def test_a_restarted_run_resumes_from_its_last_checkpoint(features, tmp_path):
-    storage = str(tmp_path / "ray-train")
+def test_a_restarted_run_resumes_from_its_last_checkpoint(features, tmp_path, capsys):
+    storage, out = str(tmp_path / "ray-train"), str(tmp_path / "model")
     common = ["train", features, "--model", "dnn", "--num-workers", "1", "--patience", "50",
-              "--storage-path", storage, "--run-name", "resume-me"]
-    assert cli.main([*common, "--out", str(tmp_path / "first"), "--epochs", "2"]) == 0
-    assert cli.main([*common, "--out", str(tmp_path / "second"), "--epochs", "4"]) == 0
-    history = pd.read_csv(tmp_path / "second" / "history.csv")
+              "--storage-path", storage, "--out", out]
+    assert cli.main([*common, "--epochs", "2"]) == 0
+    first = pd.read_csv(tmp_path / "model" / "history.csv")
+    # the same output, settings and data find the same run without being told its name
+    assert cli.main([*common, "--epochs", "4"]) == 0
+    history = pd.read_csv(tmp_path / "model" / "history.csv")
     # epochs 1-2 come from the first run's checkpoint, 3-4 were trained by the second
     assert list(history.epoch) == [1, 2, 3, 4]
-    first = pd.read_csv(tmp_path / "first" / "history.csv")
     pd.testing.assert_frame_equal(history.iloc[:2], first)
+    assert pd.read_json(tmp_path / "model" / "metrics.json", typ="series")["workers"]["resumed"] == 1
+    # a named run is not resumed with other settings: one line that says what to do
+    (run,) = [p.name for p in (tmp_path / "ray-train").iterdir()]
+    capsys.readouterr()
+    assert cli.main([*common, "--epochs", "1", "--seed", "7", "--run-name", run]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "other seed" in err and "--run-name" in err
 
 
 @pytest.fixture(scope="module")

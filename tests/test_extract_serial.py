@@ -8,7 +8,6 @@ import soundfile as sf
 
 from pipeline.extract import extract_shard
 from pipeline.features import FeatureSpec
-from pipeline.runtime.train import TrainConfig, load_splits
 from pipeline.storage.catalog import Song
 from pipeline.storage.shards import FeatureStore, tensor_values
 
@@ -57,29 +56,6 @@ def test_uncommitted_shards_are_invisible_and_removed(tmp_path, rng):
     assert store.done_song_ids() == set()
     assert store.remove_uncommitted() == 1
     assert not (tmp_path / "features" / "part-00000.parquet").exists()
-
-
-def test_training_split_keeps_every_song_on_one_side(tmp_path, rng):
-    out = str(tmp_path / "features")
-    FeatureStore(out).prepare(SPEC)
-    songs = [Song(f"s{i:02d}", _wav(tmp_path / f"{i}.wav", 2.5, rng), label="ab"[i % 2])
-             for i in range(40)]
-    extract_shard(songs, SPEC, out, 0)
-    _, column, classes, mean, std, data = load_splits(out, TrainConfig(split="song"))
-    assert column == "logmel" and classes == ["a", "b"] and mean.shape == std.shape == (128,)
-    sides = [set(data[name].song_ids) for name in ("train", "valid", "test")]
-    assert all(sides) and not (sides[0] & sides[1] or sides[0] & sides[2] or sides[1] & sides[2])
-    assert sum(len(s) for s in sides) == 40
-    assert abs(float(data["train"].inputs["x"].mean())) < 1e-3  # normalised with train stats
-
-    # mil trains on bags: one example per song, the same songs on the same sides
-    *_, bags = load_splits(out, TrainConfig(split="song", model="mil"))
-    for name, side in zip(("train", "valid", "test"), sides):
-        split = bags[name]
-        assert set(split.song_ids) == side and len(split.song_ids) == len(side)
-        assert split.inputs["frames"].shape[:2] == split.inputs["mask"].shape
-        assert split.inputs["mask"].sum() == (data[name].song_ids[:, None] ==
-                                              split.song_ids[None, :]).sum()
 
 
 def test_every_song_of_a_broken_corpus_is_accounted_for(tmp_path):

@@ -1,36 +1,52 @@
+import numpy as np
 import pytest
 
 from pipeline.errors import ParameterError
-from pipeline.splits import assign_splits
+from pipeline.splits import resolve_method, split_rows
 
 
-def _songs(n, artists=7):
-    return {f"song{i:04d}": {"split": None, "artist": f"artist{i % artists}"} for i in range(n)}
+def _rows(n, artists=7, frames=3):
+    """``frames`` rows per song, as a feature table has them."""
+    songs = [f"song{i:04d}" for i in range(n) for _ in range(frames)]
+    return songs, [f"artist{int(s[4:]) % artists}" for s in songs], [None] * len(songs)
 
 
-def test_song_split_is_deterministic_and_covers_all():
-    songs = _songs(500)
-    first, second = assign_splits(songs, "song"), assign_splits(songs, "song")
-    assert first == second
-    counts = {s: list(first.values()).count(s) for s in ("train", "valid", "test")}
+def test_song_split_is_deterministic_per_row_and_covers_all():
+    songs, artists, given = _rows(500)
+    first = split_rows(songs, artists, given, "song")
+    # any order, any batching: a row's split depends on the row alone
+    order = np.random.default_rng(0).permutation(len(songs))
+    again = np.empty_like(first)
+    for chunk in np.array_split(order, 7):
+        again[chunk] = split_rows([songs[i] for i in chunk], [artists[i] for i in chunk],
+                                  [given[i] for i in chunk], "song")
+    assert list(first) == list(again)
+    per_song = {}
+    for sid, side in zip(songs, first):
+        per_song.setdefault(sid, set()).add(side)
+    assert all(len(s) == 1 for s in per_song.values())  # every frame of a song on one side
+    counts = {s: sum(side == {s} for side in per_song.values()) for s in ("train", "valid", "test")}
     assert all(c > 0 for c in counts.values()) and sum(counts.values()) == 500
     assert 0.1 < counts["test"] / 500 < 0.3
 
 
 def test_no_artist_on_both_sides():
-    songs = _songs(300, artists=40)
-    split = assign_splits(songs, "artist")
+    songs, artists, given = _rows(300, artists=40)
     sides = {}
-    for sid, side in split.items():
-        sides.setdefault(songs[sid]["artist"], set()).add(side)
+    for artist, side in zip(artists, split_rows(songs, artists, given, "artist")):
+        sides.setdefault(artist, set()).add(side)
     assert all(len(s) == 1 for s in sides.values())
     assert {side for s in sides.values() for side in s} == {"train", "valid", "test"}
 
 
 def test_manifest_split_is_used_as_given_and_auto_prefers_it():
-    songs = {"a": {"split": "train"}, "b": {"split": "test"}, "c": {"split": None}}
-    assert assign_splits(songs, "auto") == {"a": "train", "b": "test", "c": None}
+    assert resolve_method("auto", any_given=True) == "manifest"
+    assert resolve_method("auto", any_given=False) == "song"
+    assert list(split_rows(["a", "b", "c"], [None] * 3, ["train", "test", ""], "manifest")) == \
+        ["train", "test", None]
     with pytest.raises(ParameterError, match="split"):
-        assign_splits(_songs(3), "manifest")
+        resolve_method("manifest", any_given=False)
+    with pytest.raises(ParameterError, match="unknown split"):
+        resolve_method("random", any_given=False)
     with pytest.raises(ParameterError, match="artist"):
-        assign_splits({"a": {"split": None}}, "artist")
+        split_rows(["a"], [None], [None], "artist")

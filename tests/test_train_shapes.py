@@ -6,16 +6,11 @@ depth: 1 vs 16"). Keras under MultiWorkerMirroredStrategy made one whenever a wo
 partial batch held fewer frames than there are workers; these shapes are the demo's kind.
 """
 
-import numpy as np
 import pytest
-import soundfile as sf
 
+from corpus import tiny_features
 from pipeline.errors import ParameterError
-from pipeline.extract import extract_shard
-from pipeline.features import FeatureSpec
 from pipeline.runtime.train import TrainConfig, run_train, worker_feed
-from pipeline.storage.catalog import Song
-from pipeline.storage.shards import FeatureStore
 
 
 @pytest.mark.parametrize("rows, workers, batch, drop_last, expected", [
@@ -45,21 +40,11 @@ def test_splits_too_small_for_the_workers_are_refused_with_the_fix(rows, workers
 @pytest.fixture(scope="module")
 def uneven_features(tmp_path_factory):
     """1 s frames: 27 train frames (13 a worker), 3 valid (1 a worker), 3 test, 3 labels."""
-    root = tmp_path_factory.mktemp("uneven")
-    rng = np.random.default_rng(13)
-    spec = FeatureSpec(frame_seconds=1.0)
-    songs = []
-    for k, label in enumerate(("a", "b", "c")):
-        for split, n, seconds in (("train", 3, 3.2), ("valid", 1, 1.2), ("test", 1, 1.2)):
-            for i in range(n):
-                y = (0.05 * (k + 1) * rng.standard_normal(int(seconds * 22050))).astype(np.float32)
-                path = root / f"{label}-{split}-{i}.wav"
-                sf.write(path, y, 22050)
-                songs.append(Song(f"{label}/{split}{i}", str(path), label=label, split=split))
-    out = str(root / "features")
-    FeatureStore(out).prepare(spec)
-    assert extract_shard(songs, spec, out, 0)["ok"] == len(songs)
-    return out
+    songs = [{"song_id": f"{label}/{split}{i}", "seconds": seconds, "label": label, "split": split}
+             for label in "abc"
+             for split, n, seconds in (("train", 3, 3.2), ("valid", 1, 1.2), ("test", 1, 1.2))
+             for i in range(n)]
+    return tiny_features(tmp_path_factory.mktemp("uneven"), songs)
 
 
 @pytest.mark.slow
@@ -71,7 +56,7 @@ def test_two_workers_train_on_uneven_shards(ray_session, uneven_features, tmp_pa
     monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", onednn)
     summary = run_train(uneven_features, str(tmp_path / "model"),
                         TrainConfig(model=model, num_workers=2, epochs=2, batch_size=8,
-                                    split="manifest"))
+                                    split="manifest"), storage_path=str(tmp_path / "runs"))
     workers = summary["metrics"]["workers"]
     assert workers["onednn_custom_ops"] == (onednn == "1")
     assert workers["count"] == 2 and workers["batch_per_worker"] == 4

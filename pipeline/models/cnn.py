@@ -3,11 +3,16 @@
 Frame models map one frame (or one embedding) to genre probabilities and are aggregated per
 song afterwards; the ``mil`` model takes a whole song (a bag of frames with a mask) and
 pools inside the network, so it predicts songs directly.
+
+Given ``normalization=(mean, std)`` (per band, from the train split), a model normalises its
+raw input in its first layer, so a bundle is one self-contained model that scores raw features.
 """
 
 from __future__ import annotations
 
 import functools
+
+import numpy as np
 
 from pipeline.errors import ParameterError
 from pipeline.models.keras import tf_keras
@@ -29,6 +34,17 @@ def custom_objects() -> dict:
     return {"genres>MeanStd": MeanStd}
 
 
+def _input(keras, shape, name: str | None, normalization, *, axis: int = 1):
+    """The model's input and the tensor its layers start from: the input normalised per band
+    (``axis``) when ``normalization`` is (mean, std), else the input itself."""
+    inputs = keras.Input(shape=tuple(shape), name=name)
+    if normalization is None:
+        return inputs, inputs
+    mean, std = (np.asarray(v, np.float32) for v in normalization)
+    return inputs, keras.layers.Normalization(axis=axis, mean=mean, variance=np.square(std),
+                                              name="normalize")(inputs)
+
+
 def _conv_stack(layers, x, conv, pool, blocks, reg):
     """Conv (no bias) -> batch norm -> ReLU -> pool(2) for each (filters, kernel) block."""
     for filters, kernel in blocks:
@@ -46,35 +62,35 @@ def _genre(layers, x, n_classes, reg):
     return layers.Dense(n_classes, activation="softmax", kernel_regularizer=reg, name="genre")(x)
 
 
-def build_cnn2d(input_shape: tuple[int, int], n_classes: int, *, l2: float = 1e-4,
-                dropout: float = 0.3):
+def build_cnn2d(input_shape: tuple[int, int], n_classes: int, *, normalization=None,
+                l2: float = 1e-4, dropout: float = 0.3):
     """A small 2D CNN on one log-mel frame.
 
     Parameters
     ----------
     input_shape : (n_mels, t)
-        One normalised log-mel frame (e.g. 128 bands x 216 columns for 5 s).
+        One log-mel frame (e.g. 128 bands x 216 columns for 5 s).
     n_classes : int
         Genres; the output is a softmax over them, shape (batch, n_classes).
     """
     keras = tf_keras()
     layers, reg = keras.layers, keras.regularizers.l2(l2)
-    inputs = keras.Input(shape=tuple(input_shape), name="logmel")
-    x = layers.Reshape((*input_shape, 1))(inputs)
+    inputs, x = _input(keras, input_shape, "logmel", normalization)
+    x = layers.Reshape((*input_shape, 1))(x)
     x = _conv_stack(layers, x, layers.Conv2D, layers.MaxPooling2D,
                     [(16, 3), (32, 3), (64, 3), (64, 3)], reg)
     x = layers.Dropout(dropout)(layers.GlobalAveragePooling2D()(x))
     return keras.Model(inputs, _genre(layers, x, n_classes, reg), name="cnn2d")
 
 
-def build_dnn(input_shape: tuple[int, int], n_classes: int, *, l2: float = 1e-4,
-              dropout: float = 0.3):
+def build_dnn(input_shape: tuple[int, int], n_classes: int, *, normalization=None,
+              l2: float = 1e-4, dropout: float = 0.3):
     """Dense layers on the mean and standard deviation over time of an MFCC frame.
 
     Parameters
     ----------
     input_shape : (n_mfcc, t) or (n_features,)
-        One normalised MFCC frame; the model pools it to a (2 * n_mfcc,) vector itself, so the
+        One MFCC frame; the model pools it to a (2 * n_mfcc,) vector itself, so the
         bundle scores raw frames like every other frame model. A 1-D shape is one row of a
         frame table (``train --frame-table``), used as it is.
     n_classes : int
@@ -83,40 +99,39 @@ def build_dnn(input_shape: tuple[int, int], n_classes: int, *, l2: float = 1e-4,
     keras = tf_keras()
     layers, reg = keras.layers, keras.regularizers.l2(l2)
     if len(input_shape) == 1:  # a row of a frame table: already one vector per frame
-        inputs = keras.Input(shape=tuple(input_shape), name="features")
-        x = inputs
+        inputs, x = _input(keras, input_shape, "features", normalization)
     else:
-        inputs = keras.Input(shape=tuple(input_shape), name="mfcc")
-        x = custom_objects()["genres>MeanStd"](name="mean_std")(inputs)
+        inputs, x = _input(keras, input_shape, "mfcc", normalization)
+        x = custom_objects()["genres>MeanStd"](name="mean_std")(x)
     for units in (256, 128):
         x = layers.Dense(units, activation="relu", kernel_regularizer=reg)(x)
         x = layers.Dropout(dropout)(x)
     return keras.Model(inputs, _genre(layers, x, n_classes, reg), name="dnn")
 
 
-def build_cnn1d(input_shape: tuple[int, int], n_classes: int, *, l2: float = 1e-4,
-                dropout: float = 0.4):
+def build_cnn1d(input_shape: tuple[int, int], n_classes: int, *, normalization=None,
+                l2: float = 1e-4, dropout: float = 0.4):
     """Conv1D over time on an MFCC frame (batch norm, pooling, dropout, L2).
 
     Parameters
     ----------
     input_shape : (n_mfcc, t)
-        One normalised MFCC frame (20 x 216 for 5 s); coefficients are the channels.
+        One MFCC frame (20 x 216 for 5 s); coefficients are the channels.
     n_classes : int
         Softmax outputs, shape (batch, n_classes).
     """
     keras = tf_keras()
     layers, reg = keras.layers, keras.regularizers.l2(l2)
-    inputs = keras.Input(shape=tuple(input_shape), name="mfcc")
-    x = layers.Permute((2, 1))(inputs)  # [t, n_mfcc]
+    inputs, x = _input(keras, input_shape, "mfcc", normalization)
+    x = layers.Permute((2, 1))(x)  # [t, n_mfcc]
     x = _conv_stack(layers, x, layers.Conv1D, layers.MaxPooling1D,
                     [(64, 5), (128, 5), (128, 3)], reg)
     x = layers.Dropout(dropout)(layers.GlobalAveragePooling1D()(x))
     return keras.Model(inputs, _genre(layers, x, n_classes, reg), name="cnn1d")
 
 
-def build_cnn1d_mel100ms(input_shape: tuple[int, int], n_classes: int, *, l2: float = 1e-4,
-                         dropout: float = 0.4):
+def build_cnn1d_mel100ms(input_shape: tuple[int, int], n_classes: int, *, normalization=None,
+                         l2: float = 1e-4, dropout: float = 0.4):
     """Conv1D over time on 100 ms log-mel windows.
 
     The first convolution has kernel 5 and stride 5, so each of its outputs sees exactly one
@@ -126,14 +141,14 @@ def build_cnn1d_mel100ms(input_shape: tuple[int, int], n_classes: int, *, l2: fl
     Parameters
     ----------
     input_shape : (n_mels, t)
-        One normalised log-mel frame (128 x 216 for 5 s); mel bands are the channels.
+        One log-mel frame (128 x 216 for 5 s); mel bands are the channels.
     n_classes : int
         Softmax outputs, shape (batch, n_classes).
     """
     keras = tf_keras()
     layers, reg = keras.layers, keras.regularizers.l2(l2)
-    inputs = keras.Input(shape=tuple(input_shape), name="logmel")
-    x = layers.Permute((2, 1))(inputs)  # [t, n_mels]
+    inputs, x = _input(keras, input_shape, "logmel", normalization)
+    x = layers.Permute((2, 1))(x)  # [t, n_mels]
     x = layers.Conv1D(64, 5, strides=5, use_bias=False, kernel_regularizer=reg)(x)  # [t/5, 64]
     x = layers.Activation("relu")(layers.BatchNormalization(momentum=0.9)(x))
     x = _conv_stack(layers, x, layers.Conv1D, layers.MaxPooling1D, [(128, 3), (128, 3)], reg)
@@ -141,11 +156,11 @@ def build_cnn1d_mel100ms(input_shape: tuple[int, int], n_classes: int, *, l2: fl
     return keras.Model(inputs, _genre(layers, x, n_classes, reg), name="cnn1d_mel100ms")
 
 
-def build_mil(input_shape: tuple[int, int], n_classes: int, *, l2: float = 1e-4,
-              dropout: float = 0.3):
+def build_mil(input_shape: tuple[int, int], n_classes: int, *, normalization=None,
+              l2: float = 1e-4, dropout: float = 0.3):
     """Multiple-instance learning: a frame encoder on every frame, mean-pooled per song.
 
-    Inputs are a bag per song: ``frames`` [batch, n_frames, n_mels, t] (normalised log-mel,
+    Inputs are a bag per song: ``frames`` [batch, n_frames, n_mels, t] (log-mel,
     n_frames may vary between batches) and ``mask`` [batch, n_frames] (1 for real frames, 0 for
     padding). The encoder (cnn2d's conv stack) runs on each frame through TimeDistributed;
     GlobalAveragePooling1D averages the real frames' encodings (the mask keeps padding out),
@@ -158,29 +173,29 @@ def build_mil(input_shape: tuple[int, int], n_classes: int, *, l2: float = 1e-4,
     x = _conv_stack(layers, x, layers.Conv2D, layers.MaxPooling2D,
                     [(16, 3), (32, 3), (64, 3), (64, 3)], reg)
     encoder = keras.Model(frame, layers.GlobalAveragePooling2D()(x), name="frame_encoder")
-    frames = keras.Input(shape=(None, *input_shape), name="frames")
+    frames, x = _input(keras, (None, *input_shape), "frames", normalization, axis=2)
     mask = keras.Input(shape=(None,), name="mask")
-    x = layers.TimeDistributed(encoder, name="encode_frames")(frames)  # [batch, n_frames, 64]
+    x = layers.TimeDistributed(encoder, name="encode_frames")(x)  # [batch, n_frames, 64]
     x = layers.GlobalAveragePooling1D(name="pool_frames")(x, mask=mask)
     x = layers.Dropout(dropout)(x)
     return keras.Model([frames, mask], _genre(layers, x, n_classes, reg), name="mil")
 
 
-def build_embed(input_shape: tuple[int], n_classes: int, *, units: int = 128, l2: float = 1e-3,
-                dropout: float = 0.5):
+def build_embed(input_shape: tuple[int], n_classes: int, *, normalization=None,
+                units: int = 128, l2: float = 1e-3, dropout: float = 0.5):
     """A small dense head on pretrained embeddings.
 
     Parameters
     ----------
     input_shape : (n_dims,)
-        One normalised embedding (200 for musicnn's penultimate layer).
+        One embedding (200 for musicnn's penultimate layer).
     n_classes : int
         Softmax outputs, shape (batch, n_classes).
     """
     keras = tf_keras()
     layers, reg = keras.layers, keras.regularizers.l2(l2)
-    inputs = keras.Input(shape=tuple(input_shape), name="embedding")
-    x = layers.Dropout(0.2)(inputs)
+    inputs, x = _input(keras, input_shape, "embedding", normalization)
+    x = layers.Dropout(0.2)(x)
     x = layers.Dense(units, activation="relu", kernel_regularizer=reg)(x)
     x = layers.Dropout(dropout)(x)
     return keras.Model(inputs, _genre(layers, x, n_classes, reg), name="embed")
@@ -199,9 +214,11 @@ def _entry(name: str):
     return MODELS[name]
 
 
-def build_model(name: str, input_shape: tuple[int, ...], n_classes: int):
-    """Build the registered model ``name`` for frames (or embeddings) of ``input_shape``."""
-    return _entry(name)[0](input_shape, n_classes)
+def build_model(name: str, input_shape: tuple[int, ...], n_classes: int, *,
+                normalization=None):
+    """Build the registered model ``name`` for frames (or embeddings) of ``input_shape``,
+    normalising its input by ``normalization=(mean, std)`` per band when given."""
+    return _entry(name)[0](input_shape, n_classes, normalization=normalization)
 
 
 def feature_column(name: str) -> str:

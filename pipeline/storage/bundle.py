@@ -9,7 +9,8 @@
                          level (``frame`` or ``song``) and the aggregators it supports
     labels.json          class order of the model's outputs
     spec.json            the FeatureSpec the model was trained on (with fingerprint)
-    normalization.json   per-band mean/std fitted on train songs only
+    normalization.json   per-band mean/std fitted on train songs only (bundles that say
+                         ``"normalization": "in_model"`` apply it in the model's first layer)
     config.json          the training configuration
     metrics.json         frame / song accuracy per aggregator on the test split, confusion
     history.csv          per-epoch loss and accuracy (train and validation)
@@ -52,9 +53,13 @@ class Bundle:
     std: np.ndarray  # [n_bands]
     level: str = "frame"  # "song": the model takes a bag of frames per song (mil)
     aggregators: tuple[str, ...] = ("majority", "mean", "logodds")
+    normalized_in_model: bool = False  # older bundles: the scorer normalises the input
 
     def normalize(self, x: np.ndarray) -> np.ndarray:
-        """Normalise rows [n, n_bands, ...] with the train-split statistics (float32)."""
+        """Rows [n, n_bands, ...] as the model takes them (float32): normalised with the
+        train-split statistics, unless the model does that itself."""
+        if self.normalized_in_model:
+            return x.astype(np.float32)
         shape = (1, -1) + (1,) * (x.ndim - 2)
         return ((x.astype(np.float32) - self.mean.reshape(shape))
                 / self.std.reshape(shape)).astype(np.float32)
@@ -67,11 +72,15 @@ class Bundle:
                 return {key.replace("|", "/"): data[key] for key in data.files}
 
 
-def save_bundle(out: str, *, model, model_name: str, feature: str, classes: list[str],
+def save_bundle(out: str, *, model, lite_model: bytes | None = None, model_name: str,
+                feature: str, classes: list[str],
                 spec: FeatureSpec, mean: np.ndarray, std: np.ndarray, config: dict,
                 metrics: dict, history: list[dict], level: str = "frame",
                 sequence_model=None) -> str:
-    """Write a bundle to ``out`` (local or URI), replacing one already there; returns model_id."""
+    """Write a bundle to ``out`` (local or URI), replacing one already there; returns model_id.
+
+    ``model`` normalises its own input (``mean``/``std`` are recorded for reference);
+    ``lite_model`` is a frame model's LiteRT copy (:func:`pipeline.models.lite.to_tflite`)."""
     with tempfile.TemporaryDirectory(prefix="genres-bundle-") as tmp:
         model.save(os.path.join(tmp, MODEL_FILE))
         aggregators = [model_name] if level == "song" else ["majority", "mean", "logodds"]
@@ -85,11 +94,9 @@ def save_bundle(out: str, *, model, model_name: str, feature: str, classes: list
         for name, doc in docs.items():
             _write_json(os.path.join(tmp, name), doc)
         names = [MODEL_FILE, *docs]
-        if level == "frame":
-            from pipeline.models.lite import to_tflite
-
+        if lite_model is not None:
             with open(os.path.join(tmp, LITE_FILE), "wb") as f:
-                f.write(to_tflite(model))
+                f.write(lite_model)
             names.append(LITE_FILE)
         if sequence_model is not None:
             sequence_model.save(os.path.join(tmp, SEQUENCE_FILE))
@@ -104,7 +111,7 @@ def save_bundle(out: str, *, model, model_name: str, feature: str, classes: list
         model_id = _fingerprint(tmp, names)
         _write_json(os.path.join(tmp, "bundle.json"),
                     {"model_id": model_id, "model": model_name, "feature": feature,
-                     "level": level, "aggregators": aggregators})
+                     "level": level, "aggregators": aggregators, "normalization": "in_model"})
         _write_json(os.path.join(tmp, "metrics.json"), {"model_id": model_id, **metrics})
         _write_history(os.path.join(tmp, "history.csv"), history)
         os.makedirs(os.path.join(tmp, "plots"))
@@ -141,7 +148,8 @@ def read_bundle(uri: str) -> Bundle:
                   feature=meta["feature"], classes=tuple(classes), spec=spec,
                   mean=np.asarray(norm["mean"], np.float32), std=np.asarray(norm["std"], np.float32),
                   level=meta.get("level", "frame"),
-                  aggregators=tuple(meta.get("aggregators", Bundle.aggregators)))
+                  aggregators=tuple(meta.get("aggregators", Bundle.aggregators)),
+                  normalized_in_model=meta.get("normalization") == "in_model")
 
 
 def zero_shot_bundle(name: str) -> Bundle:

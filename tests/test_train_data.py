@@ -1,0 +1,65 @@
+"""The training data plan on Ray Data: splits decided per row, statistics in the cluster."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.runtime.train import TrainConfig
+from pipeline.runtime.train_data import open_source, plan_training_data
+from corpus import tiny_features
+
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
+
+
+@pytest.fixture(scope="module")
+def features(tmp_path_factory):
+    """40 songs of 2 frames in 4 parts, two labels, 8 artists, no manifest split."""
+    return tiny_features(tmp_path_factory.mktemp("plan"),
+                         [{"song_id": f"s{i:02d}", "seconds": 2.5, "label": "ab"[i % 2],
+                           "artist": f"r{i % 8}"} for i in range(40)])
+
+
+def _songs(data, split):
+    rows = data.dataset(split).select_columns(["song_id"]).take_all()
+    return [r["song_id"] for r in rows]
+
+
+@pytest.mark.parametrize("model", ["cnn2d", "mil"])
+def test_streamed_splits_keep_every_song_on_one_side(ray_session, features, model):
+    data = plan_training_data(open_source(features, TrainConfig(model=model, split="song")),
+                              TrainConfig(model=model, split="song"))
+    assert data.classes == ("a", "b") and data.method == "song"
+    sides = {split: _songs(data, split) for split in ("train", "valid", "test")}
+    per_song = {s: set(v) for s, v in sides.items()}
+    assert all(per_song.values())
+    assert not (per_song["train"] & per_song["valid"] or per_song["train"] & per_song["test"]
+                or per_song["valid"] & per_song["test"])
+    assert sum(len(s) for s in per_song.values()) == 40
+    for split, songs in sides.items():
+        counts = data.counts[split]
+        assert counts.songs == len(per_song[split]) and counts.frames == 2 * counts.songs
+        # frames: a row per frame; mil: one bag per song
+        assert len(songs) == (counts.songs if model == "mil" else counts.frames)
+
+
+def test_artist_split_keeps_every_artist_on_one_side(ray_session, features):
+    config = TrainConfig(split="artist", seed=3)
+    data = plan_training_data(open_source(features, config), config)
+    artist = {f"s{i:02d}": f"r{i % 8}" for i in range(40)}
+    sides = {}
+    for split in ("train", "valid", "test"):
+        for sid in _songs(data, split):
+            sides.setdefault(artist[sid], set()).add(split)
+    assert all(len(s) == 1 for s in sides.values()) and len(sides) == 8
+
+
+def test_normalisation_statistics_equal_numpy_on_the_train_frames(ray_session, features):
+    config = TrainConfig(split="song")
+    data = plan_training_data(open_source(features, config), config)
+    train = set(_songs(data, "train"))
+    table = pd.read_parquet(features, columns=["song_id", "logmel"])
+    x = np.stack([np.asarray(v, np.float64).reshape(128, -1)
+                  for v, sid in zip(table.logmel, table.song_id) if sid in train])
+    assert data.stats.count == x.shape[0] * x.shape[2]
+    assert np.allclose(data.stats.mean, x.mean(axis=(0, 2)), rtol=0, atol=1e-6)
+    assert np.allclose(data.stats.std(), x.std(axis=(0, 2)), rtol=1e-6)
