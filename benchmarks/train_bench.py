@@ -1,0 +1,218 @@
+"""Training benchmark: driver memory at N vs factor x N songs, and Ray Train vs plain Keras.
+
+Run quietly (nothing else on the machine), with features of GTZAN-3 from `genres extract`:
+
+    .venv/bin/genres extract ../shared/data/gtzan3/manifest.csv --out /tmp/gtzan3-features
+    .venv/bin/python benchmarks/train_bench.py --features /tmp/gtzan3-features [--factor 4]
+        [--throughput-copies 16] [--model cnn2d]
+
+1. Memory: features of factor x N songs are the same parts under new song_ids (``copyK/``
+   prefixes: no re-extraction). `genres train` runs 1 epoch on each as a fresh process with
+   embedded Ray while /proc is sampled every 0.25 s: peak RSS of the driver alone, and of the
+   whole process tree (sum of PSS, the object store counted once, and sum of RSS).
+2. Throughput: on ``throughput-copies`` x N songs (`--split song`, so most are train songs), a
+   2-epoch `genres train` (1 worker) against plain Keras `fit` of the same model on the same
+   train frames from memory in one process, validating on the same frames (the baseline); the
+   second epoch of each, in train frames per second per CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def copy_features(src: pathlib.Path, dst: pathlib.Path, copies: int) -> pathlib.Path:
+    """A feature directory of ``copies`` x the songs of ``src``: each part again under
+    song_ids prefixed ``copyK/``, with its commit record."""
+    (dst / "_commits").mkdir(parents=True)
+    shutil.copy(src / "_spec.json", dst / "_spec.json")
+    records = sorted((src / "_commits").glob("part-*.json"))
+    index = 0
+    for k in range(copies):
+        for path in records:
+            record = json.loads(path.read_text())
+            if not record["rows"]:
+                continue
+            table = pq.read_table(src / f"{record['part']}.parquet")
+            ids = pa.array([f"copy{k}/{s}" for s in table.column("song_id").to_pylist()])
+            table = table.set_column(table.schema.get_field_index("song_id"), "song_id", ids)
+            name = f"part-{index:05d}"
+            pq.write_table(table, dst / f"{name}.parquet", compression="zstd")
+            (dst / "_commits" / f"{name}.json").write_text(json.dumps(
+                {**record, "part": name, "songs": [f"copy{k}/{s}" for s in record["songs"]],
+                 "errors": []}))
+            index += 1
+    return dst
+
+
+def _children() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = open(f"/proc/{entry}/stat").read()
+            except OSError:
+                continue
+            tree.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry))
+    return tree
+
+
+def _memory(pid: int) -> tuple[int, int]:
+    pss = rss = 0
+    try:
+        for line in open(f"/proc/{pid}/smaps_rollup"):
+            if line.startswith("Pss:"):
+                pss = int(line.split()[1]) * 1024
+            elif line.startswith("Rss:"):
+                rss = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return pss, rss
+
+
+def run(args: list[str]) -> dict:
+    """Wall time and peak memory (driver RSS, tree PSS, tree RSS) of one command."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            cwd=ROOT)
+    peak = {"driver": 0, "pss": 0, "rss": 0}
+    done = threading.Event()
+
+    def sample():
+        while not done.is_set():
+            tree, todo, pss, rss = _children(), [proc.pid], 0, 0
+            while todo:
+                pid = todo.pop()
+                todo.extend(tree.get(pid, []))
+                p, r = _memory(pid)
+                pss, rss = pss + p, rss + r
+            peak.update(driver=max(peak["driver"], _memory(proc.pid)[1]),
+                        pss=max(peak["pss"], pss), rss=max(peak["rss"], rss))
+            time.sleep(0.25)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    output = proc.stdout.read()
+    proc.wait()
+    done.set()
+    sampler.join()
+    if proc.returncode:
+        sys.exit(f"{' '.join(args)} failed:\n{output[-3000:]}")
+    summary = [line for line in output.splitlines() if line.startswith("train:")]
+    return {"seconds": time.perf_counter() - started, **peak,
+            "summary": summary[-1] if summary else ""}
+
+
+def keras_epochs(features: pathlib.Path, model_name: str, batch_size: int, epochs: int,
+                 bundle: pathlib.Path) -> tuple[list[float], int]:
+    """Plain Keras ``fit`` in this process on the train frames ``bundle`` was trained on,
+    validating on its validation frames as the Ray Train epoch does, all read into memory
+    first (the baseline); seconds of each epoch and the train frames."""
+    from pipeline.models.cnn import build_model, feature_column
+    from pipeline.models.keras import tf_keras
+    from pipeline.splits import split_rows
+    from pipeline.storage.shards import tensor_values
+
+    keras = tf_keras()
+    column = feature_column(model_name)
+    config = json.loads((bundle / "config.json").read_text())
+    classes = json.loads((bundle / "labels.json").read_text())
+    norm = json.loads((bundle / "normalization.json").read_text())
+    data = {"train": ([], []), "valid": ([], [])}
+    for path in sorted(features.glob("part-*.parquet")):
+        table = pq.read_table(path, columns=["song_id", "label", "artist", "split", column])
+        splits = split_rows(table.column("song_id").to_pylist(), table.column("artist").to_pylist(),
+                            table.column("split").to_pylist(), config["split_method"],
+                            seed=config["seed"])
+        x = tensor_values(table.column(column))
+        labels = np.array(table.column("label").to_pylist(), dtype=object)
+        for split, (xs, ys) in data.items():
+            keep = splits == split
+            xs.append(x[keep].astype(np.float32))
+            ys.append(np.array([classes.index(c) for c in labels[keep]], np.int64))
+    (x, y), valid = ((np.concatenate(xs), np.concatenate(ys)) for xs, ys in data.values())
+    model = build_model(model_name, x.shape[1:], len(classes),
+                        normalization=(norm["mean"], norm["std"]))
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    seconds = []
+    for _ in range(epochs):
+        started = time.perf_counter()
+        model.fit(x, y, batch_size=batch_size, epochs=1, shuffle=True, validation_data=valid,
+                  verbose=0)
+        seconds.append(time.perf_counter() - started)
+    return seconds, len(x)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--features", required=True, type=pathlib.Path,
+                        help="features of N songs (GTZAN-3 with its manifest split)")
+    parser.add_argument("--model", default="cnn2d")
+    parser.add_argument("--factor", type=int, default=4)
+    parser.add_argument("--throughput-copies", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--skip-throughput", action="store_true")
+    args = parser.parse_args()
+    genres = str(pathlib.Path(sys.executable).parent / "genres")
+    cpus = os.cpu_count()
+    with tempfile.TemporaryDirectory(prefix="genres-train-bench-") as tmp:
+        tmp = pathlib.Path(tmp)
+
+        def train(features: pathlib.Path, name: str, *flags: str) -> dict:
+            return run([genres, "train", str(features), "--model", args.model, "--out",
+                        str(tmp / name), "--storage-path", str(tmp / "runs"), "--batch-size",
+                        str(args.batch_size), *flags])
+
+        if not args.skip_memory:
+            big = copy_features(args.features, tmp / "features-big", args.factor)
+            results = {}
+            for name, features in (("N", args.features), (f"{args.factor}N", big)):
+                results[name] = r = train(features, f"memory-{name}", "--epochs", "1",
+                                          "--split", "manifest")
+                print(f"{name:>4} songs: {r['seconds']:6.1f} s, driver peak RSS "
+                      f"{r['driver'] / 2**20:6.0f} MiB, tree peak PSS {r['pss'] / 2**20:6.0f} MiB, "
+                      f"tree peak RSS {r['rss'] / 2**20:6.0f} MiB | {r['summary']}", flush=True)
+            small, large = results["N"], results[f"{args.factor}N"]
+            print(f"{args.factor}x the songs: driver peak RSS "
+                  f"{large['driver'] / small['driver']:.2f}x (target <= 1.3x), tree peak PSS "
+                  f"{large['pss'] / small['pss']:.2f}x, tree peak RSS "
+                  f"{large['rss'] / small['rss']:.2f}x, time "
+                  f"{large['seconds'] / small['seconds']:.2f}x", flush=True)
+            shutil.rmtree(big)
+        if not args.skip_throughput:
+            many = copy_features(args.features, tmp / "features-many", args.throughput_copies)
+            r = train(many, "throughput", "--epochs", "2", "--split", "song", "--patience", "5")
+            history = [row.split(",") for row in (tmp / "throughput" / "history.csv")
+                       .read_text().splitlines()]
+            seconds = [float(row[history[0].index("seconds")]) for row in history[1:]]
+            steps = json.loads((tmp / "throughput" / "metrics.json").read_text())["workers"]
+            ray_frames = steps["train_steps"] * steps["batch_per_worker"]
+            keras, frames = keras_epochs(many, args.model, args.batch_size, 2, tmp / "throughput")
+            ray_rate, keras_rate = ray_frames / seconds[1] / cpus, frames / keras[1] / cpus
+            print(f"throughput ({frames} train frames, 2nd epoch, {cpus} CPUs): Ray Train "
+                  f"{seconds[1]:.1f} s, {ray_rate:.1f} frames/s/CPU; plain Keras {keras[1]:.1f} s, "
+                  f"{keras_rate:.1f} frames/s/CPU; Ray Train overhead "
+                  f"{(keras_rate / ray_rate - 1) * 100:+.0f} % (target <= 20 %)", flush=True)
+            print(f"  epoch seconds: Ray Train {['%.1f' % s for s in seconds]}, Keras "
+                  f"{['%.1f' % s for s in keras]}; whole train command {r['seconds']:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
