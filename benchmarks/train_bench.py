@@ -33,6 +33,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from score_bench import tree_memory  # the same /proc sampling as the scoring benchmark
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -60,29 +62,15 @@ def copy_features(src: pathlib.Path, dst: pathlib.Path, copies: int) -> pathlib.
     return dst
 
 
-def _children() -> dict[int, list[int]]:
-    tree: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = open(f"/proc/{entry}/stat").read()
-            except OSError:
-                continue
-            tree.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry))
-    return tree
-
-
-def _memory(pid: int) -> tuple[int, int]:
-    pss = rss = 0
+def _rss(pid: int) -> int:
+    """Resident memory of one process, in bytes (0 once it has gone)."""
     try:
-        for line in open(f"/proc/{pid}/smaps_rollup"):
-            if line.startswith("Pss:"):
-                pss = int(line.split()[1]) * 1024
-            elif line.startswith("Rss:"):
-                rss = int(line.split()[1]) * 1024
+        for line in open(f"/proc/{pid}/status"):
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
     except OSError:
         pass
-    return pss, rss
+    return 0
 
 
 def run(args: list[str]) -> dict:
@@ -95,14 +83,9 @@ def run(args: list[str]) -> dict:
 
     def sample():
         while not done.is_set():
-            tree, todo, pss, rss = _children(), [proc.pid], 0, 0
-            while todo:
-                pid = todo.pop()
-                todo.extend(tree.get(pid, []))
-                p, r = _memory(pid)
-                pss, rss = pss + p, rss + r
-            peak.update(driver=max(peak["driver"], _memory(proc.pid)[1]),
-                        pss=max(peak["pss"], pss), rss=max(peak["rss"], rss))
+            pss, rss = tree_memory(proc.pid)
+            peak.update(driver=max(peak["driver"], _rss(proc.pid)), pss=max(peak["pss"], pss),
+                        rss=max(peak["rss"], rss))
             time.sleep(0.25)
 
     sampler = threading.Thread(target=sample, daemon=True)
