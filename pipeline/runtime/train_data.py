@@ -314,15 +314,18 @@ def plan_aggregate(column: str, methods, seed: int, *, bands: int) -> AggregateF
 
 
 def split_frames(batch: dict, *, splits: list[str], method: str, seed: int,
-                 classes: list[str], column: str) -> dict:
+                 classes: list[str], column: str):
     """Ray Data map_batches fn: the rows of ``splits`` as model input ``x``, ``y``,
-    ``song_id`` and ``split``."""
+    ``song_id`` and ``split``. A batch without such a row yields nothing: Ray Data stores an
+    empty tensor column as pickled objects, with a warning in every task."""
     keep, split = _in_splits(batch, method, seed)
     keep &= np.isin(split, splits)
+    if not keep.any():
+        return
     index = {c: i for i, c in enumerate(classes)}
-    return {"song_id": batch["song_id"][keep], "split": split[keep],
-            "x": np.asarray(batch[column][keep], np.float32),
-            "y": np.array([index[label] for label in batch["label"][keep]], np.int64)}
+    yield {"song_id": batch["song_id"][keep], "split": split[keep],
+           "x": np.asarray(batch[column][keep], np.float32),
+           "y": np.array([index[label] for label in batch["label"][keep]], np.int64)}
 
 
 def part_bags(batch: dict, *, root: str, splits: list[str], method: str, seed: int,
