@@ -81,18 +81,31 @@ def tree_memory(root: int) -> tuple[int, int]:
     return pss, rss
 
 
-def run(args: list[str]) -> dict:
-    """Wall time, peak memory of the process tree and the last output line of one command."""
+def _rss(pid: int) -> int:
+    """Resident memory of one process, in bytes (0 once it has gone)."""
+    try:
+        for line in open(f"/proc/{pid}/status"):
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def run(args: list[str], summary: tuple[str, ...] = ("score:", "extract:")) -> dict:
+    """Wall time, peak memory (the command's own RSS as ``driver``; the process tree's PSS and
+    RSS) and the last output line starting with ``summary`` of one command."""
     started = time.perf_counter()
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             cwd=ROOT)
-    peak = [0, 0]
+    peak = {"driver": 0, "pss": 0, "rss": 0}
     done = threading.Event()
 
     def sample():
         while not done.is_set():
             pss, rss = tree_memory(proc.pid)
-            peak[0], peak[1] = max(peak[0], pss), max(peak[1], rss)
+            peak.update(driver=max(peak["driver"], _rss(proc.pid)), pss=max(peak["pss"], pss),
+                        rss=max(peak["rss"], rss))
             time.sleep(0.25)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -103,9 +116,8 @@ def run(args: list[str]) -> dict:
     sampler.join()
     if proc.returncode:
         sys.exit(f"{' '.join(args)} failed:\n{output[-3000:]}")
-    last = [line for line in output.splitlines() if line.startswith(("score:", "extract:"))]
-    return {"seconds": time.perf_counter() - started, "pss": peak[0], "rss": peak[1],
-            "summary": last[-1] if last else ""}
+    last = [line for line in output.splitlines() if line.startswith(summary)]
+    return {"seconds": time.perf_counter() - started, **peak, "summary": last[-1] if last else ""}
 
 
 def spec_flags(model: str) -> list[str]:

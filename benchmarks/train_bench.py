@@ -23,17 +23,15 @@ import json
 import os
 import pathlib
 import shutil
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from score_bench import tree_memory  # the same /proc sampling as the scoring benchmark
+from score_bench import run  # the same /proc sampling as the scoring benchmark
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -60,45 +58,6 @@ def copy_features(src: pathlib.Path, dst: pathlib.Path, copies: int) -> pathlib.
                  "errors": []}))
             index += 1
     return dst
-
-
-def _rss(pid: int) -> int:
-    """Resident memory of one process, in bytes (0 once it has gone)."""
-    try:
-        for line in open(f"/proc/{pid}/status"):
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
-def run(args: list[str]) -> dict:
-    """Wall time and peak memory (driver RSS, tree PSS, tree RSS) of one command."""
-    started = time.perf_counter()
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            cwd=ROOT)
-    peak = {"driver": 0, "pss": 0, "rss": 0}
-    done = threading.Event()
-
-    def sample():
-        while not done.is_set():
-            pss, rss = tree_memory(proc.pid)
-            peak.update(driver=max(peak["driver"], _rss(proc.pid)), pss=max(peak["pss"], pss),
-                        rss=max(peak["rss"], rss))
-            time.sleep(0.25)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    output = proc.stdout.read()
-    proc.wait()
-    done.set()
-    sampler.join()
-    if proc.returncode:
-        sys.exit(f"{' '.join(args)} failed:\n{output[-3000:]}")
-    summary = [line for line in output.splitlines() if line.startswith("train:")]
-    return {"seconds": time.perf_counter() - started, **peak,
-            "summary": summary[-1] if summary else ""}
 
 
 def keras_epochs(features: pathlib.Path, model_name: str, batch_size: int, epochs: int,
@@ -161,7 +120,7 @@ def main() -> None:
         def train(features: pathlib.Path, name: str, *flags: str) -> dict:
             return run([genres, "train", str(features), "--model", args.model, "--out",
                         str(tmp / name), "--storage-path", str(tmp / "runs"), "--batch-size",
-                        str(args.batch_size), *flags])
+                        str(args.batch_size), *flags], summary=("train:",))
 
         if not args.skip_memory:
             big = copy_features(args.features, tmp / "features-big", args.factor)
