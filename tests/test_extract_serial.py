@@ -9,6 +9,7 @@ import soundfile as sf
 from pipeline.extract import extract_shard
 from pipeline.features import FeatureSpec
 from pipeline.storage.catalog import Song
+from pipeline.storage import shards
 from pipeline.storage.shards import FeatureStore, tensor_values
 
 SPEC = FeatureSpec(frame_seconds=1.0)
@@ -100,3 +101,28 @@ def test_spec_variants_write_their_shapes(tmp_path, rng, settings):
     assert mfcc.dtype == np.dtype(spec.dtype) and np.isfinite(logmel).all()
     assert table.schema.metadata[b"genres.spec_fingerprint"].decode() == spec.fingerprint()
     assert FeatureStore(out).read_spec() == spec
+
+
+def test_a_part_keeps_each_song_in_its_own_row_groups(tmp_path, rng, monkeypatch):
+    monkeypatch.setattr(shards, "_ROW_GROUP_BYTES", 70_000)  # under 3 frames of ~26 KB
+    seconds = {"a": 3.2, "b": 1.0, "c": 2.0, "d": 1.0}  # 3, 1, 2, 1 frames of ~43 KB
+    out = str(tmp_path / "features")
+    store = FeatureStore(out)
+    store.prepare(SPEC)
+    extract_shard([Song(s, _wav(tmp_path / f"{s}.wav", t, rng)) for s, t in seconds.items()],
+                  SPEC, out, 0)
+    file = pq.ParquetFile(tmp_path / "features" / "part-00000.parquet")
+    groups = [set(file.read_row_group(i, columns=["song_id"]).column(0).to_pylist())
+              for i in range(file.num_row_groups)]
+    assert groups == [{"a"}, {"b", "c"}, {"d"}]  # whole songs, closed past the size
+    read = store.read_part("part-00000", ["song_id", "logmel"],
+                           where=lambda keys: np.isin(keys.column("song_id"), ["c"]),
+                           where_columns=["song_id"])
+    assert read.column("song_id").to_pylist() == ["b", "c", "c"]  # c's group, unfiltered
+    whole = store.read_part("part-00000", ["song_id", "logmel"])
+    assert np.array_equal(tensor_values(read.column("logmel")),
+                          tensor_values(whole.column("logmel"))[3:6])
+    nothing = store.read_part("part-00000", ["song_id", "logmel"],
+                              where=lambda keys: np.zeros(keys.num_rows, bool),
+                              where_columns=["song_id"])
+    assert nothing.num_rows == 0 and nothing.schema == whole.schema

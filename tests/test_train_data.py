@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 
 from pipeline.runtime.train import TrainConfig
+from pipeline.storage import shards
 from pipeline.runtime.train_data import open_source, plan_training_data
 from corpus import tiny_features
 
@@ -13,10 +14,13 @@ pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 @pytest.fixture(scope="module")
 def features(tmp_path_factory):
-    """40 songs of 2 frames in 4 parts, two labels, 8 artists, no manifest split."""
-    return tiny_features(tmp_path_factory.mktemp("plan"),
-                         [{"song_id": f"s{i:02d}", "seconds": 2.5, "label": "ab"[i % 2],
-                           "artist": f"r{i % 8}"} for i in range(40)])
+    """40 songs of 2 frames in 4 parts, two labels, 8 artists, no manifest split; each song
+    in its own row group, so that reads of a split skip the other songs."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(shards, "_ROW_GROUP_BYTES", 1)
+        return tiny_features(tmp_path_factory.mktemp("plan"),
+                             [{"song_id": f"s{i:02d}", "seconds": 2.5, "label": "ab"[i % 2],
+                               "artist": f"r{i % 8}"} for i in range(40)])
 
 
 def _songs(data, split):

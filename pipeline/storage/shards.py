@@ -33,6 +33,7 @@ SPEC_FILE = "_spec.json"
 ERROR_SCHEMA = pa.schema([("song_id", pa.string()), ("uri", pa.string()),
                           ("error", pa.string()), ("message", pa.string())])
 _PART = re.compile(r"part-(\d{5,})\.(?:json|parquet)$")
+_ROW_GROUP_BYTES = 512 * 1024  # a row group closes at the first song end past this size
 
 
 def part_name(index: int) -> str:
@@ -145,10 +146,25 @@ class CommittedParts:
         """URI of a part's rows file (``part`` as named in its commit record)."""
         return self._uri(part + ".parquet")
 
-    def read_part(self, part: str, columns: list[str] | None = None) -> pa.Table:
-        """The rows of one committed part."""
+    def read_part(self, part: str, columns: list[str] | None = None, *, where=None,
+                  where_columns: list[str] | None = None) -> pa.Table:
+        """The rows of one committed part; with ``where`` (``where_columns`` table -> a bool
+        per row), only the row groups that hold a chosen row, unfiltered.
+
+        Parts keep each song in row groups of its own (:func:`_parquet_bytes`), so a reader
+        of some songs (one split of a training set) decodes and fetches little else; a part
+        written as one row group is read whole.
+        """
         with self.fs.open(self._path(part + ".parquet"), "rb") as f:
-            return pq.read_table(f, columns=columns)
+            if where is None:
+                return pq.read_table(f, columns=columns)
+            file = pq.ParquetFile(f)
+            chosen = np.asarray(where(file.read(columns=where_columns)), bool)
+            bounds = np.cumsum([0] + [file.metadata.row_group(i).num_rows
+                                      for i in range(file.num_row_groups)])
+            return file.read_row_groups(
+                [i for i in range(file.num_row_groups) if chosen[bounds[i]:bounds[i + 1]].any()],
+                columns=columns)
 
     def read_errors(self) -> pa.Table:
         tables = []
@@ -218,10 +234,31 @@ def _versions() -> dict[str, str]:
 
 
 def _parquet_bytes(table: pa.Table) -> bytes:
+    """A Parquet file of ``table``, whose rows of one song (neighbours) are in row groups of
+    whole songs of about ``_ROW_GROUP_BYTES`` (one song when larger), so that readers of some
+    songs skip the others (:meth:`CommittedParts.read_part`)."""
     # Dictionaries and statistics only for scalar columns: on float tensors they cost 2/3 of
     # the write time and save nothing.
     scalar = [f.name for f in table.schema if not isinstance(f.type, pa.ExtensionType)]
     sink = io.BytesIO()
-    pq.write_table(table, sink, compression="zstd", use_dictionary=scalar,
-                   write_statistics=scalar)
+    with pq.ParquetWriter(sink, table.schema, compression="zstd", use_dictionary=scalar,
+                          write_statistics=scalar) as writer:
+        for start, stop in _song_groups(table):
+            writer.write_table(table.slice(start, stop - start))
     return sink.getvalue()
+
+
+def _song_groups(table: pa.Table) -> list[tuple[int, int]]:
+    """(start, stop) row ranges of whole songs (runs of one song_id), each closed once it
+    holds ``_ROW_GROUP_BYTES``; the whole table when it has no song_id column or no rows."""
+    if "song_id" not in table.column_names or table.num_rows == 0:
+        return [(0, table.num_rows)]
+    ids = table.column("song_id").to_numpy(zero_copy_only=False)
+    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]]).tolist() + [table.num_rows]
+    row_bytes = table.nbytes / table.num_rows
+    groups, start = [], 0
+    for stop in starts[1:]:
+        if (stop - start) * row_bytes >= _ROW_GROUP_BYTES or stop == table.num_rows:
+            groups.append((start, stop))
+            start = stop
+    return groups
