@@ -56,3 +56,39 @@ def test_port_from_audio_end_to_end(nets, shared_data, song, folder, top):
 def test_patches_of_a_short_song_are_padded():
     patches, padded = musicnn_patches(np.zeros(16000, np.float32))
     assert patches.shape == (1, 187, 96) and padded and np.isfinite(patches).all()
+
+
+def _unpack(cache: str, out) -> None:
+    import os
+
+    os.environ["GENRES_CACHE"] = cache
+    from pipeline.storage.weights import _unpacked
+
+    out.put(str(_unpacked("MSD_musicnn")))
+
+
+def test_processes_unpacking_the_weights_at_once_all_get_a_whole_copy(tmp_path):
+    # Extract tasks on a fresh node unpack the weights at the same time: once they shared one
+    # temporary folder, a rename failed and a checkpoint was read half-written.
+    import multiprocessing
+    import shutil
+    import zipfile
+
+    from pipeline.storage.weights import WHEEL, fetch_wheel
+
+    shutil.copy(fetch_wheel(), tmp_path / WHEEL)
+    context = multiprocessing.get_context("spawn")
+    out = context.Queue()
+    procs = [context.Process(target=_unpack, args=(str(tmp_path), out)) for _ in range(6)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0] * 6
+    target = tmp_path / "musicnn-0.1.0" / "MSD_musicnn"
+    assert {out.get(timeout=5) for _ in procs} == {str(target)}
+    with zipfile.ZipFile(tmp_path / WHEEL) as z:
+        for name in z.namelist():
+            if name.startswith("musicnn/MSD_musicnn/."):
+                assert (target / name.rsplit("/", 1)[1]).read_bytes() == z.read(name)
+    assert sorted(p.name for p in (tmp_path / "musicnn-0.1.0").iterdir()) == ["MSD_musicnn"]

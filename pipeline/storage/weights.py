@@ -14,6 +14,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import tempfile
 import zipfile
 
 import numpy as np
@@ -62,13 +63,22 @@ def _unpacked(model: str) -> pathlib.Path:
     """The checkpoint files of ``model`` (e.g. MSD_musicnn), unpacked once from the wheel."""
     wheel = fetch_wheel()
     target = cache_dir() / "musicnn-0.1.0" / model
-    if not (target / ".index").exists():
+    if (target / ".index").exists():
+        return target
+    # Each process unpacks into a folder of its own and renames it into place: extract tasks
+    # on a fresh node unpack at the same time, and a shared folder mixed their files (a
+    # failed rename, a checkpoint read half-written).
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{model}.tmp-") as tmp:
         with zipfile.ZipFile(wheel) as z:
             for name in z.namelist():
                 if name.startswith(f"musicnn/{model}/."):
-                    z.extract(name, cache_dir() / "musicnn-0.1.0.tmp")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(cache_dir() / "musicnn-0.1.0.tmp" / "musicnn" / model, target)
+                    z.extract(name, tmp)
+        try:
+            os.replace(pathlib.Path(tmp) / "musicnn" / model, target)
+        except OSError:  # another process's complete copy is in place already
+            if not (target / ".index").exists():
+                raise
     return target
 
 
