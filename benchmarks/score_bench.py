@@ -111,12 +111,14 @@ def run(args: list[str], summary: tuple[str, ...] = ("score:", "extract:"), *,
                         rss=max(peak["rss"], rss))
             time.sleep(0.25)
 
-    sampler = threading.Thread(target=sample if memory else done.wait, daemon=True)
-    sampler.start()
+    sampler = threading.Thread(target=sample, daemon=True)
+    if memory:
+        sampler.start()
     output = proc.stdout.read()
     proc.wait()
     done.set()
-    sampler.join()
+    if memory:
+        sampler.join()
     if proc.returncode:
         sys.exit(f"{' '.join(args)} failed:\n{output[-3000:]}")
     last = [line for line in output.splitlines() if line.startswith(summary)]

@@ -31,7 +31,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.storage.shards import _parquet_bytes
+from pipeline.storage.shards import ERROR_SCHEMA, FeatureStore
 from score_bench import run  # the same /proc sampling as the scoring benchmark
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -39,24 +39,19 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 def copy_features(src: pathlib.Path, dst: pathlib.Path, copies: int) -> pathlib.Path:
     """A feature directory of ``copies`` x the songs of ``src``: each part again under
-    song_ids prefixed ``copyK/``, with its commit record."""
-    (dst / "_commits").mkdir(parents=True)
-    shutil.copy(src / "_spec.json", dst / "_spec.json")
-    records = sorted((src / "_commits").glob("part-*.json"))
+    song_ids prefixed ``copyK/``, written and committed as extract writes parts."""
+    source, store = FeatureStore(str(src)), FeatureStore(str(dst))
+    store.prepare(source.read_spec())
+    records = [r for _, r in sorted(source.commits().items()) if r["rows"]]
     index = 0
     for k in range(copies):
-        for path in records:
-            record = json.loads(path.read_text())
-            if not record["rows"]:
-                continue
-            table = pq.read_table(src / f"{record['part']}.parquet")
+        for record in records:
+            table = source.read_part(record["part"])
             ids = pa.array([f"copy{k}/{s}" for s in table.column("song_id").to_pylist()])
             table = table.set_column(table.schema.get_field_index("song_id"), "song_id", ids)
-            name = f"part-{index:05d}"
-            (dst / f"{name}.parquet").write_bytes(_parquet_bytes(table))  # as extract writes
-            (dst / "_commits" / f"{name}.json").write_text(json.dumps(
-                {**record, "part": name, "songs": [f"copy{k}/{s}" for s in record["songs"]],
-                 "errors": []}))
+            extra = {key: v for key, v in record.items()
+                     if key not in ("part", "rows", "songs", "errors")}
+            store.write_part(index, table, ERROR_SCHEMA.empty_table(), **extra)
             index += 1
     return dst
 
