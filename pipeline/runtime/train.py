@@ -150,6 +150,13 @@ def train_loop_per_worker(loop: dict) -> None:
     inputs = loop["inputs"] if len(loop["inputs"]) > 1 else loop["inputs"][0]
     train_feed, valid_feed = Feed(**loop["train_feed"]), Feed(**loop["valid_feed"])
 
+    # tf.data's autotuning thread sleeps between rounds, and deleting an iterator (Keras
+    # does at the end of the training and of the validation of every epoch) waits until it
+    # wakes: 1 epoch in 3 sat idle for 30 s (gdb: ~IteratorResource waiting on
+    # Model::OptimizeLoop). The fixed prefetch buffer needs no tuning.
+    no_autotune = tf.data.Options()
+    no_autotune.autotune.enabled = False
+
     def per_replica(shard, feed: Feed, **to_tf):
         # The worker's own shard in whole batches for its replica: Keras neither rebatches
         # nor pads it, so no replica gets an empty batch (see the module docstring).
@@ -158,13 +165,6 @@ def train_loop_per_worker(loop: dict) -> None:
         return strategy.distribute_datasets_from_function(
             lambda _: shard.to_tf(inputs, "y", batch_size=feed.batch, prefetch_batches=4,
                                   **to_tf).prefetch(_PREFETCH).with_options(no_autotune))
-
-    # tf.data's autotuning thread sleeps between rounds, and deleting an iterator (Keras
-    # does at the end of the training and of the validation of every epoch) waits until it
-    # wakes: 1 epoch in 3 sat idle for 30 s (gdb: ~IteratorResource waiting on
-    # Model::OptimizeLoop). The fixed prefetch buffer needs no tuning.
-    no_autotune = tf.data.Options()
-    no_autotune.autotune.enabled = False
 
     for epoch in range(state["epoch"], loop["epochs"]):
         train_tf = per_replica(train_shard, train_feed, drop_last=True,
