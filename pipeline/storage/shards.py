@@ -237,11 +237,13 @@ def _parquet_bytes(table: pa.Table) -> bytes:
     """A Parquet file of ``table``, whose rows of one song (neighbours) are in row groups of
     whole songs of about ``_ROW_GROUP_BYTES`` (one song when larger), so that readers of some
     songs skip the others (:meth:`CommittedParts.read_part`)."""
-    # Dictionaries and statistics only for scalar columns: on float tensors they cost 2/3 of
-    # the write time and save nothing.
+    # Dictionaries, statistics and zstd only for scalar columns: on float tensors they cost
+    # 2/3 of the write time, and zstd halved the read speed of a part (log-mel: 0.107 s
+    # against 0.052 s for 192 frames, every training epoch) to save 13 % of its size.
     scalar = [f.name for f in table.schema if not isinstance(f.type, pa.ExtensionType)]
+    compression = {f.name: "zstd" if f.name in scalar else "none" for f in table.schema}
     sink = io.BytesIO()
-    with pq.ParquetWriter(sink, table.schema, compression="zstd", use_dictionary=scalar,
+    with pq.ParquetWriter(sink, table.schema, compression=compression, use_dictionary=scalar,
                           write_statistics=scalar) as writer:
         for start, stop in _song_groups(table):
             writer.write_table(table.slice(start, stop - start))
