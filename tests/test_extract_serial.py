@@ -3,6 +3,7 @@
 import numpy as np
 import pandas as pd
 import pytest
+import pyarrow as pa
 import pyarrow.parquet as pq
 import soundfile as sf
 
@@ -126,3 +127,18 @@ def test_a_part_keeps_each_song_in_its_own_row_groups(tmp_path, rng, monkeypatch
                               where=lambda keys: np.zeros(keys.num_rows, bool),
                               where_columns=["song_id"])
     assert nothing.num_rows == 0 and nothing.schema == whole.schema
+    most = store.read_part("part-00000", ["song_id", "logmel"],
+                           where=lambda keys: np.isin(keys.column("song_id"), ["a", "c"]),
+                           where_columns=["song_id"])
+    assert most.equals(whole)  # 2 of 3 groups: one read of the whole part is cheaper
+
+
+def test_tensor_rows_copies_the_chosen_rows_of_every_chunk(rng):
+    x = rng.standard_normal((10, 4, 5)).astype(np.float32)
+    column = pa.chunked_array([shards.tensor_array(x[:3]), shards.tensor_array(x[3:3]),
+                               shards.tensor_array(x[3:])])
+    keep = np.array([1, 0, 1, 1, 0, 0, 1, 1, 1, 0], bool)
+    assert np.array_equal(shards.tensor_rows(column, keep), x[keep])
+    half = shards.tensor_rows(column, keep, np.float16)
+    assert half.dtype == np.float16 and np.array_equal(half, x[keep].astype(np.float16))
+    assert shards.tensor_rows(column, np.zeros(10, bool)).shape == (0, 4, 5)

@@ -67,3 +67,21 @@ def test_normalisation_statistics_equal_numpy_on_the_train_frames(ray_session, f
     assert data.stats.count == x.shape[0] * x.shape[2]
     assert np.allclose(data.stats.mean, x.mean(axis=(0, 2)), rtol=0, atol=1e-6)
     assert np.allclose(data.stats.std(), x.std(axis=(0, 2)), rtol=1e-6)
+
+
+def test_streamed_frames_are_the_parts_frames_of_their_song(ray_session, features):
+    config = TrainConfig(split="song")
+    data = plan_training_data(open_source(features, config), config)
+    table = pd.read_parquet(features, columns=["song_id", "label", "logmel"])
+    expected = {sid: np.stack([np.asarray(v, np.float32).reshape(128, -1) for v in group.logmel])
+                for sid, group in table.groupby("song_id")}
+    streamed = {}
+    for split in ("train", "valid", "test"):
+        for batch in data.dataset(split).iter_batches(batch_size=None, batch_format="numpy"):
+            assert batch["x"].dtype == np.float32 and set(batch["split"]) == {split}
+            for sid, x, y in zip(batch["song_id"], batch["x"], batch["y"]):
+                streamed.setdefault(sid, []).append(x)
+                assert data.classes[y] == table.label[table.song_id == sid].iloc[0]
+    assert streamed.keys() == expected.keys()
+    for sid, frames in streamed.items():  # a song's frames in their order within its part
+        assert np.array_equal(np.stack(frames), expected[sid])
