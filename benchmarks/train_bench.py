@@ -60,13 +60,22 @@ def keras_epochs(features: pathlib.Path, model_name: str, batch_size: int, epoch
                  bundle: pathlib.Path) -> tuple[list[float], int]:
     """Plain Keras ``fit`` in this process on the train frames ``bundle`` was trained on,
     validating on its validation frames as the Ray Train epoch does, all read into memory
-    first (the baseline); seconds of each epoch and the train frames."""
+    first and fed by tf.data as a Train worker feeds its step (the baseline); seconds of
+    each epoch and the train frames."""
     from pipeline.models.cnn import build_model, feature_column
     from pipeline.models.keras import tf_keras
     from pipeline.splits import split_rows
     from pipeline.storage.shards import tensor_values
 
+    # The threads a Train worker runs with (pipeline.runtime.train.worker_threads): Ray sets
+    # OMP_NUM_THREADS=1 in its workers, and TensorFlow's pool takes every core. With Keras'
+    # defaults on a CPU where oneDNN's custom ops are on (AVX512_VNNI), every baseline epoch
+    # took ~150 s against Ray Train's ~110 s; with these threads its first took 95 s.
+    os.environ["OMP_NUM_THREADS"] = "1"
     keras = tf_keras()
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(len(os.sched_getaffinity(0)))
     column = feature_column(model_name)
     config = json.loads((bundle / "config.json").read_text())
     classes = json.loads((bundle / "labels.json").read_text())
@@ -88,11 +97,20 @@ def keras_epochs(features: pathlib.Path, model_name: str, batch_size: int, epoch
                         normalization=(norm["mean"], norm["std"]))
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"])
+    # From memory through tf.data with the options the Train worker uses: a shuffle over
+    # every frame, prefetch, autotuning off. Keras' own numpy path keeps autotuning on, and
+    # deleting each epoch's iterator then waited on the autotune thread: its epochs 2-3 took
+    # 149-152 s where its first took 95 s.
+    no_autotune = tf.data.Options()
+    no_autotune.autotune.enabled = False
+    train = (tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=0)
+             .batch(batch_size).prefetch(8).with_options(no_autotune))
+    valid = (tf.data.Dataset.from_tensor_slices(valid).batch(batch_size).prefetch(8)
+             .with_options(no_autotune))
     seconds = []
     for _ in range(epochs):
         started = time.perf_counter()
-        model.fit(x, y, batch_size=batch_size, epochs=1, shuffle=True, validation_data=valid,
-                  verbose=0)
+        model.fit(train, epochs=1, validation_data=valid, verbose=0)
         seconds.append(time.perf_counter() - started)
     return seconds, len(x)
 
