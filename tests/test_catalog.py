@@ -62,3 +62,60 @@ def test_unreadable_manifest_is_one_clear_error(tmp_path, name, content):
     (tmp_path / name).write_bytes(content)
     with pytest.raises(CatalogError, match="manifest"):
         load_catalog(str(tmp_path / name))
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_catalog_datasets_equal_the_in_memory_catalogs(ray_session, tmp_path):
+    import pandas as pd
+
+    from pipeline.runtime.catalog import catalog_dataset
+
+    for rel in ("jazz/a.wav", "jazz/deep/b.flac", "rock/c.mp3", "rock/notes.txt"):
+        _touch(tmp_path / "songs" / rel)
+    (tmp_path / "m.csv").write_text("uri,label,artist,split,extra\nx/a.ogg,jazz,Miles,test,1\n"
+                                    "/abs/b.wav,rock,,,2\ns3://b/c.opus, rock ,,valid,3\n")
+    pd.DataFrame({"uri": ["a.wav", "b.wav"], "song_id": ["s1", "s2"],
+                  "split": pd.Categorical(["train", None])}).to_parquet(tmp_path / "m.parquet")
+    for source, kwargs in ((tmp_path / "songs", {"labels_from_folders": True}),
+                           (tmp_path / "m.csv", {}), (tmp_path / "m.parquet", {}),
+                           (tmp_path / "songs" / "rock" / "c.mp3", {})):
+        rows, n = catalog_dataset(str(source), **kwargs)
+        got = sorted(rows.take_all(), key=lambda r: r["song_id"])
+        want = sorted((vars(s) for s in load_catalog(str(source), **kwargs)),
+                      key=lambda r: r["song_id"])
+        assert got == want and n == len(want), source
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+@pytest.mark.parametrize("content,message", [
+    ("uri,song_id\na.wav,x\nb.wav,x\nc.wav,y\nd.wav,y\ne.wav,z\n", "2 duplicate song_id.*: x, y"),
+    ("uri,split\na.wav,holdout\n", "split 'holdout'"),
+    ("uri\na.wav\n\"\"\n", "empty uri"),
+])
+def test_a_bad_catalog_dataset_stops_before_work_with_one_line(ray_session, tmp_path, capsys,
+                                                               content, message):
+    from pipeline import cli
+    from pipeline.runtime.catalog import catalog_dataset
+
+    (tmp_path / "m.csv").write_text(content)
+    with pytest.raises(CatalogError, match=message):
+        catalog_dataset(str(tmp_path / "m.csv"))
+    assert cli.main(["extract", str(tmp_path / "m.csv"), "--out", str(tmp_path / "f")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("genres extract: error:")
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_without_is_an_anti_join(ray_session):
+    import ray
+
+    from pipeline.runtime.catalog import without
+
+    rows = ray.data.from_items([{"song_id": f"s{i}", "uri": f"/{i}"} for i in range(100)])
+    done = ray.data.from_items([{"song_id": f"s{i}"} for i in range(0, 100, 3)] * 2)
+    left = without(rows, done, partitions=3).take_all()
+    assert sorted(r["song_id"] for r in left) == sorted(f"s{i}" for i in range(100) if i % 3)
+    assert without(rows, None, partitions=3) is rows

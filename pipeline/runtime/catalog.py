@@ -1,0 +1,168 @@
+"""Catalogs as Ray Datasets: read, listed and validated in the cluster, never listed in the
+driver; and what is already done taken away by an anti-join there."""
+
+from __future__ import annotations
+
+import logging
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline.errors import CatalogError, GenresError
+from pipeline.storage import fs as fsio
+from pipeline.storage.catalog import (CatalogSource, as_strings, csv_convert_options,
+                                      describe_catalog, duplicates_error, file_rows, folder_rows,
+                                      manifest_header, manifest_rows)
+
+log = logging.getLogger(__name__)
+
+
+def catalog_dataset(source: str, *, labels_from_folders: bool = False):
+    """(the catalog's rows as a materialized Ray Dataset of ``CATALOG_SCHEMA``, their number).
+
+    Its rows stay in the object store, spread over the nodes that made them; the driver holds
+    block references. A bad manifest cell or a duplicate song_id stops here, before any work,
+    with a CatalogError that names it.
+    """
+    catalog = describe_catalog(source)
+    if catalog.kind == "file":
+        import ray
+
+        rows = ray.data.from_arrow(file_rows(catalog))
+    elif catalog.kind == "folder":
+        rows = _folder_dataset(catalog, labels_from_folders)
+    else:
+        rows = _manifest_dataset(catalog)
+    rows = raising_genres_errors(rows.materialize)
+    n = rows.count()
+    if not n:
+        raise CatalogError(f"catalog {catalog.source} contains no audio files")
+    _check_unique(rows, catalog.source, partitions=partitions(n))
+    return rows, n
+
+
+def partitions(n: int) -> int:
+    """Partitions of a shuffle (groupby, join) over ``n`` catalog rows: ~250k rows each, at
+    least one per CPU, at most 16 per CPU (each is held in memory by one of Ray Data's
+    aggregator actors)."""
+    import math
+
+    from pipeline.runtime.session import cluster_cpus
+
+    cpus = cluster_cpus()
+    return max(cpus, min(16 * cpus, math.ceil(n / 250_000)))
+
+
+def without(rows, done, *, partitions: int, key: str = "song_id"):
+    """The rows of ``rows`` whose ``key`` is not in ``done`` (a dataset with that column, or
+    None when nothing is done), by an anti-join in the cluster. With nothing done there is
+    no join: Ray Data's join with an empty side was reported to misbehave."""
+    if done is None:
+        return rows
+    return rows.join(done.select_columns([key]), join_type="left_anti",
+                     num_partitions=partitions, on=(key,))
+
+
+def raising_genres_errors(call, *args, **kwargs):
+    """``call()``, with a GenresError raised in a Ray task or Data UDF raised again here as
+    itself: Ray hands the driver a task error and a user-code error whose cause is lost on
+    the way, with the original only in its traceback text (``pipeline.errors.Kind: message``)."""
+    import re
+
+    import ray
+
+    from pipeline import errors
+
+    try:
+        return call(*args, **kwargs)
+    except (ray.exceptions.RayError, ray.data.exceptions.UserCodeException) as e:
+        found = re.search(r"pipeline\.errors\.(\w+): (.+)", str(e))
+        kind = getattr(errors, found.group(1), None) if found else None
+        if not (isinstance(kind, type) and issubclass(kind, GenresError)):
+            raise
+        raise kind(found.group(2).strip()) from e
+
+
+def _manifest_dataset(catalog: CatalogSource):
+    import ray
+
+    fs = arrow_fs(catalog.source)
+    if catalog.path.lower().endswith(".csv"):
+        header = manifest_header(catalog)
+        rows = ray.data.read_csv(catalog.path, filesystem=fs,
+                                 convert_options=csv_convert_options(header))
+    else:
+        rows = ray.data.read_parquet(catalog.path, filesystem=fs).map_batches(
+            as_strings, batch_format="pyarrow", batch_size=None)
+    return rows.map_batches(manifest_rows, batch_format="pyarrow", batch_size=None,
+                            fn_kwargs={"catalog": catalog})
+
+
+def _folder_dataset(catalog: CatalogSource, labels_from_folders: bool):
+    """The folder's first level is listed by one task; its files become rows there, and each
+    sub-folder is listed recursively by a task of its own."""
+    import ray
+
+    listing = ray.data.from_items([{"path": catalog.path}]).map_batches(
+        _list_level, batch_format="pyarrow", fn_kwargs={"root": catalog.source}).materialize()
+    kwargs = {"catalog": catalog, "labels_from_folders": labels_from_folders}
+    files = listing.map_batches(_listed_files, batch_format="pyarrow", batch_size=None,
+                                fn_kwargs=kwargs)
+    trees = listing.map_batches(_where, batch_format="pyarrow", batch_size=None,
+                                fn_kwargs={"column": "is_dir"}).map_batches(
+        _listed_trees, batch_format="pyarrow", batch_size=1, fn_kwargs=kwargs)
+    return files.union(trees)
+
+
+def _list_level(batch: pa.Table, *, root: str) -> pa.Table:
+    """Ray Data fn: the entries of each listed folder: ``path``, ``is_dir``."""
+    fs, _ = fsio.url_to_fs(root)
+    paths, dirs = [], []
+    for folder in batch.column("path").to_pylist():
+        for entry in fs.ls(folder, detail=True):
+            paths.append(entry["name"])
+            dirs.append(entry["type"] == "directory")
+    return pa.table({"path": pa.array(paths, pa.string()), "is_dir": pa.array(dirs, pa.bool_())})
+
+
+def _where(batch: pa.Table, *, column: str) -> pa.Table:
+    """Ray Data fn: the rows whose bool ``column`` is true."""
+    return batch.filter(batch.column(column))
+
+
+def _listed_files(batch: pa.Table, *, catalog: CatalogSource, labels_from_folders: bool):
+    files = batch.filter(pc.invert(batch.column("is_dir")))
+    return folder_rows(files.column("path").to_pylist(), catalog=catalog,
+                       labels_from_folders=labels_from_folders)
+
+
+def _listed_trees(batch: pa.Table, *, catalog: CatalogSource, labels_from_folders: bool):
+    fs, _ = fsio.url_to_fs(catalog.source)
+    paths = [p for folder in batch.column("path").to_pylist() for p in fs.find(folder)]
+    return folder_rows(paths, catalog=catalog, labels_from_folders=labels_from_folders)
+
+
+def _check_unique(rows, source: str, *, partitions: int) -> None:
+    """CatalogError naming duplicate song_ids, found by a groupby in the cluster."""
+    counts = rows.groupby("song_id", num_partitions=partitions).count()
+    dupes = counts.map_batches(_repeated, batch_format="pyarrow", batch_size=None).materialize()
+    n = dupes.count()
+    if n:
+        raise duplicates_error(source, n, [r["song_id"] for r in dupes.take(5)])
+
+
+def _repeated(batch: pa.Table) -> pa.Table:
+    """Ray Data fn: the song_ids counted more than once (``count()`` > 1)."""
+    return batch.filter(pc.greater(batch.column("count()"), 1)).select(["song_id"])
+
+
+def arrow_fs(uri: str):
+    """For Ray Data's readers of ``uri``: None for a local path (Arrow's own), else a pyarrow
+    filesystem over the project's fsspec one (the credentials and endpoint of every other
+    read)."""
+    from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+    if fsio.is_local(uri):
+        return None
+    fs, _ = fsio.url_to_fs(uri)
+    return PyFileSystem(FSSpecHandler(fs))
