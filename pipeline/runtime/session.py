@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 from pipeline.models.keras import KERAS_ENV, select_legacy_keras
 
@@ -39,6 +40,11 @@ def init_ray(address: str | None = None) -> None:
     # one, each waited for a new process: scoring actors were ready 6.5-9.5 s into a run on
     # 2 CPUs, without it 3-4 s.
     log.info("starting Ray (%s)", "embedded local" if address == "local" else address)
+    # Ray Data logs every dataset's plan and progress at INFO; the commands report their own.
+    # Read when ray.data is first imported (RAY_DATA_LOG_LEVEL=INFO brings them back).
+    os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")
+    if "ray.data" in sys.modules:
+        logging.getLogger("ray.data").setLevel(os.environ["RAY_DATA_LOG_LEVEL"])
     ray.init(address=address, **kwargs)
 
 
