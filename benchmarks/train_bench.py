@@ -42,17 +42,16 @@ def copy_features(src: pathlib.Path, dst: pathlib.Path, copies: int) -> pathlib.
     song_ids prefixed ``copyK/``, written and committed as extract writes parts."""
     source, store = FeatureStore(str(src)), FeatureStore(str(dst))
     store.prepare(source.read_spec())
-    records = [r for _, r in sorted(source.commits().items()) if r["rows"]]
-    index = 0
+    adds = []
     for k in range(copies):
-        for record in records:
-            table = source.read_part(record["part"])
-            ids = pa.array([f"copy{k}/{s}" for s in table.column("song_id").to_pylist()])
+        for part in source.parts():
+            table = source.read_part(part)
+            ids = pa.array([f"copy{k}/{s}" for s in table.column("song_id").to_pylist()],
+                           pa.string())
             table = table.set_column(table.schema.get_field_index("song_id"), "song_id", ids)
-            extra = {key: v for key, v in record.items()
-                     if key not in ("part", "rows", "songs", "errors")}
-            store.write_part(index, table, ERROR_SCHEMA.empty_table(), **extra)
-            index += 1
+            adds.append(store.write_part(f"{part}-copy{k}", table, ERROR_SCHEMA.empty_table(),
+                                         run_id="train-bench"))
+    store.commit(adds, run_id="train-bench")
     return dst
 
 

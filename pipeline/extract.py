@@ -85,12 +85,13 @@ def frame_song(song: Song, spec: FeatureSpec) -> dict:
             "padded": padded, "audio_seconds": y.shape[0] / rate}
 
 
-def extract_shard(songs: list[Song], spec: FeatureSpec | EmbeddingSpec, out: str,
-                  index: int) -> dict:
-    """Extract ``songs`` into shard ``index`` of the feature directory ``out``.
+def extract_shard(songs: list[Song], spec: FeatureSpec | EmbeddingSpec, out: str, part: str,
+                  *, run_id: str) -> dict:
+    """Extract ``songs`` into part ``part`` of the feature directory ``out``, uncommitted.
 
-    Every song ends in the shard's frame rows or its error rows. Returns a summary:
-    ``songs``, ``ok``, ``frames``, ``audio_seconds``, ``errors`` ({kind: count}), ``seconds``.
+    Every song ends in the part's frame rows or its error rows. Returns a summary: ``songs``,
+    ``ok``, ``frames``, ``audio_seconds``, ``errors`` ({kind: count}), ``seconds``, and
+    ``add``, the add row that commits the part (``FeatureStore.commit`` or a Committer).
     """
     started = time.perf_counter()
     columns = {name: [] for name in ("song_id", "frame", "start_s", "label", "artist", "split",
@@ -124,10 +125,12 @@ def extract_shard(songs: list[Song], spec: FeatureSpec | EmbeddingSpec, out: str
         arrays.append(tensor_array(np.concatenate(tensors[name]) if tensors[name]
                                    else np.zeros((0, *shape), dtype)))
     frames = pa.Table.from_arrays(arrays, schema=schema)
-    FeatureStore(out).write_part(index, frames, pa.Table.from_pylist(errors, schema=ERROR_SCHEMA))
+    add = FeatureStore(out).write_part(part, frames,
+                                       pa.Table.from_pylist(errors, schema=ERROR_SCHEMA),
+                                       run_id=run_id, uris={s.song_id: s.uri for s in songs})
     kinds: dict[str, int] = {}
     for e in errors:
         kinds[e["error"]] = kinds.get(e["error"], 0) + 1
     return {"songs": len(songs), "ok": len(songs) - len(errors), "frames": frames.num_rows,
-            "audio_seconds": audio_seconds, "errors": kinds,
+            "audio_seconds": audio_seconds, "errors": kinds, "add": add,
             "seconds": time.perf_counter() - started}

@@ -74,6 +74,8 @@ def tiny_features(root: pathlib.Path, songs: list[dict], *, songs_per_part: int 
                  22050)
         catalog.append(Song(song["song_id"], str(path), label=song.get("label"),
                             artist=song.get("artist"), split=song.get("split")))
-    for part, start in enumerate(range(0, len(catalog), songs_per_part)):
-        extract_shard(catalog[start:start + songs_per_part], spec, out, part)
+    adds = [extract_shard(catalog[start:start + songs_per_part], spec, out, f"part-{part:05d}",
+                          run_id="corpus")["add"]
+            for part, start in enumerate(range(0, len(catalog), songs_per_part))]
+    FeatureStore(out).commit(adds, run_id="corpus")
     return out

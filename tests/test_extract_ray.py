@@ -39,13 +39,19 @@ def test_serial_and_ray_give_identical_rows(ray_session, tmp_path):
     spec = FeatureSpec(frame_seconds=3.0, hop_seconds=1.5)
     serial = str(tmp_path / "serial")
     FeatureStore(serial).prepare(spec)
-    extract_shard(load_catalog(str(manifest)), spec, serial, 0)
+    add = extract_shard(load_catalog(str(manifest)), spec, serial, "part-0", run_id="s")["add"]
+    FeatureStore(serial).commit([add], run_id="s")
     on_ray = str(tmp_path / "ray")
     summary = run_extract(str(manifest), on_ray, spec, songs_per_task=2)
     assert summary["ok"] + sum(summary["errors"].values()) == len(expected)
     pd.testing.assert_frame_equal(_rows(serial), _rows(on_ray))
     pd.testing.assert_frame_equal(_errors(serial), _errors(on_ray))
-    assert len(FeatureStore(on_ray).commits()) == 6  # 11 songs, 2 per task
+    index = FeatureStore(on_ray).read_index().to_pandas()
+    assert len(index) == len(expected) and index.song_id.is_unique
+    assert sorted(index.part.dropna().unique()) == FeatureStore(on_ray).parts()
+    assert index.groupby("part").size().max() <= 2  # 2 songs per task
+    again = run_extract(str(manifest), on_ray, spec, songs_per_task=2)
+    assert again["skipped"] == len(expected) and again["ok"] == 0 and "commits" not in again
 
 
 def _catalog(root, n=24, seconds=12.0):
@@ -65,22 +71,22 @@ def test_kill_9_then_resume_gives_exactly_the_uninterrupted_rows(ray_session, tm
 
     out = str(tmp_path / "killed")
     command = [sys.executable, "-m", "pipeline.cli", "extract", catalog, "--out", out,
-               "--songs-per-task", "1"]
+               "--songs-per-task", "1", "--commit-every", "0"]
     env = {**os.environ, "RAY_ADDRESS": ""}  # its own local Ray, killed along with it
     proc = subprocess.Popen(command, env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    commits = tmp_path / "killed" / "_commits"
+    log = tmp_path / "killed" / "_songs" / "_delta_log"
     deadline = time.time() + 180
-    while time.time() < deadline and len(list(commits.glob("*.json"))) < 3:
+    while time.time() < deadline and len(list(log.glob("*.json"))) < 4:  # created + 3 commits
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)  # driver, raylet, workers: everything, mid-run
     proc.wait()
-    done = len(list(commits.glob("*.json")))
-    assert 3 <= done < 24, f"kill landed after {done} of 24 shards"
+    done = FeatureStore(out).read_index().num_rows
+    assert 3 <= done < 24, f"kill landed after {done} of 24 songs"
 
     assert subprocess.run(command, env=env, timeout=300, capture_output=True).returncode == 0
     pd.testing.assert_frame_equal(_rows(reference), _rows(out))
-    assert FeatureStore(out).done_song_ids() == FeatureStore(reference).done_song_ids()
-    # no stray files: every part file on disk has a commit record
-    parts = {p.stem for p in (tmp_path / "killed").glob("part-*.parquet")}
-    assert parts == {p.stem for p in commits.glob("*.json")}
+    index = FeatureStore(out).read_index().to_pandas()
+    assert sorted(index.song_id) == sorted(FeatureStore(reference).read_index().column(
+        "song_id").to_pylist())  # every song once: the killed run's committed parts kept
+    assert index.run_id.nunique() == 2

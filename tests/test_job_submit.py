@@ -88,7 +88,10 @@ def test_extract_job_under_ray_job_submit(ray_head, tmp_path):
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     assert "succeeded" in result.stdout + result.stderr
     assert pd.read_parquet(out, columns=["song_id"]).song_id.nunique() == 3
-    assert list(pd.read_parquet(out / "_errors").song_id) == ["bad"]
+    from pipeline.storage.shards import FeatureStore
+
+    errors = FeatureStore(str(out)).read_errors()
+    assert errors.column("song_id").to_pylist() == ["bad"]
     # the schedule's guard: the same submission id again is refused, nothing runs twice
     again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode != 0 and "already exists" in again.stdout + again.stderr, \

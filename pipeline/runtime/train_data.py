@@ -120,13 +120,12 @@ def open_source(features: str, config) -> Source:
     if column not in spec.columns():
         raise ParameterError(f"model {config.model} reads {column!r}, but {features} holds "
                              f"{sorted(spec.columns())}; extract the matching --features")
-    commits = store.commits()
-    parts = tuple(r["part"] for _, r in sorted(commits.items()) if r["rows"])
+    parts = tuple(store.parts())
     if not parts:
         raise CatalogError(f"{store.root} has no committed feature rows")
+    # Part names are unique to the run and task that wrote them: the same names, the same rows
     digest = hashlib.sha256(spec.fingerprint().encode())
-    for index, record in sorted(commits.items()):
-        digest.update(json.dumps([index, record], sort_keys=True).encode())
+    digest.update(json.dumps(sorted(parts)).encode())
     return Source(spec=spec, column=column, shape=tuple(spec.columns()[column]),
                   fingerprint=digest.hexdigest(), root=store.root, parts=parts)
 

@@ -1,14 +1,19 @@
-"""Feature tables: numbered Parquet shards, each committed by a record of the songs it covers.
+"""Feature directories: Parquet parts of frame rows, committed by a Delta table of songs.
 
 Layout of a feature directory (local or URI)::
 
-    _spec.json                 FeatureSpec + fingerprint + library versions
-    part-00007.parquet         frame rows of the songs of shard 7
-    _errors/part-00007.parquet error rows (song_id, uri, error, message) of shard 7
-    _commits/part-00007.json   written last: the shard exists only once this exists
+    _spec.json                       FeatureSpec + fingerprint + library versions
+    part-<run>-<task>.parquet        frame rows of the songs of one extract task
+    _songs/                          Delta table, one row per song: the part that holds its
+                                     frames (and how many), or its error and message
 
-Readers consider committed shards only, so a task killed mid-write leaves nothing visible,
-and a re-run skips every song named in a commit record.
+A part exists once an index row naming it is committed: a task killed mid-write, a retried
+task or a killed run leave files no commit names, which every reader ignores. Each commit
+adds one index file (its tasks' index files combined), so reading what a directory holds
+costs what reading a Delta table costs (its last checkpoint and the commits since) plus a
+file per commit, not a read per part. The parts are plain Parquet
+with Arrow's fixed-shape tensor columns; ``FeatureStore.parts`` (or the ``_songs`` table
+read with deltalake) says which to read.
 """
 
 from __future__ import annotations
@@ -17,27 +22,27 @@ import io
 import json
 import logging
 import posixpath
-import re
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.errors import CatalogError, SpecMismatchError
 from pipeline.features.spec import spec_from_record
 from pipeline.storage import fs as fsio
+from pipeline.storage.delta import DeltaLog, add_counts, write_file
 
 log = logging.getLogger(__name__)
 
 SPEC_FILE = "_spec.json"
+INDEX_DIR = "_songs"
 ERROR_SCHEMA = pa.schema([("song_id", pa.string()), ("uri", pa.string()),
                           ("error", pa.string()), ("message", pa.string())])
-_PART = re.compile(r"part-(\d{5,})\.(?:json|parquet)$")
+INDEX_SCHEMA = pa.schema([("song_id", pa.string()), ("uri", pa.string()), ("part", pa.string()),
+                          ("frames", pa.int32()), ("error", pa.string()), ("message", pa.string()),
+                          ("run_id", pa.string())])
 _ROW_GROUP_BYTES = 512 * 1024  # a row group closes at the first song end past this size
-
-
-def part_name(index: int) -> str:
-    return f"part-{index:05d}"
 
 
 def tensor_array(values: np.ndarray) -> pa.Array:
@@ -90,13 +95,14 @@ def frame_schema(spec) -> pa.Schema:
     ], metadata={"genres.spec_fingerprint": spec.fingerprint(), "genres.kind": spec.kind})
 
 
-class CommittedParts:
-    """Numbered Parquet parts with ``_errors/`` rows and ``_commits/`` records (commit last)."""
+class FeatureStore:
+    """A feature directory (local or URI): ``_spec.json``, Parquet parts of frame rows, and
+    the ``_songs/`` Delta table that commits them, one row per song."""
 
     def __init__(self, root: str):
         self.root = str(root).rstrip("/")
         self.fs, self.path = fsio.url_to_fs(self.root)
-        self._commits: dict[int, dict] | None = None  # read once; kept current by write_part
+        self.index = DeltaLog(fsio.join(self.root, INDEX_DIR), INDEX_SCHEMA)
 
     def _uri(self, *parts: str) -> str:
         return fsio.join(self.root, *parts)
@@ -104,62 +110,137 @@ class CommittedParts:
     def _path(self, *parts: str) -> str:
         return posixpath.join(self.path, *parts)
 
-    def commits(self) -> dict[int, dict]:
-        """Commit records by part index (listed and read once per store object)."""
-        if self._commits is None:
-            self._commits = {}
-            folder = self._path("_commits")
-            if self.fs.exists(folder):
-                for path in self.fs.ls(folder, detail=False):
-                    m = _PART.search(path)
-                    if m and path.endswith(".json"):
-                        with self.fs.open(path, "r") as f:
-                            self._commits[int(m.group(1))] = json.load(f)
-        return dict(self._commits)
+    def read_spec(self):
+        """The FeatureSpec or EmbeddingSpec the directory was made with."""
+        uri = self._uri(SPEC_FILE)
+        if not fsio.exists(uri):
+            raise CatalogError(f"{self.root} is not a feature directory (no {SPEC_FILE}); "
+                               f"run `genres extract` first")
+        self.check_not_legacy()
+        return spec_from_record(json.loads(fsio.read_text(uri)))
 
-    def next_index(self) -> int:
-        return max(self.commits(), default=-1) + 1
+    def check_not_legacy(self) -> None:
+        """Feature directories of genres 0.1 (``_commits/`` records per part) are refused."""
+        if (fsio.exists(self._uri("_commits"))
+                and not fsio.exists(self._uri(INDEX_DIR, "_delta_log"))):
+            raise CatalogError(f"{self.root} holds features of an earlier genres (parts with "
+                               f"_commits/ records); convert it once with `genres migrate "
+                               f"{self.root}`")
 
-    def remove_uncommitted(self) -> int:
-        """Delete part files no commit record vouches for (left by a killed run)."""
-        committed = set(self.commits())
-        removed = 0
-        for folder in (self.path, self._path("_errors")):
-            if not self.fs.exists(folder):
-                continue
-            for path in self.fs.ls(folder, detail=False):
-                name = posixpath.basename(path)
-                m = _PART.search(name)
-                if (m and int(m.group(1)) not in committed) or ".tmp-" in name:
-                    self.fs.rm(path)
-                    removed += 1
-        return removed
+    def prepare(self, spec, *, overwrite: bool = False) -> None:
+        """Create the directory for ``spec``; refuse to mix specs unless ``overwrite``."""
+        if overwrite and self.fs.exists(self.path):
+            self.fs.rm(self.path, recursive=True)
+        spec_uri = self._uri(SPEC_FILE)
+        if fsio.exists(spec_uri):
+            old = self.read_spec()
+            if old.fingerprint() != spec.fingerprint():
+                raise SpecMismatchError(
+                    f"{self.root} holds features of another spec ({old.fingerprint()} != "
+                    f"{spec.fingerprint()}); pass --overwrite or choose another --out")
+        else:
+            self.check_not_legacy()
+            record = {**spec.to_record(), "versions": _versions(),
+                      "schema": {name: list(shape) for name, shape in spec.columns().items()}}
+            fsio.write_bytes_atomic(spec_uri, json.dumps(record, indent=2).encode())
+        self.index.create()
 
-    def write_part(self, index: int, rows: pa.Table, errors: pa.Table, **record) -> None:
-        """Write a part's rows and error rows, then its commit record (which makes it exist)."""
-        name = part_name(index)
+    def write_part(self, name: str, rows: pa.Table, errors: pa.Table, *, run_id: str,
+                   uris: dict[str, str] | None = None, **counts) -> dict:
+        """Write a part's frame rows (``part_uri(name)``, unless there are none) and its index
+        file (a row per song: its frames, or its error; ``uris`` by song_id); the index file's
+        add row, which :meth:`commit` (or a run's Committer) makes part of the directory.
+        ``counts``: more figures for the run's summary (e.g. audio_seconds)."""
+        songs = pc.value_counts(rows.column("song_id")) if rows.num_rows else None
+        ids = songs.field("values").to_pylist() if songs is not None else []
+        frames = songs.field("counts").to_pylist() if songs is not None else []
         if rows.num_rows:
-            fsio.write_bytes_atomic(self._uri(name + ".parquet"), _parquet_bytes(rows))
-        if errors.num_rows:
-            fsio.write_bytes_atomic(self._uri("_errors", name + ".parquet"), _parquet_bytes(errors))
-        record = {"part": name, "rows": rows.num_rows,
-                  "songs": sorted(set(rows.column("song_id").to_pylist())),
-                  "errors": errors.column("song_id").to_pylist(), **record}
-        fsio.write_bytes_atomic(self._uri("_commits", name + ".json"), json.dumps(record).encode())
-        if self._commits is not None:
-            self._commits[index] = record
+            fsio.write_bytes_atomic(self.part_uri(name), _parquet_bytes(rows))
+        index = index_rows(name, ids, frames, errors, run_id=run_id, uris=uris)
+        return self.write_index(name, index, **counts)
 
-    def read_rows(self, columns: list[str] | None = None, *, where=None) -> pa.Table | None:
-        """Committed rows (parts whose record satisfies ``where``), in part order; None if none."""
-        tables = []
-        for index, record in sorted(self.commits().items()):
-            if record["rows"] and (where is None or where(record)):
-                with self.fs.open(self._path(record["part"] + ".parquet"), "rb") as f:
-                    tables.append(pq.read_table(f, columns=columns))
-        return pa.concat_tables(tables, promote_options="default") if tables else None
+    def write_index(self, name: str, index: pa.Table, **counts) -> dict:
+        """Write the index file ``name`` (INDEX_SCHEMA rows); its add row."""
+        errors = pc.drop_null(index.column("error"))
+        kinds = {k["values"]: k["counts"] for k in pc.value_counts(errors).to_pylist()} \
+            if len(errors) else {}
+        ok = index.num_rows - len(errors)
+        frames = int(pc.sum(index.column("frames")).as_py() or 0)
+        return write_file(self.index.root, index, name=name,
+                          counts={"ok": ok, "frames": frames, "errors": kinds, **counts})
+
+    def combine(self, adds: list[dict], *, name: str) -> dict:
+        """The uncommitted index files ``adds`` as one index file ``name`` (a commit's worth
+        of songs in one file: readers of the index open a file per commit, not per part)."""
+        index = pa.concat_tables([self._read_index(add) for add in adds])
+        counts: dict = {}
+        for add in adds:
+            add_counts(counts, json.loads(add["counts"]))
+        return self.write_index(name, index, **{k: v for k, v in counts.items()
+                                                if k not in ("ok", "frames", "errors")})
+
+    def without_songs(self, add: dict, song_ids: set[str], *, name: str, run_id: str) -> dict | None:
+        """An uncommitted index file (its add row) again as ``name`` without the songs
+        ``song_ids``, each part that held some of them rewritten without them: the new add
+        row, None when no song is left, or ``add`` itself when it holds none of them."""
+        index = self._read_index(add)
+        drop = pc.is_in(index.column("song_id"), pa.array(sorted(song_ids), pa.string()))
+        if not pc.any(drop).as_py():
+            return add
+        touched = set(pc.drop_null(index.filter(drop).column("part")).to_pylist())
+        index = index.filter(pc.invert(drop))
+        if not index.num_rows:
+            return None
+        renamed = {}
+        for part in sorted(touched):
+            rows = self.read_part(part)
+            rows = rows.filter(pc.is_in(rows.column("song_id"), index.column("song_id")))
+            if rows.num_rows:
+                renamed[part] = f"{part}-{name}"
+                fsio.write_bytes_atomic(self.part_uri(renamed[part]), _parquet_bytes(rows))
+        parts = [renamed.get(p, p) for p in index.column("part").to_pylist()]
+        index = index.set_column(index.schema.get_field_index("part"), "part",
+                                 pa.array(parts, pa.string()))
+        extra = {k: v for k, v in json.loads(add["counts"]).items()
+                 if k not in ("ok", "frames", "errors")}
+        return self.write_index(name, index, **extra)
+
+    def _read_index(self, add: dict) -> pa.Table:
+        uri = fsio.join(self.index.root, add["path"])
+        return pq.read_table(pa.BufferReader(fsio.read_bytes(uri))).cast(INDEX_SCHEMA)
+
+    def commit(self, adds: list[dict], *, run_id: str) -> int:
+        """Commit index files (their add rows) at the latest version, with no check for
+        other runs' songs: for one writer (tests, tools); runs use a Committer."""
+        return self.index.commit(adds, version=self.index.version(), run_id=run_id)
+
+    def index_files(self, version: int | None = None) -> list[str]:
+        """URIs of the committed index files (one per part)."""
+        return self.index.files(version)
+
+    def parts(self, version: int | None = None) -> list[str]:
+        """Names of the committed parts (sorted), read from the index's ``part`` column."""
+        parts = self.index.table(version).to_pyarrow_table(columns=["part"]).column("part")
+        return sorted(pc.unique(pc.drop_null(parts)).to_pylist())
+
+    def read_index(self, columns: list[str] | None = None) -> pa.Table:
+        """Every committed song row (a small directory's: tests, tools)."""
+        return self.index.table().to_pyarrow_table(columns=columns)
+
+    def read_errors(self) -> pa.Table:
+        """The songs that could not be used: ``song_id, uri, error, message``."""
+        index = self.read_index(ERROR_SCHEMA.names)
+        return index.filter(pc.is_valid(index.column("error")))
+
+    def read_frames(self, columns: list[str] | None = None) -> pa.Table:
+        """Every committed frame row (a small directory's: tests, tools)."""
+        parts = self.parts()
+        if not parts:
+            raise CatalogError(f"{self.root} has no committed feature rows")
+        return pa.concat_tables([self.read_part(p, columns) for p in parts])
 
     def part_uri(self, part: str) -> str:
-        """URI of a part's rows file (``part`` as named in its commit record)."""
+        """URI of a part's rows file (``part`` as named in the index)."""
         return self._uri(part + ".parquet")
 
     def read_part(self, part: str, columns: list[str] | None = None, *, where=None,
@@ -194,58 +275,23 @@ class CommittedParts:
             return pa.OSFile(path)
         return self.fs.open(path, "rb")
 
-    def read_errors(self) -> pa.Table:
-        tables = []
-        for index, record in sorted(self.commits().items()):
-            if record["errors"]:
-                with self.fs.open(self._path("_errors", record["part"] + ".parquet"), "rb") as f:
-                    tables.append(pq.read_table(f))
-        return pa.concat_tables(tables) if tables else ERROR_SCHEMA.empty_table()
 
-    def done_song_ids(self, *, where=None) -> set[str]:
-        """Song ids in frame rows or error rows of committed parts (matching ``where``)."""
-        done = set()
-        for record in self.commits().values():
-            if where is None or where(record):
-                done.update(record["songs"])
-                done.update(record["errors"])
-        return done
-
-
-class FeatureStore(CommittedParts):
-    """A feature directory: ``_spec.json`` plus committed frame shards."""
-
-    def read_spec(self):
-        """The FeatureSpec or EmbeddingSpec the directory was made with."""
-        uri = self._uri(SPEC_FILE)
-        if not fsio.exists(uri):
-            raise CatalogError(f"{self.root} is not a feature directory (no {SPEC_FILE}); "
-                               f"run `genres extract` first")
-        return spec_from_record(json.loads(fsio.read_text(uri)))
-
-    def prepare(self, spec, *, overwrite: bool = False) -> None:
-        """Create the directory for ``spec``; refuse to mix specs unless ``overwrite``."""
-        if overwrite and self.fs.exists(self.path):
-            self.fs.rm(self.path, recursive=True)
-            self._commits = None
-        spec_uri = self._uri(SPEC_FILE)
-        if fsio.exists(spec_uri):
-            old = self.read_spec()
-            if old.fingerprint() != spec.fingerprint():
-                raise SpecMismatchError(
-                    f"{self.root} holds features of another spec ({old.fingerprint()} != "
-                    f"{spec.fingerprint()}); pass --overwrite or choose another --out")
-            return
-        record = {**spec.to_record(), "versions": _versions(),
-                  "schema": {name: list(shape) for name, shape in spec.columns().items()}}
-        fsio.write_bytes_atomic(spec_uri, json.dumps(record, indent=2).encode())
-
-    def read_frames(self, columns: list[str] | None = None) -> pa.Table:
-        """All committed frame rows, in shard order."""
-        table = self.read_rows(columns)
-        if table is None:
-            raise CatalogError(f"{self.root} has no committed feature rows")
-        return table
+def index_rows(part: str, ids: list[str], frames: list[int], errors: pa.Table, *, run_id: str,
+               uris: dict[str, str] | None = None) -> pa.Table:
+    """INDEX_SCHEMA rows of one part: its songs ``ids`` with their ``frames``, then the
+    songs of ``errors`` (ERROR_SCHEMA rows)."""
+    uris = uris or {}
+    n_ok, n_err = len(ids), errors.num_rows
+    return pa.table({
+        "song_id": pa.array(list(ids) + errors.column("song_id").to_pylist(), pa.string()),
+        "uri": pa.array([uris.get(s) for s in ids] + errors.column("uri").to_pylist(),
+                        pa.string()),
+        "part": pa.array([part] * n_ok + [None] * n_err, pa.string()),
+        "frames": pa.array(list(frames) + [0] * n_err, pa.int32()),
+        "error": pa.array([None] * n_ok + errors.column("error").to_pylist(), pa.string()),
+        "message": pa.array([None] * n_ok + errors.column("message").to_pylist(), pa.string()),
+        "run_id": pa.array([run_id] * (n_ok + n_err), pa.string()),
+    }, schema=INDEX_SCHEMA)
 
 
 def _versions() -> dict[str, str]:
@@ -264,7 +310,7 @@ def _versions() -> dict[str, str]:
 def _parquet_bytes(table: pa.Table) -> bytes:
     """A Parquet file of ``table``, whose rows of one song (neighbours) are in row groups of
     whole songs of about ``_ROW_GROUP_BYTES`` (one song when larger), so that readers of some
-    songs skip the others (:meth:`CommittedParts.read_part`)."""
+    songs skip the others (:meth:`FeatureStore.read_part`)."""
     # Dictionaries, statistics and zstd only for scalar columns: on float tensors they cost
     # 2/3 of the write time, and zstd halved the read speed of a part (log-mel: 0.107 s
     # against 0.052 s for 192 frames, every training epoch) to save 13 % of its size.
