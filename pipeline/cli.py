@@ -7,7 +7,7 @@ import json
 import logging
 import sys
 
-from pipeline.errors import CatalogError, GenresError
+from pipeline.errors import GenresError
 
 log = logging.getLogger("genres")
 
@@ -49,6 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--address", default=None,
                        help="Ray cluster address (default: RAY_ADDRESS, else embedded local Ray)")
 
+    def commit_every(p):
+        p.add_argument("--commit-every", type=_nonneg_float,
+                       default=60.0, metavar="SECONDS",
+                       help="commit finished work at least this often (default 60): a killed "
+                            "run loses at most this much, and its re-run skips the rest")
+
     p = sub.add_parser("extract", help="decode audio into frame features (Parquet shards)")
     p.add_argument("catalog", help="audio file, folder, manifest (.csv/.parquet) or URI")
     p.add_argument("--out", required=True, help="feature directory (local or URI)")
@@ -74,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="songs per Ray task and shard (default: ~4 tasks per CPU, at most 32)")
     p.add_argument("--use-gpu", action="store_true",
                    help="musicnn features: each task takes a GPU (TensorFlow runs there)")
+    commit_every(p)
     p.add_argument("--overwrite", action="store_true", help="delete OUT and start fresh")
     ray_address(p)
 
@@ -133,13 +140,23 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--batch-size", type=_positive_int, default=8, help="songs per model call")
         p.add_argument("--use-gpu", action="store_true",
                        help="one GPU per model actor (as many actors as the cluster has GPUs)")
+        commit_every(p)
         ray_address(p)
 
-    p = sub.add_parser("latest", help="the latest label of every song in a labels directory")
-    p.add_argument("labels", help="labels directory written by `genres score`/`genres tag`")
+    p = sub.add_parser("latest", help="the latest label of every song in a labels table")
+    p.add_argument("labels", help="labels table written by `genres score`/`genres tag`")
     p.add_argument("--model-id", default=None, help="only labels of this model_id")
+    p.add_argument("--as-of", default=None,
+                   help="the table as it was at this version (a number) or time (ISO 8601, "
+                        "e.g. 2026-12-01T06:00:00Z)")
     p.add_argument("--out", default=None,
-                   help="write the rows to this .parquet or .csv file (default: CSV on stdout)")
+                   help="a .parquet or .csv file, or a folder (or URI) that Ray Data fills "
+                        "with Parquet files (default: CSV on stdout)")
+    ray_address(p)
+
+    p = sub.add_parser("migrate", help="convert a feature directory or labels of genres 0.1 "
+                                       "(parts with _commits/ records) to this version's tables")
+    p.add_argument("directory", help="feature directory or labels directory (local or URI)")
 
     sub.add_parser("weights", help="fetch the pretrained musicnn weights into the cache "
                                    "($GENRES_CACHE or ~/.cache/genres)")
@@ -176,7 +193,7 @@ def cmd_extract(args) -> dict:
     s = run_extract(args.catalog, args.out, _spec_from(args),
                     labels_from_folders=args.labels_from_folders, overwrite=args.overwrite,
                     address=args.address, songs_per_task=args.songs_per_task,
-                    use_gpu=args.use_gpu)
+                    use_gpu=args.use_gpu, commit_every_s=args.commit_every)
     failed = sum(s["errors"].values())
     kinds = ", ".join(f"{k}={v}" for k, v in sorted(s["errors"].items())) or "none"
     rtf = s["audio_seconds"] / s["seconds"] if s["seconds"] else 0.0
@@ -218,7 +235,7 @@ def cmd_score(args, *, tag: bool = False) -> dict:
 
     s = run_score(args.catalog, args.model, args.out, aggregate=args.aggregate,
                   batch_size=args.batch_size, address=args.address, zero_shot=args.tags,
-                  top_k=args.top_k, use_gpu=args.use_gpu)
+                  top_k=args.top_k, use_gpu=args.use_gpu, commit_every_s=args.commit_every)
     print(f"{'tag' if tag else 'score'}: {s['songs']} songs in, {s['skipped']} already labelled, "
           f"{s['labelled']} labelled, {s['failed']} failed, {s['frames']} frames, "
           f"{s['seconds']:.1f} s -> {s['out']}")
@@ -226,26 +243,77 @@ def cmd_score(args, *, tag: bool = False) -> dict:
 
 
 def cmd_latest(args) -> dict:
-    from pipeline.storage.labels import LabelStore
-    from pipeline.storage.fs import exists, join
+    from pipeline.runtime.labels import latest_labels
+    from pipeline.runtime.session import init_ray
+    from pipeline.storage.labels import LabelTable
 
-    if not exists(join(args.labels, "_commits")):
-        raise CatalogError(f"{args.labels} is not a labels directory (no _commits/); "
-                           f"write one with `genres score` or `genres tag`")
-    table = LabelStore(args.labels).latest(args.model_id)
-    frame = table.to_pandas()
-    frame["probabilities"] = [dict(p) for p in frame["probabilities"]]
-    if args.out is None:
-        frame.to_csv(sys.stdout, index=False)
-    elif args.out.endswith(".csv"):
-        frame.to_csv(args.out, index=False)
-    else:
-        import pyarrow.parquet as pq
-
-        pq.write_table(table, args.out)
+    as_of = int(args.as_of) if args.as_of and args.as_of.isdigit() else args.as_of
+    LabelTable(args.labels).check_exists()
+    init_ray(args.address)
+    rows = latest_labels(args.labels, model_id=args.model_id, as_of=as_of)
+    if args.out and not args.out.endswith((".csv", ".parquet")):
+        n = 0
+        if rows is not None:
+            rows.write_parquet(args.out)
+            n = rows.count()
+        print(f"latest: {n} songs -> {args.out}")
+        return {"songs": n}
+    n = _stream_rows(rows, args.out)
     if args.out:
-        print(f"latest: {len(frame)} songs -> {args.out}")
-    return {"songs": len(frame)}
+        print(f"latest: {n} songs -> {args.out}")
+    return {"songs": n}
+
+
+def _stream_rows(rows, out: str | None) -> int:
+    """Write a dataset's rows batch by batch into one CSV (stdout when ``out`` is None) or
+    Parquet file; the number of rows. ``probabilities`` becomes JSON in CSV."""
+    import pyarrow.csv as pcsv
+    import pyarrow.parquet as pq
+
+    from pipeline.storage.labels import LABEL_SCHEMA
+
+    parquet = out is not None and out.endswith(".parquet")
+    sink = open(out, "wb") if out else sys.stdout.buffer
+    writer, n = None, 0
+    batches = rows.iter_batches(batch_size=65536, batch_format="pyarrow") if rows else []
+    try:
+        for batch in batches or [LABEL_SCHEMA.empty_table()]:
+            if not parquet:
+                batch = _csv_ready(batch)
+            if writer is None:
+                writer = (pq.ParquetWriter(sink, batch.schema) if parquet
+                          else pcsv.CSVWriter(sink, batch.schema))
+            writer.write_table(batch)
+            n += batch.num_rows
+    finally:
+        if writer is not None:
+            writer.close()
+        if out:
+            sink.close()
+        else:
+            sys.stdout.flush()
+    return n
+
+
+def _csv_ready(batch):
+    """Nested columns as JSON text, so that CSV can hold them."""
+    import pyarrow as pa
+
+    for name in ("probabilities", "top_tags"):
+        i = batch.schema.get_field_index(name)
+        values = [json.dumps(dict(v) if name == "probabilities" else v) if v is not None
+                  else None for v in batch.column(name).to_pylist()]
+        batch = batch.set_column(i, name, pa.array(values, pa.string()))
+    return batch
+
+
+def cmd_migrate(args) -> dict:
+    from pipeline.storage.migrate import migrate
+
+    s = migrate(args.directory)
+    print(f"migrate: {s['kind']} of {s['songs']} songs in {s['files']} file(s) -> "
+          f"{s['table']}")
+    return s
 
 
 def cmd_demo(args) -> dict:
@@ -274,8 +342,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     commands = {"extract": cmd_extract, "train": cmd_train, "score": cmd_score,
-                "tag": lambda a: cmd_score(a, tag=True), "latest": cmd_latest, "demo": cmd_demo,
-                "weights": cmd_weights}
+                "tag": lambda a: cmd_score(a, tag=True), "latest": cmd_latest,
+                "migrate": cmd_migrate, "demo": cmd_demo, "weights": cmd_weights}
     try:
         commands[args.command](args)
     except GenresError as e:

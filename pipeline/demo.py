@@ -129,7 +129,9 @@ def run_demo(workdir: str, *, songs_per_genre: int = 12, epochs: int = 12,
                         storage_path=runs)
     shutil.rmtree(outputs["labels"], ignore_errors=True)
     scored = run_score(manifest, outputs["model"], outputs["labels"])
-    labels = pd.read_parquet(outputs["labels"] + "/part-00000.parquet")
+    from deltalake import DeltaTable
+
+    labels = DeltaTable(outputs["labels"]).to_pandas()  # what any Delta reader sees
     truth = pd.read_csv(manifest)
     truth["song_id"] = truth["uri"].str.rsplit(".", n=1).str[0]
     merged = labels.merge(truth, on="song_id")

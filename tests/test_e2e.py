@@ -2,8 +2,8 @@
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 import pytest
+from deltalake import DeltaTable
 
 from pipeline import cli
 from pipeline.demo import synthesise_catalog
@@ -12,7 +12,17 @@ from pipeline.runtime.score import run_score
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 LABEL_COLUMNS = ["song_id", "uri", "genre", "confidence", "probabilities", "top_tags", "n_frames",
-                 "aggregator", "model_id", "scored_at"]
+                 "aggregator", "model_id", "scored_at", "error", "message", "run_id"]
+
+
+def _table(path: str) -> pd.DataFrame:
+    """A Delta table as any reader sees it: deltalake and pandas, not this package."""
+    return DeltaTable(path).to_pandas()
+
+
+def _labels(path: str) -> pd.DataFrame:
+    rows = _table(path)
+    return rows[rows.error.isna()]
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +44,8 @@ def test_extract_train_score_tag(ray_session, catalog, tmp_path):
 
     assert cli.main(["extract", catalog, "--out", features]) == 0
     frames = pd.read_parquet(features, columns=["song_id", "frame", "label", "split"])
-    errors = pd.read_parquet(f"{features}/_errors")
+    index = _table(f"{features}/_songs")
+    errors = index[index.error.notna()].reset_index()
     good = set(truth.song_id) - {"bad"}
     assert set(frames.song_id) == good and list(errors.song_id) == ["bad"]
     assert (frames.groupby("song_id").size() == 2).all()  # 12 s -> two 5 s frames
@@ -49,19 +60,19 @@ def test_extract_train_score_tag(ray_session, catalog, tmp_path):
     assert set(metrics["test"]["song_accuracy"]) == {"majority", "mean", "logodds", "sequence"}
 
     assert cli.main(["score", catalog, "--model", model, "--out", labels]) == 0
-    table = pq.read_table(f"{labels}/part-00000.parquet")
-    assert table.schema.names == LABEL_COLUMNS
-    out = table.to_pandas().merge(truth, on="song_id")
+    table = _table(labels)
+    assert list(table.columns) == LABEL_COLUMNS
+    out = table[table.error.isna()].merge(truth, on="song_id")
     assert set(out.song_id) == good and len(out) == len(good)
     assert (out.n_frames == 2).all() and out.confidence.between(0, 1).all()
-    assert list(pd.read_parquet(f"{labels}/_errors").song_id) == ["bad"]
+    assert list(table[table.error.notna()].song_id) == ["bad"]
     test = out[out.split == "test"]
     accuracy = (test.genre == test.label).mean()
     assert accuracy >= 0.8, f"song accuracy {accuracy:.2f} on held-out songs (chance 0.33)"
 
     # tag is incremental: nothing new on a re-run, only the new song after adding one
     assert cli.main(["tag", catalog, "--model", model, "--out", labels]) == 0
-    assert len(pd.read_parquet(labels)) == len(good)
+    assert len(_table(labels)) == len(good) + 1
     rows = pd.read_csv(catalog)
     rows["song_id"] = rows["uri"].str.rsplit(".", n=1).str[0]
     rows["uri"] = catalog.rsplit("/", 1)[0] + "/" + rows["uri"]
@@ -69,7 +80,7 @@ def test_extract_train_score_tag(ray_session, catalog, tmp_path):
     new_manifest = tmp_path / "more.csv"
     pd.concat([rows, added]).to_csv(new_manifest, index=False)
     assert cli.main(["tag", str(new_manifest), "--model", model, "--out", labels]) == 0
-    again = pd.read_parquet(labels)
+    again = _labels(labels)
     assert len(again) == len(good) + 1 and "added/copy" in set(again.song_id)
 
 
@@ -85,7 +96,8 @@ def test_extract_gtzan3_manifest_with_corrupt_file(ray_session, shared_data, tmp
     # 5 s per song keeps the test quick; the whole songs are the benchmark's business
     assert cli.main(["extract", str(manifest), "--out", out, "--max-seconds", "5"]) == 0
     frames = pd.read_parquet(out, columns=["song_id", "split"])
-    errors = pd.read_parquet(f"{out}/_errors")
+    index = _table(f"{out}/_songs")
+    errors = index[index.error.notna()].reset_index()
     assert frames.song_id.nunique() == 300 and len(frames) == 300
     assert list(errors.song_id) == ["bad/jazz.00054"] and errors.error[0] == "decode"
     assert "jazz.00054.headerless.wav" in errors.message[0]
@@ -123,7 +135,7 @@ def test_every_model_trains_one_epoch_and_scores(catalog, features, tmp_path, mo
                         aggregate=None if model == "mil" else "sequence")
     # TensorFlow actors (mil, the sequence GRU) are heavy: decoding stays in tasks, unfused
     assert "MapBatches(decode_batch) -> MapBatches(SongScorer)" in summary["plan"]
-    out = pd.read_parquet(labels)
+    out = _labels(labels)
     assert len(out) == 27 and set(out.aggregator) == {aggregator}
     assert np.allclose([sum(dict(p).values()) for p in out.probabilities], 1, atol=1e-4)
 
@@ -182,36 +194,40 @@ def two_models(features, tmp_path_factory):
 
 def test_tag_is_incremental_across_features_audio_and_model_versions(catalog, features,
                                                                      two_models, tmp_path):
+    from pipeline.runtime.labels import latest_labels
     from pipeline.runtime.score import run_score
     from pipeline.storage.bundle import read_bundle
-    from pipeline.storage.labels import LabelStore
 
     first, second = (read_bundle(p) for p in two_models)
     assert first.model_id != second.model_id
     labels = str(tmp_path / "labels")
-    commits = tmp_path / "labels" / "_commits"
 
     # precomputed features: scored without decoding; the extraction error is carried over
     s = run_score(features, first.root, labels)
-    assert s["labelled"] == 27 and s["failed"] == 1
+    assert s["labelled"] == 27 and s["failed"] == 1 and s["skipped"] == 0
     # a LiteRT model is light: Ray Data fuses reading the parts into its actors
-    assert "MapBatches(read_feature_part)->MapBatches(SongScorer)" in s["plan"]
-    assert list(pd.read_parquet(f"{labels}/_errors").song_id) == ["bad"]
-    parts = sorted(p.name for p in commits.iterdir())
+    assert "MapBatches(read_feature_songs)->MapBatches(SongScorer)" in s["plan"]
+    table = _table(labels)
+    assert list(table[table.error.notna()].song_id) == ["bad"]
+    version = DeltaTable(labels).version()
 
     # re-runs write nothing, whether from the features or from the audio
     assert cli.main(["tag", features, "--model", first.root, "--out", labels]) == 0
     assert cli.main(["tag", catalog, "--model", first.root, "--out", labels]) == 0
-    assert sorted(p.name for p in commits.iterdir()) == parts
+    assert DeltaTable(labels).version() == version
 
     # a new model version re-tags everything under its own model_id; the old rows stay
     s = run_score(catalog, second.root, labels)
     assert "MapBatches(decode_batch)->MapBatches(SongScorer)" in s["plan"]
-    rows = pd.read_parquet(labels)
+    rows = _labels(labels)
     assert rows.groupby("model_id").size().to_dict() == {first.model_id: 27, second.model_id: 27}
-    latest = LabelStore(labels).latest().to_pandas()
+    latest = latest_labels(labels).to_pandas()
     assert len(latest) == 27 and set(latest.model_id) == {second.model_id}
-    assert set(LabelStore(labels).latest(first.model_id).to_pandas().song_id) == set(latest.song_id)
+    assert set(latest_labels(labels, model_id=first.model_id).to_pandas().song_id) == \
+        set(latest.song_id)
+    # time travel: the table as it was before the second model
+    before = latest_labels(labels, as_of=version).to_pandas()
+    assert len(before) == 27 and set(before.model_id) == {first.model_id}
 
 
 def test_features_of_another_spec_are_refused(two_models, tmp_path, capsys):
@@ -223,3 +239,78 @@ def test_features_of_another_spec_are_refused(two_models, tmp_path, capsys):
     assert cli.main(["score", other, "--model", two_models[0], "--out", str(tmp_path / "l")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "n_mels 64 != 128" in err
+
+
+def _tag_process(catalog: str, model: str, labels: str, songs_per_file: int):
+    """`genres tag` in a process of its own (its own local Ray), committing every file."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys; from pipeline.runtime.score import run_score; "
+            "s = run_score(sys.argv[1], sys.argv[2], sys.argv[3], commit_every_s=0, "
+            "songs_per_file=int(sys.argv[4])); print(s['labelled'], s['failed'], s['commits'])")
+    return subprocess.Popen([sys.executable, "-c", code, catalog, model, labels,
+                             str(songs_per_file)], env={**os.environ, "RAY_ADDRESS": ""},
+                            start_new_session=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _copies(catalog: str, folder, copies: int) -> str:
+    """The catalog's songs ``copies`` times under new song_ids (a longer run)."""
+    rows = pd.read_csv(catalog)
+    rows["uri"] = catalog.rsplit("/", 1)[0] + "/" + rows["uri"]
+    path = folder / "copies.csv"
+    pd.concat([rows.assign(song_id=[f"copy{k}/{u.rsplit('/', 1)[-1]}" for u in rows.uri])
+               for k in range(copies)]).to_csv(path, index=False)
+    return str(path)
+
+
+def test_kill_9_mid_tag_then_rerun_labels_each_song_once(catalog, two_models, tmp_path):
+    import os
+    import signal
+    import time
+
+    many = _copies(catalog, tmp_path, 8)  # 224 songs
+    labels = str(tmp_path / "labels")
+    log = tmp_path / "labels" / "_delta_log"
+    proc = _tag_process(many, two_models[0], labels, songs_per_file=1)
+    deadline = time.time() + 240
+    while time.time() < deadline and len(list(log.glob("*.json"))) < 3:  # created + 2 commits
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # driver, raylet, workers, mid-run
+    proc.wait()
+    done = len(_table(labels))
+    assert 1 <= done < 224, f"kill landed after {done} of 224 songs"
+
+    rerun = _tag_process(many, two_models[0], labels, songs_per_file=4)
+    out, err = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, err[-2000:]
+    rows = _table(labels)
+    assert len(rows) == 224 and rows.song_id.is_unique  # 216 labels, the bad file's 8 errors
+    assert rows.run_id.nunique() == 2 and rows.error.notna().sum() == 8
+    labelled, failed, _ = map(int, out.split()[-3:])
+    assert labelled + failed == 224 - done
+
+
+def test_two_overlapping_tag_runs_label_each_song_once(catalog, two_models, tmp_path):
+    """Two tags of one catalog at once (threads on one Ray, so that both plan before either
+    commits): each song is labelled once, by whichever run committed it first."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pipeline.runtime.score import run_score
+
+    many = _copies(catalog, tmp_path, 4)  # 112 songs
+    labels = str(tmp_path / "labels")
+    with ThreadPoolExecutor(2) as pool:
+        runs = [pool.submit(run_score, many, two_models[1], labels, songs_per_file=2,
+                            commit_every_s=0) for _ in range(2)]
+        summaries = [run.result(timeout=600) for run in runs]
+    rows = _table(labels)
+    assert len(rows) == 112 and rows.song_id.is_unique
+    assert sum(s["labelled"] + s["failed"] for s in summaries) == 112
+    print("overlapping runs:", [{k: s[k] for k in ("labelled", "failed", "commits", "refused",
+                                                   "resolved")} for s in summaries])
+    # they overlapped: a run found songs of its pending files committed by the other and
+    # dropped them (which run commits which songs first is up to timing)
+    assert sum(s["resolved"] for s in summaries)

@@ -1,47 +1,139 @@
-"""Label parts and the latest-label view (no Ray)."""
+"""The labels Delta table and its commits, without Ray: rows, readers, latest, concurrency."""
 
 import datetime
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pytest
+from deltalake import DeltaTable
 
-from pipeline import cli
-from pipeline.storage.labels import LABEL_SCHEMA, LabelStore
-from pipeline.storage.shards import ERROR_SCHEMA
+from pipeline.errors import CatalogError
+from pipeline.storage.delta import Committer, new_run_id
+from pipeline.storage.labels import FILE_SCHEMA, LabelTable, label_rows, latest_of
+
+CLASSES = ["jazz", "rock"]
 
 
-def _rows(songs, genre, model_id, day):
+def _scored(songs, genre="jazz", failed=()):
+    n = len(songs)
+    probs = np.tile(np.array([[0.8, 0.2]] if genre == "jazz" else [[0.3, 0.7]], np.float32),
+                    (n, 1))
+    return {"song_id": np.array(songs, dtype=object),
+            "uri": np.array([f"/{s}.ogg" for s in songs], dtype=object),
+            "error": np.array(["decode" if s in failed else "" for s in songs], dtype=object),
+            "message": np.array(["bad file" if s in failed else "" for s in songs], dtype=object),
+            "genre": np.array([genre] * n, dtype=object),
+            "confidence": probs.max(axis=1), "n_frames": np.full(n, 6, np.int32),
+            "probabilities": probs}
+
+
+def _rows(songs, genre="jazz", day=1, run="r1", failed=()):
     at = datetime.datetime(2026, 11, day, tzinfo=datetime.timezone.utc)
-    return pa.Table.from_pylist(
-        [{"song_id": s, "uri": f"/{s}.ogg", "genre": genre, "confidence": 0.9,
-          "probabilities": [(genre, 0.9)], "top_tags": [genre], "n_frames": 6,
-          "aggregator": "mean", "model_id": model_id, "scored_at": at} for s in songs],
-        schema=LABEL_SCHEMA)
+    return label_rows(_scored(songs, genre, failed), classes=CLASSES, top_k=1,
+                      aggregator="mean", scored_at=at, run_id=run)
 
 
-def test_latest_label_per_song(tmp_path, capsys):
-    store = LabelStore(str(tmp_path / "labels"))
-    none = ERROR_SCHEMA.empty_table()
-    store.write_part(0, _rows(["a", "b", "c"], "jazz", "m1", 1), none, model_id="m1",
-                     aggregator="mean")
-    store.write_part(1, _rows(["b", "c"], "rock", "m2", 2), none, model_id="m2", aggregator="mean")
-    store.write_part(2, _rows(["c"], "classical", "m2", 2), none, model_id="m2",
-                     aggregator="mean")  # same time as part 1: the later part wins
-    latest = store.latest().to_pandas().set_index("song_id")
-    assert latest.genre.to_dict() == {"a": "jazz", "b": "rock", "c": "classical"}
-    assert latest.model_id.to_dict() == {"a": "m1", "b": "m2", "c": "m2"}
-    assert list(store.latest("m1").to_pandas().genre) == ["jazz"] * 3
-    assert store.latest("nope").num_rows == 0
-
-    out = tmp_path / "latest.csv"
-    assert cli.main(["latest", str(tmp_path / "labels"), "--out", str(out)]) == 0
-    assert pd.read_csv(out).set_index("song_id").genre.to_dict() == latest.genre.to_dict()
-    capsys.readouterr()
-    assert cli.main(["latest", str(tmp_path / "labels"), "--model-id", "m2"]) == 0
-    printed = capsys.readouterr().out.splitlines()
-    assert printed[0].startswith("song_id,") and len(printed) == 1 + 2  # CSV: header, b, c
+def _commit(table, rows, model_id, run):
+    add = table.write(rows, model_id=model_id, name=f"part-{run}-{model_id}")
+    return table.log.commit([add], version=table.log.version(), run_id=run)
 
 
-def test_latest_of_a_folder_that_is_not_labels_exits_2(tmp_path, capsys):
-    assert cli.main(["latest", str(tmp_path)]) == 2
-    assert "not a labels directory" in capsys.readouterr().err
+def test_label_rows_hold_labels_and_errors(tmp_path):
+    rows = _rows(["a", "b", "c"], failed={"b"})
+    assert rows.schema == FILE_SCHEMA
+    out = rows.to_pylist()
+    assert out[0]["genre"] == "jazz" and out[0]["top_tags"] == ["jazz"]
+    assert dict(out[0]["probabilities"]) == pytest.approx({"jazz": 0.8, "rock": 0.2})
+    assert out[1]["genre"] is None and out[1]["probabilities"] is None
+    assert (out[1]["error"], out[1]["message"]) == ("decode", "bad file")
+    assert out[2]["error"] is None and out[2]["run_id"] == "r1"
+
+
+def test_a_table_any_delta_reader_reads(tmp_path):
+    table = LabelTable(str(tmp_path / "labels"))
+    table.create()
+    table.create()  # idempotent
+    add = table.write(_rows(["a", "b"], failed={"b"}), model_id="m1", name="part-x")
+    assert DeltaTable(table.root).to_pandas().empty  # written, not committed: invisible
+    assert table.log.commit([add], version=0, run_id="r1") == 1
+    assert (tmp_path / "labels" / "model_id=m1" / "part-x.parquet").exists()
+    frame = DeltaTable(table.root).to_pandas()  # deltalake + pandas, not this package
+    assert sorted(frame.song_id) == ["a", "b"] and set(frame.model_id) == {"m1"}
+    assert frame.set_index("song_id").error.isna().to_dict() == {"a": True, "b": False}
+    assert table.done_files("m1") == [str(tmp_path / "labels" / "model_id=m1" / "part-x.parquet")]
+    assert table.done_files("m2") == []
+    history = DeltaTable(table.root).history()
+    assert history[0]["genres.run_id"] == "r1"
+
+
+def test_a_commit_on_a_taken_version_is_refused(tmp_path):
+    from pipeline.storage.delta import CommitConflict
+
+    table = LabelTable(str(tmp_path / "labels"))
+    table.create()
+    first = table.write(_rows(["a"]), model_id="m1", name="one")
+    second = table.write(_rows(["b"]), model_id="m1", name="two")
+    table.log.commit([first], version=0, run_id="r1")
+    with pytest.raises(CommitConflict):
+        table.log.commit([second], version=0, run_id="r2")
+    latest, added = table.log.added_since(0)
+    assert latest == 1 and added[0]["run_id"] == "r1"
+    assert added[0]["path"].endswith("model_id=m1/one.parquet")
+
+
+def test_overlapping_runs_commit_each_song_once(tmp_path):
+    """Two runs labelling the same songs: whoever commits second drops its copies first."""
+    table = LabelTable(str(tmp_path / "labels"))
+    table.create()
+    runs = {name: Committer(table.log, run_id=name, version=0, every_files=1,
+                            resolve=_resolve(table), relevant=lambda add: True)
+            for name in ("A", "B")}
+    files = {name: [table.write(_rows(songs, run=name), model_id="m1", name=f"{name}{i}")
+                    for i, songs in enumerate([["a", "b"], ["c", "d"], ["e"]])]
+             for name in runs}
+    runs["A"].add([files["A"][0]])  # A: a, b
+    runs["B"].add([files["B"][0]])  # B saw A's a, b: nothing left of its first file
+    runs["B"].add([files["B"][1]])  # B: c, d
+    runs["A"].add([files["A"][1]])  # A: c, d taken by B
+    runs["A"].add([files["A"][2]])  # A: e
+    runs["B"].add([files["B"][2]])  # B: e taken by A
+    frame = DeltaTable(table.root).to_pandas()
+    assert sorted(frame.song_id) == ["a", "b", "c", "d", "e"]
+    assert frame.groupby("run_id").song_id.apply(sorted).to_dict() == {
+        "A": ["a", "b", "e"], "B": ["c", "d"]}
+    assert runs["A"].totals["labelled"] == 3 and runs["B"].totals["labelled"] == 2
+
+
+def _resolve(table):
+    """A Committer's resolve, in this process (runs use Ray tasks for it)."""
+    def resolve(pending, theirs):
+        ids = set()
+        for add in theirs:
+            ids.update(pd.read_parquet(add["path"], columns=["song_id"]).song_id)
+        out = [table.without_songs(add, ids, name=f"{add['path'].rsplit('/', 1)[1][:-8]}-r",
+                                   model_id="m1") for add in pending]
+        return [add for add in out if add is not None]
+    return resolve
+
+
+def test_latest_of_keeps_the_most_recent_row_per_song():
+    rows = pa.concat_tables([_rows(["a", "b", "c"], "jazz", day=1, run="1"),
+                             _rows(["b", "c"], "rock", day=2, run="2"),
+                             _rows(["c"], "jazz", day=2, run="3")])  # same time: later run
+    latest = latest_of(rows).to_pandas().set_index("song_id")
+    assert latest.genre.to_dict() == {"a": "jazz", "b": "rock", "c": "jazz"}
+    assert latest.run_id.to_dict() == {"a": "1", "b": "2", "c": "3"}
+
+
+def test_run_ids_sort_by_start_time():
+    first = new_run_id()
+    assert first[:8].isdigit() and new_run_id() != first
+
+
+def test_labels_of_an_earlier_genres_are_refused_with_the_fix(tmp_path):
+    (tmp_path / "old" / "_commits").mkdir(parents=True)
+    with pytest.raises(CatalogError, match="genres migrate"):
+        LabelTable(str(tmp_path / "old")).create()
+    with pytest.raises(CatalogError, match="not a labels table"):
+        LabelTable(str(tmp_path / "nothing")).check_exists()

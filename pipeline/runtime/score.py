@@ -1,9 +1,11 @@
-"""Scoring on Ray Data: catalog -> decode + features (tasks) -> model (actor pool) -> labels.
+"""Scoring on Ray Data: catalog -> songs this model has not labelled (anti-join) -> decode +
+features (tasks) -> model (actor pool) -> label files written by tasks -> commits.
 
 The input is a catalog of audio (decoded and featurised with the bundle's spec) or a feature
 directory written by ``genres extract`` (its spec must match the bundle's). Each row carries one
 whole song (its frames as one tensor), so song aggregation needs no shuffle or groupby over the
-catalog. Labels are committed in parts as the stream goes, so memory does not grow with it.
+catalog. The driver sees the add rows of the label files, never a label row, and commits them
+to the labels' Delta table as they come (:mod:`pipeline.runtime.commit`).
 """
 
 from __future__ import annotations
@@ -11,26 +13,32 @@ from __future__ import annotations
 import datetime
 import functools
 import logging
+import math
 import time
+import uuid
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from pipeline.errors import AudioError, ParameterError, SpecMismatchError
+from pipeline.errors import AudioError, CatalogError, ParameterError, SpecMismatchError
 from pipeline.extract import frame_song, musicnn_input
 from pipeline.features.bags import make_bags
 from pipeline.features.musicnn import N_MELS as MUSICNN_MELS, PATCH_FRAMES
 from pipeline.models.aggregate import aggregate, decide
+from pipeline.runtime.catalog import arrow_fs, catalog_dataset, partitions, without
+from pipeline.runtime.commit import aggregator_is, commit_stream, resolver
 from pipeline.runtime.session import cluster_cpus, init_ray
-from pipeline.storage.bundle import read_bundle, read_lite_model
-from pipeline.storage.catalog import Song, load_catalog
 from pipeline.storage import fs as fsio
-from pipeline.storage.labels import LABEL_SCHEMA, LabelStore
-from pipeline.storage.shards import ERROR_SCHEMA, SPEC_FILE, FeatureStore, tensor_values
+from pipeline.storage.bundle import read_bundle, read_lite_model
+from pipeline.storage.catalog import Song, describe_catalog
+from pipeline.storage.delta import ADD_SCHEMA, Committer, new_run_id
+from pipeline.storage.labels import LabelTable, label_rows
+from pipeline.storage.shards import SPEC_FILE, FeatureStore, tensor_values
 
 log = logging.getLogger(__name__)
 
-_PART_SONGS = 2000  # songs per committed labels part: a killed run keeps finished parts
+_FILE_SONGS = 2000  # songs per label file (each write task writes one)
 _BLOCK_SONGS = 32  # at most this many songs per Ray Data block (as in extract's tasks)
 _TF_ACTOR_MEMORY = 1536 * 1024**2  # reserved per TensorFlow model actor (a mil actor: ~1 GB RSS)
 
@@ -64,20 +72,19 @@ def _song_batch(columns: dict[str, list]) -> dict:
     return {**{k: np.array(v, dtype=object) for k, v in columns.items() if k != "x"}, "x": xs}
 
 
-def read_feature_part(batch: dict, *, root: str, column: str) -> dict:
-    """Ray Data map_batches fn: committed feature parts -> one row per listed song.
-
-    A part holds every frame of its songs (extract writes whole songs per part), so grouping
-    by song_id inside one part is enough.
-    """
+def read_feature_songs(batch: pa.Table, *, root: str, column: str) -> dict:
+    """Ray Data fn: index rows of songs (in part order) -> one row per song with all its
+    frames; each part is read once per batch."""
     store = FeatureStore(root)
     out = {"song_id": [], "uri": [], "error": [], "message": [], "x": []}
-    for part, songs in zip(batch["part"], batch["songs"]):
+    parts = batch.column("part").to_pylist()
+    songs = batch.column("song_id").to_pylist()
+    for part in dict.fromkeys(parts):
         table = store.read_part(part, ["song_id", "frame", column])
         ids = table.column("song_id").to_numpy(zero_copy_only=False)
         values = tensor_values(table.column(column))
         frames = table.column("frame").to_numpy()
-        for song_id in songs:
+        for song_id in (s for s, p in zip(songs, parts) if p == part):
             rows = np.flatnonzero(ids == song_id)
             out["song_id"].append(song_id)
             out["uri"].append(store.part_uri(part))
@@ -85,6 +92,22 @@ def read_feature_part(batch: dict, *, root: str, column: str) -> dict:
             out["message"].append("")
             out["x"].append(values[rows[np.argsort(frames[rows])]].astype(np.float32))
     return _song_batch(out)
+
+
+def carried_errors(batch: pa.Table, *, n_classes: int) -> dict:
+    """Ray Data fn: index rows of songs that failed extraction -> scorer rows of the same
+    errors, so they land in the labels as errors (every song in exactly one place)."""
+    n = batch.num_rows
+    return {"song_id": _objects(batch, "song_id"), "uri": _objects(batch, "uri"),
+            "error": _objects(batch, "error"), "message": _objects(batch, "message"),
+            "genre": np.array([""] * n, dtype=object), "confidence": np.zeros(n, np.float32),
+            "n_frames": np.zeros(n, np.int32),
+            "probabilities": np.zeros((n, n_classes), np.float32)}
+
+
+def _objects(batch: pa.Table, column: str) -> np.ndarray:
+    return np.array(["" if v is None else v for v in batch.column(column).to_pylist()],
+                    dtype=object)
 
 
 def runs_lite(bundle, use_gpu: bool) -> bool:
@@ -184,13 +207,15 @@ class SongScorer:
 
 def run_score(source: str, model: str | None, out: str, *, aggregate: str | None = None,
               batch_size: int = 8, address: str | None = None, use_gpu: bool = False,
-              zero_shot: str | None = None, top_k: int = 3) -> dict:
+              zero_shot: str | None = None, top_k: int = 3, songs_per_file: int = _FILE_SONGS,
+              commit_every_s: float = 60.0) -> dict:
     """Label every song of ``source`` not yet labelled in ``out`` by this model + aggregator.
 
     ``source`` is a catalog (audio) or a feature directory from ``genres extract`` whose spec
     fingerprint equals the bundle's. ``zero_shot="MSD"|"MTT"`` labels with musicnn's own tags
     instead of a trained bundle. ``aggregate`` defaults to ``mean`` (frame models) or the
-    bundle's own pooling (``mil``). ``use_gpu`` gives each model actor one GPU.
+    bundle's own pooling (``mil``). ``use_gpu`` gives each model actor one GPU. Label files of
+    ``songs_per_file`` songs are committed every ``commit_every_s`` seconds (and at the end).
     """
     started = time.perf_counter()
     if zero_shot:
@@ -202,90 +227,183 @@ def run_score(source: str, model: str | None, out: str, *, aggregate: str | None
     else:
         bundle = read_bundle(model)
     aggregate = _check_aggregator(bundle, aggregate)
-    features = FeatureStore(source) if fsio.exists(fsio.join(source, SPEC_FILE)) else None
     if bundle.spec.kind == "table":
         raise ParameterError(f"{model} was trained on a frame table ({len(bundle.spec.features)} "
                              f"columns), not on audio features; it cannot score audio")
-    store = LabelStore(out)
-    store.remove_uncommitted()
-    done = store.labelled(bundle.model_id, aggregate)
-    carried = []  # feature directories: songs that already failed extraction
+    features = FeatureStore(source) if fsio.exists(fsio.join(source, SPEC_FILE)) else None
     if features is not None:
-        items, carried, n_songs = _feature_items(features, bundle, done)
+        _check_features(features, bundle)
     else:
-        songs = load_catalog(source)
-        items = [{"song_id": s.song_id, "uri": s.uri} for s in songs if s.song_id not in done]
-        n_songs = len(songs)
-    todo = sum(len(i["songs"]) for i in items) if features is not None else len(items)
-    summary = {"songs": n_songs, "skipped": n_songs - todo - len(carried), "labelled": 0,
-               "failed": 0, "frames": 0, "out": out, "model_id": bundle.model_id}
-    index = store.next_index()
-    if carried and not items:
-        _commit(store, index, [], carried, bundle.model_id, aggregate, summary)
-    if items:
-        # Read (or, for an old bundle, converted) once here, not in every actor: a damaged
-        # file stops the run before Ray starts, and the actors never touch TensorFlow for it.
-        lite = read_lite_model(bundle) if not zero_shot and runs_lite(bundle, use_gpu) else None
-        init_ray(address)
-        import ray
+        describe_catalog(source)  # a catalog that is not there stops the run before Ray starts
+    labels = LabelTable(out)
+    labels.create()
+    # Read (or, for an old bundle, converted) once here, not in every actor: a damaged
+    # file stops the run before Ray starts, and the actors never touch TensorFlow for it.
+    lite = read_lite_model(bundle) if not zero_shot and runs_lite(bundle, use_gpu) else None
+    init_ray(address)
+    import ray
 
-        cpus = cluster_cpus()
-        # Blocks of at most _BLOCK_SONGS songs: enough blocks to keep every CPU decoding, a
-        # retried block redoes seconds of work, and the last blocks spread evenly over the
-        # actors (at 200 songs a block, 600 songs made 8 blocks of ~7 s each on 2 actors).
-        blocks = max(4 * cpus, -(-len(items) // _BLOCK_SONGS))
-        ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), blocks)))
-        # Songs in, one row per song out, on CPU tasks (bad audio never raises; Ray Data
-        # retries a task whose worker died, so its songs are redone).
-        if features is not None:
-            ds = ds.map_batches(read_feature_part, batch_size=1, batch_format="numpy",
-                                fn_kwargs={"root": features.root, "column": bundle.feature},
-                                num_cpus=1)
-        else:
-            ds = ds.map_batches(decode_batch, batch_size=2, batch_format="numpy",
-                                fn_kwargs={"spec": bundle.spec, "feature": bundle.feature},
-                                num_cpus=1)
-        gpus = int(ray.cluster_resources().get("GPU", 0))
-        if use_gpu and not gpus:
-            raise ParameterError("--use-gpu: the Ray cluster has no GPUs")
-        # light actors take decoding in (Ray Data fuses it), heavy ones leave it to the tasks
-        least, most, resources = _model_actors(bundle, cpus, gpus, use_gpu=use_gpu,
-                                               precomputed=features is not None,
-                                               aggregator=aggregate)
-        ds = ds.map_batches(SongScorer, batch_size=batch_size, batch_format="numpy",
-                            fn_constructor_kwargs={"bundle_root": bundle.root,
-                                                   "aggregator": aggregate,
-                                                   "zero_shot": zero_shot,
-                                                   "precomputed": features is not None,
-                                                   "use_gpu": use_gpu,
-                                                   "lite_model": lite},
-                            compute=ray.data.ActorPoolStrategy(min_size=least, max_size=most),
-                            **resources)
-        rows, errors = [], list(carried)
-        scored_at = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
-        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            for i in range(len(batch["song_id"])):
-                if batch["error"][i]:
-                    errors.append({k: str(batch[k][i]) for k in ERROR_SCHEMA.names})
-                    continue
-                rows.append({"song_id": batch["song_id"][i], "uri": batch["uri"][i],
-                             "genre": batch["genre"][i],
-                             "confidence": float(batch["confidence"][i]),
-                             "probabilities": list(zip(bundle.classes,
-                                                       batch["probabilities"][i].tolist())),
-                             "top_tags": [bundle.classes[j] for j in
-                                          np.argsort(-batch["probabilities"][i])[:top_k]],
-                             "n_frames": int(batch["n_frames"][i]), "aggregator": aggregate,
-                             "model_id": bundle.model_id, "scored_at": scored_at})
-                summary["frames"] += int(batch["n_frames"][i])
-            if len(rows) + len(errors) >= _PART_SONGS:
-                _commit(store, index, rows, errors, bundle.model_id, aggregate, summary)
-                rows, errors, index = [], [], index + 1
-        if rows or errors:
-            _commit(store, index, rows, errors, bundle.model_id, aggregate, summary)
-        summary["plan"] = _executed_plan(ds)
+    cpus = cluster_cpus()
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    if use_gpu and not gpus:
+        raise ParameterError("--use-gpu: the Ray cluster has no GPUs")
+    version = labels.log.version()
+    if features is not None:
+        songs, n = _feature_songs(features)
+    else:
+        songs, n = catalog_dataset(source)
+    done = _labelled(labels, bundle.model_id, aggregate, version)
+    todo = without(songs, done, partitions=partitions(n)).materialize()
+    summary = {"songs": n, "labelled": 0, "failed": 0, "frames": 0, "errors": {}, "commits": 0,
+               "out": out, "model_id": bundle.model_id, "plan": ""}
+    if todo.count():
+        summary.update(_label(todo, features, bundle, labels, version=version,
+                              aggregate=aggregate, top_k=top_k, songs_per_file=songs_per_file,
+                              commit_every_s=commit_every_s, batch_size=batch_size, cpus=cpus,
+                              gpus=gpus, use_gpu=use_gpu, zero_shot=zero_shot, lite=lite))
+    summary["skipped"] = n - summary["labelled"] - summary["failed"]
     summary["seconds"] = time.perf_counter() - started
     return summary
+
+
+def _label(todo, features, bundle, labels, *, version: int, aggregate: str, top_k: int,
+           songs_per_file: int, commit_every_s: float, **scoring) -> dict:
+    """Score the songs ``todo`` into label files and commit them; the run's figures."""
+    run_id = new_run_id()
+    write = functools.partial(
+        _write, root=labels.root, model_id=bundle.model_id, classes=bundle.classes, top_k=top_k,
+        aggregator=aggregate, run_id=run_id, songs_per_file=songs_per_file,
+        scored_at=datetime.datetime.now(datetime.timezone.utc))
+    committer = Committer(
+        labels.log, run_id=run_id, version=version, every_s=commit_every_s,
+        relevant=lambda add: add["partition"].get("model_id") == bundle.model_id,
+        resolve=resolver(_Rewrite(labels.root, bundle.model_id), key_columns=["song_id",
+                                                                            "aggregator"],
+                         matches=aggregator_is(aggregate)))
+    if features is not None:  # songs that failed extraction become error rows as they are
+        failed = todo.map_batches(_where_error, batch_format="pyarrow", batch_size=None,
+                                  fn_kwargs={"failed": True})
+        commit_stream(write(failed.map_batches(carried_errors, batch_format="pyarrow",
+                                               batch_size=None,
+                                               fn_kwargs={"n_classes": len(bundle.classes)})),
+                      committer)
+        # songs of one part next to each other: each part is read once per block
+        todo = todo.map_batches(_where_error, batch_format="pyarrow", batch_size=None,
+                                fn_kwargs={"failed": False}).sort("part").materialize()
+    plan = ""
+    if todo.count():
+        written = write(_scored(work_blocks(todo), features, bundle, aggregate=aggregate,
+                                **scoring))
+        commit_stream(written, committer)
+        plan = _executed_plan(written)
+    totals = committer.totals
+    return {"labelled": totals.get("labelled", 0), "failed": totals.get("failed", 0),
+            "frames": totals.get("frames", 0), "errors": totals.get("errors", {}),
+            "commits": committer.commits, "refused": committer.refused,
+            "resolved": committer.resolved, "run_id": run_id, "plan": plan}
+
+
+def work_blocks(todo):
+    """``todo`` (materialized) in blocks of ``_BLOCK_SONGS`` songs (more for a catalog of over ~100 blocks
+    per CPU), materialized: enough blocks to keep every CPU busy, a retried block redoes
+    seconds of work, and the last blocks spread evenly over the actors (at 200 songs a block,
+    600 songs made 8 blocks of ~7 s each on 2 actors). Made before any model actor starts:
+    the actors may hold every CPU, and a repartition task waiting for one would stall them."""
+    rows = max(_BLOCK_SONGS, math.ceil(todo.count() / (100 * cluster_cpus())))  # materialized
+    return todo.repartition(target_num_rows_per_block=rows).materialize()
+
+
+def _write(scored, **kwargs):
+    """Label files of ``scored`` rows, written by tasks that ask for no CPU: writing a file
+    is light, and the model actors may hold every CPU (a write task waiting for one would
+    stall them behind their unread output)."""
+    size = kwargs.pop("songs_per_file")
+    return scored.map_batches(write_labels, batch_size=size, batch_format="numpy", num_cpus=0,
+                              fn_kwargs=kwargs)
+
+
+def _scored(todo, features, bundle, *, aggregate: str, batch_size: int, cpus: int, gpus: int,
+            use_gpu: bool, zero_shot: str | None, lite: bytes | None):
+    """The dataset of scorer rows (one per song) of the songs ``todo`` (catalog rows, or
+    index rows of a feature directory in part order)."""
+    import ray
+
+    if features is not None:
+        songs = todo.map_batches(read_feature_songs, batch_size=None, batch_format="pyarrow",
+                                 num_cpus=1,
+                                 fn_kwargs={"root": features.root, "column": bundle.feature})
+    else:
+        songs = todo.map_batches(decode_batch, batch_size=2, batch_format="numpy", num_cpus=1,
+                                 fn_kwargs={"spec": bundle.spec, "feature": bundle.feature})
+    # light actors take decoding in (Ray Data fuses it), heavy ones leave it to the tasks
+    least, most, resources = _model_actors(bundle, cpus, gpus, use_gpu=use_gpu,
+                                           precomputed=features is not None,
+                                           aggregator=aggregate)
+    return songs.map_batches(SongScorer, batch_size=batch_size, batch_format="numpy",
+                             fn_constructor_kwargs={"bundle_root": bundle.root,
+                                                    "aggregator": aggregate,
+                                                    "zero_shot": zero_shot,
+                                                    "precomputed": features is not None,
+                                                    "use_gpu": use_gpu, "lite_model": lite},
+                             compute=ray.data.ActorPoolStrategy(min_size=least, max_size=most),
+                             **resources)
+
+
+def write_labels(batch: dict, *, root: str, model_id: str, classes: list[str], top_k: int,
+                 aggregator: str, run_id: str, scored_at) -> pa.Table:
+    """Ray Data fn: scorer rows -> one label file of the table (uncommitted) -> its add row."""
+    rows = label_rows(batch, classes=classes, top_k=top_k, aggregator=aggregator,
+                      scored_at=scored_at, run_id=run_id)
+    add = LabelTable(root).write(rows, model_id=model_id,
+                                 name=f"part-{run_id}-{uuid.uuid4().hex[:12]}")
+    return pa.Table.from_pylist([add], schema=ADD_SCHEMA)
+
+
+class _Rewrite:
+    """A pending label file rewritten without some songs (see ``LabelTable.without_songs``)."""
+
+    def __init__(self, root: str, model_id: str):
+        self.root, self.model_id = root, model_id
+
+    def __call__(self, add: dict, song_ids: set[str], name: str) -> dict | None:
+        return LabelTable(self.root).without_songs(add, song_ids, name=name,
+                                                   model_id=self.model_id)
+
+
+def _where_error(batch: pa.Table, *, failed: bool) -> pa.Table:
+    """Ray Data fn: the index rows of songs that failed extraction, or of those that did not."""
+    error = batch.column("error")
+    return batch.filter(pc.is_valid(error) if failed else pc.is_null(error))
+
+
+def _feature_songs(features: FeatureStore):
+    """(a feature directory's index rows as a dataset, their number)."""
+    import ray
+
+    files = features.index_files()
+    if not files:
+        raise CatalogError(f"{features.root} has no committed songs; run `genres extract`")
+    songs = ray.data.read_parquet(files, filesystem=arrow_fs(features.root)).select_columns(
+        ["song_id", "uri", "part", "error", "message"])
+    return songs, songs.count()
+
+
+def _labelled(labels: LabelTable, model_id: str, aggregator: str, version: int):
+    """The song ids this model and aggregator labelled (or failed on) at ``version``, as a
+    dataset; None when there are none."""
+    import ray
+
+    files = labels.done_files(model_id, version)
+    if not files:
+        return None
+    return ray.data.read_parquet(files, filesystem=arrow_fs(labels.root)).select_columns(
+        ["song_id", "aggregator"]).map_batches(
+        _of_aggregator, batch_format="pyarrow", batch_size=None,
+        fn_kwargs={"aggregator": aggregator})
+
+
+def _of_aggregator(batch: pa.Table, *, aggregator: str) -> pa.Table:
+    return batch.filter(pc.equal(batch.column("aggregator"), aggregator)).select(["song_id"])
 
 
 def _model_actors(bundle, cpus: int, gpus: int, *, use_gpu: bool, precomputed: bool,
@@ -310,24 +428,14 @@ def _model_actors(bundle, cpus: int, gpus: int, *, use_gpu: bool, precomputed: b
     return 1, max(1, cpus // 2), {"num_cpus": 1, "memory": _TF_ACTOR_MEMORY}
 
 
-def _feature_items(features, bundle, done: set[str]):
-    """Work items (one per committed part, with its songs still to label), the extraction
-    errors not yet carried into the labels, and the number of songs in the directory."""
+def _check_features(features: FeatureStore, bundle) -> None:
+    """Refuse a feature directory extracted with another spec than the bundle's."""
     spec = features.read_spec()
     if spec.fingerprint() != bundle.spec.fingerprint():
         raise SpecMismatchError(
             f"{features.root} was extracted with feature spec {spec.fingerprint()}, the model "
             f"with {bundle.spec.fingerprint()} ({spec_difference(spec, bundle.spec)}); "
             f"re-extract with the model's settings or score the audio catalog instead")
-    items, n_songs = [], 0
-    for record in features.commits().values():
-        n_songs += len(record["songs"]) + len(record["errors"])
-        songs = [s for s in record["songs"] if s not in done]
-        if songs:
-            items.append({"part": record["part"], "songs": songs})
-    carried = [{k: str(v) for k, v in row.items()}
-               for row in features.read_errors().to_pylist() if row["song_id"] not in done]
-    return items, carried, n_songs
 
 
 def spec_difference(a, b) -> str:
@@ -357,12 +465,3 @@ def _check_aggregator(bundle, aggregate: str | None) -> str:
         raise ParameterError(f"--aggregate {aggregate}: this bundle offers "
                              f"{', '.join(bundle.aggregators)} (retrain for a sequence aggregator)")
     return aggregate
-
-
-def _commit(store, index, rows, errors, model_id, aggregator, summary) -> None:
-    store.write_part(index, pa.Table.from_pylist(rows, schema=LABEL_SCHEMA),
-                     pa.Table.from_pylist(errors, schema=ERROR_SCHEMA),
-                     model_id=model_id, aggregator=aggregator)
-    summary["labelled"] += len(rows)
-    summary["failed"] += len(errors)
-    log.info("score: committed part %d (%d labels, %d errors)", index, len(rows), len(errors))
