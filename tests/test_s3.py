@@ -1,37 +1,23 @@
 """s3:// catalogs and outputs against a real S3 endpoint over HTTP (moto's server, 127.0.0.1)."""
 
 import os
-import socket
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 import soundfile as sf
+
+from servers import MotoServer
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def s3_endpoint():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
-                               str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
-        except OSError:
-            time.sleep(0.2)
-    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-           "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
-    yield env
-    server.terminate()
-    server.wait(10)
+    server = MotoServer()
+    yield server.env
+    server.stop()
 
 
 def test_extract_from_and_to_s3(s3_endpoint, tmp_path, monkeypatch):
