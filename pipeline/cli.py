@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 from pipeline.errors import GenresError
@@ -49,6 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--address", default=None,
                        help="Ray cluster address (default: RAY_ADDRESS, else embedded local Ray)")
 
+    def allow_http(p):
+        p.add_argument("--allow-http", action="store_true",
+                       help="let the catalog name http(s):// songs (off by default: a manifest "
+                            "would make workers fetch any URL)")
+
     def commit_every(p):
         p.add_argument("--commit-every", type=_nonneg_float,
                        default=60.0, metavar="SECONDS",
@@ -81,7 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--use-gpu", action="store_true",
                    help="musicnn features: each task takes a GPU (TensorFlow runs there)")
     commit_every(p)
-    p.add_argument("--overwrite", action="store_true", help="delete OUT and start fresh")
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete OUT and start fresh (only a feature directory: a folder "
+                        "without its spec.json is left alone)")
+    allow_http(p)
     ray_address(p)
 
     p = sub.add_parser("train", help="fit a model on Ray Train and write a model bundle")
@@ -141,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--use-gpu", action="store_true",
                        help="one GPU per model actor (as many actors as the cluster has GPUs)")
         commit_every(p)
+        allow_http(p)
         ray_address(p)
 
     p = sub.add_parser("latest", help="the latest label of every song in a labels table")
@@ -344,6 +354,10 @@ def main(argv: list[str] | None = None) -> int:
     commands = {"extract": cmd_extract, "train": cmd_train, "score": cmd_score,
                 "tag": lambda a: cmd_score(a, tag=True), "latest": cmd_latest,
                 "migrate": cmd_migrate, "demo": cmd_demo, "weights": cmd_weights}
+    if getattr(args, "allow_http", False):  # read by the workers too (see runtime_env)
+        from pipeline.storage.fs import SCHEMES_ENV, allowed_schemes
+
+        os.environ[SCHEMES_ENV] = ",".join((*allowed_schemes(), "http", "https"))
     try:
         commands[args.command](args)
     except GenresError as e:

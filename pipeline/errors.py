@@ -31,6 +31,12 @@ class AudioMissingError(AudioError):
     kind = "missing"
 
 
+class AudioUriError(AudioError):
+    """The song's URI names a scheme this project does not read (see ``fs.scheme_problem``)."""
+
+    kind = "uri"
+
+
 class AudioDecodeError(AudioError):
     kind = "decode"
 

@@ -241,6 +241,28 @@ def test_features_of_another_spec_are_refused(two_models, tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "n_mels 64 != 128" in err
 
 
+def test_a_tampered_bundle_and_a_foreign_out_are_refused_by_name(catalog, features, two_models,
+                                                                 tmp_path, capsys):
+    import shutil
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(two_models[0], bundle)
+    data = bytearray((bundle / "model.tflite").read_bytes())
+    data[-1] ^= 0xFF  # one bit of the weights: still a flatbuffer LiteRT would load
+    (bundle / "model.tflite").write_bytes(bytes(data))
+    labels = tmp_path / "labels"
+    assert cli.main(["score", catalog, "--model", str(bundle), "--out", str(labels)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "model.tflite is not the file model" in err[0], err
+    # train's --out: a folder that is not a bundle is never replaced
+    foreign = tmp_path / "home"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    assert cli.main(["train", features, "--out", str(foreign), "--model", "dnn"]) == 2
+    assert "is left alone" in capsys.readouterr().err
+    assert (foreign / "notes.txt").read_text() == "mine"
+
+
 def _tag_process(catalog: str, model: str, labels: str, songs_per_file: int):
     """`genres tag` in a process of its own (its own local Ray), committing every file."""
     import os

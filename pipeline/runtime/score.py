@@ -21,7 +21,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.errors import AudioError, CatalogError, ParameterError, SpecMismatchError
+from pipeline.errors import (AudioError, BundleError, CatalogError, ParameterError,
+                             SpecMismatchError)
 from pipeline.extract import frame_song, musicnn_input
 from pipeline.features.bags import make_bags
 from pipeline.features.musicnn import N_MELS as MUSICNN_MELS, PATCH_FRAMES
@@ -30,7 +31,7 @@ from pipeline.runtime.catalog import arrow_fs, catalog_dataset, partitions, with
 from pipeline.runtime.commit import aggregator_is, commit_stream, resolver
 from pipeline.runtime.session import cluster_cpus, init_ray
 from pipeline.storage import fs as fsio
-from pipeline.storage.bundle import read_bundle, read_lite_model
+from pipeline.storage.bundle import read_bundle, read_lite_model, verify_bundle
 from pipeline.storage.catalog import Song, describe_catalog
 from pipeline.storage.delta import ADD_SCHEMA, Committer, new_run_id
 from pipeline.storage.labels import LabelTable, label_rows
@@ -121,9 +122,10 @@ class SongScorer:
 
     def __init__(self, bundle_root: str, aggregator: str, zero_shot: str | None = None,
                  precomputed: bool = False, use_gpu: bool = False,
-                 lite_model: bytes | None = None):
+                 lite_model: bytes | None = None, model_id: str | None = None):
         """``lite_model``: the bundle's LiteRT flatbuffer, read once by the driver, when the
-        model runs in LiteRT (see :func:`runs_lite`); Keras otherwise."""
+        model runs in LiteRT (see :func:`runs_lite`); Keras otherwise. ``model_id``: the
+        bundle the driver verified; an actor that finds another there stops the run."""
         from pipeline.models.keras import tf_keras
         from pipeline.storage.bundle import SEQUENCE_FILE, load_keras_model, zero_shot_bundle
 
@@ -143,6 +145,10 @@ class SongScorer:
                 self.musicnn = pretrained_musicnn(zero_shot)
             return
         self.bundle = read_bundle(bundle_root)
+        if model_id is not None and self.bundle.model_id != model_id:
+            raise BundleError(f"{bundle_root} was replaced during the run (model {model_id} "
+                              f"became {self.bundle.model_id}); run again to score with the "
+                              f"new one")
         if lite_model is not None:
             from pipeline.models.lite import LiteModel
 
@@ -226,6 +232,7 @@ def run_score(source: str, model: str | None, out: str, *, aggregate: str | None
         bundle = zero_shot_bundle(zero_shot)
     else:
         bundle = read_bundle(model)
+        verify_bundle(bundle)  # a tampered or half-copied bundle stops the run here, by name
     aggregate = _check_aggregator(bundle, aggregate)
     if bundle.spec.kind == "table":
         raise ParameterError(f"{model} was trained on a frame table ({len(bundle.spec.features)} "
@@ -344,7 +351,8 @@ def _scored(todo, features, bundle, *, aggregate: str, batch_size: int, cpus: in
                                                     "aggregator": aggregate,
                                                     "zero_shot": zero_shot,
                                                     "precomputed": features is not None,
-                                                    "use_gpu": use_gpu, "lite_model": lite},
+                                                    "use_gpu": use_gpu, "lite_model": lite,
+                                                    "model_id": bundle.model_id},
                              compute=ray.data.ActorPoolStrategy(min_size=least, max_size=most),
                              **resources)
 

@@ -11,8 +11,9 @@ from pipeline.models.keras import KERAS_ENV, select_legacy_keras
 log = logging.getLogger(__name__)
 
 # Passed on from the driver when set there: whether TensorFlow uses oneDNN's custom ops (its
-# default depends on the CPU), so every worker takes the path the driver was told to take.
-PASSED_ON = ("TF_ENABLE_ONEDNN_OPTS",)
+# default depends on the CPU), so every worker takes the path the driver was told to take; the
+# URI schemes songs may name (--allow-http).
+PASSED_ON = ("TF_ENABLE_ONEDNN_OPTS", "GENRES_URI_SCHEMES")
 
 
 def runtime_env() -> dict:

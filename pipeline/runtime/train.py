@@ -327,6 +327,7 @@ def run_train(features: str, out: str, config: TrainConfig, *, address: str | No
         raise ParameterError(f"--frame-table rows are feature vectors; train them with "
                              f"--model dnn, not {config.model}")
     source = open_source(features, config)
+    fsio.check_ours(out, "bundle.json", "a model bundle")  # before the work, not after it
     select_legacy_keras()  # before ray.train.tensorflow imports TensorFlow in this process
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer

@@ -7,7 +7,7 @@ import logging
 import numpy as np
 
 from pipeline.errors import (AudioContentError, AudioDecodeError, AudioMissingError,
-                             AudioTruncatedError)
+                             AudioTruncatedError, AudioUriError)
 from pipeline.storage import fs as fsio
 
 log = logging.getLogger(__name__)
@@ -43,9 +43,31 @@ def load_audio(uri: str, *, sample_rate: int, offset_seconds: float = 0.0,
 
     Raises
     ------
-    AudioMissingError, AudioDecodeError, AudioContentError
+    AudioUriError, AudioMissingError, AudioDecodeError, AudioContentError
     """
+    problem = fsio.scheme_problem(uri)
+    if problem:
+        raise AudioUriError(problem)
     fs, path = fsio.url_to_fs(uri)
+    shown = fsio.redact(uri)  # what messages say: no query string (presigned signatures)
+    try:
+        y, native_sr = _decode(fs, path, shown, offset_seconds, max_seconds)
+    except (AudioDecodeError, AudioContentError, AudioTruncatedError) as e:
+        if shown == uri:
+            raise
+        # the decoders' own messages name the path they were given
+        raise type(e)(str(e).replace(str(uri), shown).replace(path, shown)) from None
+    k = native_sr // sample_rate
+    if native_sr == sample_rate or (1 < k <= keep_multiples and k * sample_rate == native_sr):
+        return y, native_sr
+    import soxr
+
+    return soxr.resample(y, native_sr, sample_rate, quality="HQ").astype(np.float32, copy=False), \
+        sample_rate
+
+
+def _decode(fs, path: str, uri: str, offset_seconds: float, max_seconds: float | None):
+    """(mono float32 samples, native rate) of ``path``; ``uri`` names it in messages."""
     # OSError (permissions, network) is left to propagate: it is transient, Ray retries it.
     if fs.isdir(path):
         raise AudioDecodeError(f"{uri} is a folder, not an audio file")
@@ -61,13 +83,7 @@ def load_audio(uri: str, *, sample_rate: int, offset_seconds: float = 0.0,
         raise AudioContentError(f"{uri} has no audio samples in the requested window")
     if not np.isfinite(y).all():
         raise AudioContentError(f"{uri} contains non-finite samples (NaN or inf)")
-    k = native_sr // sample_rate
-    if native_sr == sample_rate or (1 < k <= keep_multiples and k * sample_rate == native_sr):
-        return y, native_sr
-    import soxr
-
-    return soxr.resample(y, native_sr, sample_rate, quality="HQ").astype(np.float32, copy=False), \
-        sample_rate
+    return y, native_sr
 
 
 def _check_ogg_complete(fs, path: str, uri: str) -> None:

@@ -5,7 +5,8 @@
     model.keras          the tf-keras model (architecture + weights)
     model.tflite         frame models: a TFLite copy of model.keras, what scoring runs on CPU
     sequence.keras       frame models: the learned ``sequence`` aggregator (GRU on frame log-odds)
-    bundle.json          model_id (fingerprint of everything below), model name, feature column,
+    bundle.json          model_id (fingerprint of everything below), each file's sha256 (checked
+                         on load: a changed file is refused by name), model name, feature column,
                          level (``frame`` or ``song``) and the aggregators it supports
     labels.json          class order of the model's outputs
     spec.json            the FeatureSpec the model was trained on (with fingerprint)
@@ -23,6 +24,7 @@ import csv
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -32,6 +34,8 @@ import numpy as np
 from pipeline.errors import BundleError
 from pipeline.features.spec import FeatureSpec, spec_from_record
 from pipeline.storage import fs as fsio
+
+log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.keras"
 LITE_FILE = "model.tflite"
@@ -54,6 +58,7 @@ class Bundle:
     level: str = "frame"  # "song": the model takes a bag of frames per song (mil)
     aggregators: tuple[str, ...] = ("majority", "mean", "logodds")
     normalized_in_model: bool = False  # older bundles: the scorer normalises the input
+    files: tuple[tuple[str, str], ...] = ()  # (name, sha256) of the files model_id covers
 
     def normalize(self, x: np.ndarray) -> np.ndarray:
         """Rows [n, n_bands, ...] as the model takes them (float32): normalised with the
@@ -66,10 +71,12 @@ class Bundle:
 
     def musicnn_variables(self) -> dict[str, np.ndarray]:
         """The pretrained musicnn weights carried by an embedding bundle."""
-        fs, path = fsio.url_to_fs(self.root)
-        with fs.open(f"{path}/{MUSICNN_FILE}", "rb") as f:
-            with np.load(f) as data:
-                return {key.replace("|", "/"): data[key] for key in data.files}
+        import io
+
+        raw = fsio.read_bytes(fsio.join(self.root, MUSICNN_FILE))
+        _check_file(self, MUSICNN_FILE, raw)
+        with np.load(io.BytesIO(raw)) as data:
+            return {key.replace("|", "/"): data[key] for key in data.files}
 
 
 def save_bundle(out: str, *, model, lite_model: bytes | None = None, model_name: str,
@@ -109,8 +116,10 @@ def save_bundle(out: str, *, model, lite_model: bytes | None = None, model_name:
                      **{k.replace("/", "|"): v for k, v in read_checkpoint(spec.model).items()})
             names.append(MUSICNN_FILE)
         model_id = _fingerprint(tmp, names)
+        files = {name: _sha256(open(os.path.join(tmp, name), "rb").read()) for name in names}
         _write_json(os.path.join(tmp, "bundle.json"),
-                    {"model_id": model_id, "model": model_name, "feature": feature,
+                    {"model_id": model_id, "files": files, "model": model_name,
+                     "feature": feature,
                      "level": level, "aggregators": aggregators, "normalization": "in_model"})
         _write_json(os.path.join(tmp, "metrics.json"), {"model_id": model_id, **metrics})
         _write_history(os.path.join(tmp, "history.csv"), history)
@@ -125,6 +134,7 @@ def save_bundle(out: str, *, model, lite_model: bytes | None = None, model_name:
                             os.path.join(tmp, "plots", "confusion.png"))
         fs, path = fsio.url_to_fs(out)
         if fs.exists(path):
+            fsio.check_ours(out, "bundle.json", "a model bundle")
             fs.rm(path, recursive=True)
         if fsio.is_local(out):
             shutil.copytree(tmp, path)
@@ -149,7 +159,32 @@ def read_bundle(uri: str) -> Bundle:
                   mean=np.asarray(norm["mean"], np.float32), std=np.asarray(norm["std"], np.float32),
                   level=meta.get("level", "frame"),
                   aggregators=tuple(meta.get("aggregators", Bundle.aggregators)),
-                  normalized_in_model=meta.get("normalization") == "in_model")
+                  normalized_in_model=meta.get("normalization") == "in_model",
+                  files=tuple(sorted(meta.get("files", {}).items())))
+
+
+def verify_bundle(bundle: Bundle) -> None:
+    """Refuse a bundle whose files are not the ones its model_id was made of (changed by hand,
+    half replaced by a copy): every file ``bundle.json`` lists is read and hashed. Bundles
+    older than the list are not checked."""
+    if not bundle.files:
+        log.warning("%s lists no file hashes (saved by an older genres): not verified",
+                    bundle.root)
+        return
+    for name, digest in bundle.files:
+        _check_file(bundle, name, fsio.read_bytes(fsio.join(bundle.root, name)), digest)
+
+
+def _check_file(bundle: Bundle, name: str, data: bytes, digest: str | None = None) -> None:
+    digest = digest or dict(bundle.files).get(name)
+    if digest is not None and _sha256(data) != digest:
+        raise BundleError(f"{bundle.root}/{name} is not the file model {bundle.model_id} was "
+                          f"saved with (changed or half replaced since); save or copy the "
+                          f"bundle again")
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def zero_shot_bundle(name: str) -> Bundle:
@@ -166,20 +201,23 @@ def zero_shot_bundle(name: str) -> Bundle:
 
 def load_keras_model(bundle: Bundle, name: str = MODEL_FILE):
     """A tf-keras model of the bundle (``model.keras`` or ``sequence.keras``), copied to a
-    local temp dir first when the bundle is remote."""
+    local temp dir first when the bundle is remote; in Keras' safe mode (no lambda layers'
+    code is run from a file)."""
     from pipeline.models.cnn import custom_objects
     from pipeline.models.keras import tf_keras
 
     keras = tf_keras()
     objects = custom_objects()
-    if fsio.is_local(bundle.root):
-        return keras.models.load_model(os.path.join(bundle.root, name), compile=False,
-                                       custom_objects=objects)
-    fs, path = fsio.url_to_fs(bundle.root)
     with tempfile.TemporaryDirectory(prefix="genres-model-") as tmp:
+        # read once, checked against bundle.json, loaded from this copy: what is loaded is
+        # what was checked, even if the bundle changes meanwhile
+        data = fsio.read_bytes(fsio.join(bundle.root, name))
+        _check_file(bundle, name, data)
         local = os.path.join(tmp, name)
-        fs.get(f"{path}/{name}", local)
-        return keras.models.load_model(local, compile=False, custom_objects=objects)
+        with open(local, "wb") as f:
+            f.write(data)
+        return keras.models.load_model(local, compile=False, safe_mode=True,
+                                       custom_objects=objects)
 
 
 def read_lite_model(bundle: Bundle) -> bytes:
@@ -196,6 +234,7 @@ def read_lite_model(bundle: Bundle) -> bytes:
     if data[4:8] != b"TFL3":  # the flatbuffer's file identifier
         raise BundleError(f"{uri} is not a TFLite model ({len(data)} bytes); delete it and "
                           f"scoring converts {MODEL_FILE} again")
+    _check_file(bundle, LITE_FILE, data)
     return data
 
 

@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+import os
 import posixpath
+import re
 import uuid
 
 import fsspec
+
+from pipeline.errors import ParameterError
+
+# The schemes a catalog's songs may name: local files and object stores. http(s) only when a
+# user asks (`--allow-http`): a manifest must not make workers fetch arbitrary URLs with the
+# cluster's network position and credentials. GENRES_URI_SCHEMES (comma-separated) replaces the
+# list; Ray workers see it through the job's runtime env.
+SCHEMES = ("file", "s3", "s3a", "gs", "gcs", "az", "abfs", "abfss")
+SCHEMES_ENV = "GENRES_URI_SCHEMES"
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 
 
 def url_to_fs(uri: str):
@@ -24,6 +36,33 @@ def join(base: str, *parts: str) -> str:
         scheme, rest = base.split("://", 1)
         return f"{scheme}://{posixpath.join(rest, *parts)}"
     return posixpath.join(base, *parts)
+
+
+def allowed_schemes() -> tuple[str, ...]:
+    value = os.environ.get(SCHEMES_ENV, "")
+    return tuple(s.strip().lower() for s in value.split(",") if s.strip()) or SCHEMES
+
+
+def scheme_problem(uri: str) -> str | None:
+    """Why ``uri`` may not be read (its scheme is not allowed), or None."""
+    match = _SCHEME.match(str(uri))
+    scheme = match.group(1).lower() if match else "file"
+    if scheme in allowed_schemes():
+        return None
+    hint = " (pass --allow-http to read http(s) URIs)" if scheme in ("http", "https") else ""
+    return (f"{redact(uri)}: scheme {scheme}:// is not allowed; allowed: "
+            f"{', '.join(allowed_schemes())}{hint}")
+
+
+def redact(uri: str) -> str:
+    """``uri`` as it may be logged or stored: without a query string or fragment (presigned
+    URLs carry their signature there) and without user:password@."""
+    uri = str(uri)
+    uri = re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/@]*@", r"\1", uri)
+    for mark in ("?", "#"):
+        if mark in uri:
+            uri = uri.split(mark, 1)[0] + mark + "..."
+    return uri
 
 
 def protocol_of(uri: str) -> str:
@@ -66,3 +105,14 @@ def read_text(uri: str) -> str:
 def exists(uri: str) -> bool:
     fs, path = url_to_fs(uri)
     return fs.exists(path)
+
+
+def check_ours(uri: str, marker: str, what: str) -> None:
+    """Refuse to delete or replace ``uri`` unless it is empty or holds ``marker`` (a file this
+    project writes into every folder it creates): never remove a folder of someone else's."""
+    fs, path = url_to_fs(uri)
+    if not fs.exists(path):
+        return
+    if not fs.isdir(path) or (fs.ls(path) and not fs.exists(posixpath.join(path, marker))):
+        raise ParameterError(f"{uri} exists and is not {what} (no {marker}); it is left "
+                              f"alone: choose another --out or remove it yourself")

@@ -110,7 +110,7 @@ def label_rows(batch: dict, *, classes: list[str], top_k: int, aggregator: str,
     text = (lambda key: pa.array([str(v) if v else None for v in batch[key]], pa.string()))
     return pa.table({
         "song_id": pa.array([str(s) for s in batch["song_id"]], pa.string()),
-        "uri": pa.array([str(u) for u in batch["uri"]], pa.string()),
+        "uri": pa.array([fsio.redact(u) for u in batch["uri"]], pa.string()),  # no signatures
         "genre": pa.array([str(g) if o else None for g, o in zip(batch["genre"], ok)],
                           pa.string()),
         "confidence": pa.array(np.asarray(batch["confidence"], np.float32), mask=failed),

@@ -130,6 +130,7 @@ class FeatureStore:
     def prepare(self, spec, *, overwrite: bool = False) -> None:
         """Create the directory for ``spec``; refuse to mix specs unless ``overwrite``."""
         if overwrite and self.fs.exists(self.path):
+            fsio.check_ours(self.root, SPEC_FILE, "a feature directory")
             self.fs.rm(self.path, recursive=True)
         spec_uri = self._uri(SPEC_FILE)
         if fsio.exists(spec_uri):
@@ -276,6 +277,10 @@ class FeatureStore:
         return self.fs.open(path, "rb")
 
 
+def _redact(uri: str | None) -> str | None:
+    return None if uri is None else fsio.redact(uri)
+
+
 def index_rows(part: str, ids: list[str], frames: list[int], errors: pa.Table, *, run_id: str,
                uris: dict[str, str] | None = None) -> pa.Table:
     """INDEX_SCHEMA rows of one part: its songs ``ids`` with their ``frames``, then the
@@ -284,8 +289,9 @@ def index_rows(part: str, ids: list[str], frames: list[int], errors: pa.Table, *
     n_ok, n_err = len(ids), errors.num_rows
     return pa.table({
         "song_id": pa.array(list(ids) + errors.column("song_id").to_pylist(), pa.string()),
-        "uri": pa.array([uris.get(s) for s in ids] + errors.column("uri").to_pylist(),
-                        pa.string()),
+        # stored without query strings: a presigned URL's signature is a secret
+        "uri": pa.array([_redact(uris.get(s)) for s in ids]
+                        + [_redact(u) for u in errors.column("uri").to_pylist()], pa.string()),
         "part": pa.array([part] * n_ok + [None] * n_err, pa.string()),
         "frames": pa.array(list(frames) + [0] * n_err, pa.int32()),
         "error": pa.array([None] * n_ok + errors.column("error").to_pylist(), pa.string()),
