@@ -81,11 +81,17 @@ class MotoServer:
     in-process ThreadedMotoServer); ``env`` is what a client needs to reach it."""
 
     def __init__(self):
-        port = free_port()
+        # a port from the kernel's ephemeral range: free_port's range is where the test Ray
+        # clusters put their own servers
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
         self.process = subprocess.Popen(
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         _wait_for_port(port, 30)
+        if self.process.poll() is not None:  # another process answered on that port
+            raise RuntimeError(f"moto's server exited ({self.process.returncode}) on {port}")
         self.endpoint = f"http://127.0.0.1:{port}"
         self.env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                     "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": self.endpoint,
