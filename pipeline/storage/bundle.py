@@ -26,6 +26,7 @@ import hashlib
 import json
 import logging
 import os
+import pathlib
 import shutil
 import tempfile
 
@@ -116,7 +117,7 @@ def save_bundle(out: str, *, model, lite_model: bytes | None = None, model_name:
                      **{k.replace("/", "|"): v for k, v in read_checkpoint(spec.model).items()})
             names.append(MUSICNN_FILE)
         model_id = _fingerprint(tmp, names)
-        files = {name: _sha256(open(os.path.join(tmp, name), "rb").read()) for name in names}
+        files = {name: _sha256(pathlib.Path(tmp, name).read_bytes()) for name in names}
         _write_json(os.path.join(tmp, "bundle.json"),
                     {"model_id": model_id, "files": files, "model": model_name,
                      "feature": feature,

@@ -17,7 +17,6 @@ from pipeline.errors import ParameterError
 # list; Ray workers see it through the job's runtime env.
 SCHEMES = ("file", "s3", "s3a", "gs", "gcs", "az", "abfs", "abfss")
 SCHEMES_ENV = "GENRES_URI_SCHEMES"
-_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 
 
 def url_to_fs(uri: str):
@@ -45,8 +44,7 @@ def allowed_schemes() -> tuple[str, ...]:
 
 def scheme_problem(uri: str) -> str | None:
     """Why ``uri`` may not be read (its scheme is not allowed), or None."""
-    match = _SCHEME.match(str(uri))
-    scheme = match.group(1).lower() if match else "file"
+    scheme = protocol_of(uri).lower() or "file"
     if scheme in allowed_schemes():
         return None
     hint = " (pass --allow-http to read http(s) URIs)" if scheme in ("http", "https") else ""
