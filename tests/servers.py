@@ -86,12 +86,13 @@ class MotoServer:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
+        # its request log goes to a file: a pipe nobody reads would block it when full
+        self.log = tempfile.NamedTemporaryFile(prefix="moto-", suffix=".log", delete=False)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         _wait_for_port(port, 30)
-        if self.process.poll() is not None:  # another process answered on that port
-            raise RuntimeError(f"moto's server exited ({self.process.returncode}) on {port}")
+        self.check()  # another process may have answered on that port
         self.endpoint = f"http://127.0.0.1:{port}"
         self.env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                     "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": self.endpoint,
@@ -103,9 +104,17 @@ class MotoServer:
         return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
                             aws_access_key_id="testing", aws_secret_access_key="testing")
 
+    def check(self) -> None:
+        """Raise, with the end of its log, if the server is no longer running."""
+        if self.process.poll() is not None:
+            tail = pathlib.Path(self.log.name).read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"moto's server exited ({self.process.returncode}):\n{tail}")
+
     def stop(self) -> None:
         _kill_group(self.process.pid)
         self.process.wait(10)
+        self.log.close()
+        os.unlink(self.log.name)
 
 
 @dataclasses.dataclass

@@ -17,7 +17,10 @@ pytestmark = pytest.mark.slow
 def s3_endpoint():
     server = MotoServer()
     yield server.env
-    server.stop()
+    try:
+        server.check()  # a server that died mid-test says how
+    finally:
+        server.stop()
 
 
 def test_extract_from_and_to_s3(s3_endpoint, tmp_path, monkeypatch):
