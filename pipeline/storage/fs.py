@@ -21,7 +21,12 @@ SCHEMES_ENV = "GENRES_URI_SCHEMES"
 
 def url_to_fs(uri: str):
     """(filesystem, path) for a local path or a URI such as ``s3://bucket/key``."""
-    return fsspec.core.url_to_fs(str(uri))
+    options = {}
+    if protocol_of(uri) in ("s3", "s3a") and os.environ.get("AWS_ENDPOINT_URL"):
+        # explicit, so fsspec's cache of filesystems is keyed by it: a process whose endpoint
+        # changed must not reuse a filesystem bound to the old one
+        options["endpoint_url"] = os.environ["AWS_ENDPOINT_URL"]
+    return fsspec.core.url_to_fs(str(uri), **options)
 
 
 def is_local(uri: str) -> bool:
