@@ -55,6 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="let the catalog name http(s):// songs (off by default: a manifest "
                             "would make workers fetch any URL)")
 
+    def retry_errors(p):
+        p.add_argument("--retry-errors", action="store_true",
+                       help="try again every song whose last try failed (by default only "
+                            "transient failures are: missing, io, timeout)")
+
     def commit_every(p):
         p.add_argument("--commit-every", type=_nonneg_float,
                        default=60.0, metavar="SECONDS",
@@ -90,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="delete OUT and start fresh (only a feature directory: a folder "
                         "without its spec.json is left alone)")
+    retry_errors(p)
     allow_http(p)
     ray_address(p)
 
@@ -150,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--use-gpu", action="store_true",
                        help="one GPU per model actor (as many actors as the cluster has GPUs)")
         commit_every(p)
+        retry_errors(p)
         allow_http(p)
         ray_address(p)
 
@@ -203,7 +210,8 @@ def cmd_extract(args) -> dict:
     s = run_extract(args.catalog, args.out, _spec_from(args),
                     labels_from_folders=args.labels_from_folders, overwrite=args.overwrite,
                     address=args.address, songs_per_task=args.songs_per_task,
-                    use_gpu=args.use_gpu, commit_every_s=args.commit_every)
+                    use_gpu=args.use_gpu, commit_every_s=args.commit_every,
+                    retry_errors=args.retry_errors)
     failed = sum(s["errors"].values())
     kinds = ", ".join(f"{k}={v}" for k, v in sorted(s["errors"].items())) or "none"
     rtf = s["audio_seconds"] / s["seconds"] if s["seconds"] else 0.0
@@ -245,9 +253,11 @@ def cmd_score(args, *, tag: bool = False) -> dict:
 
     s = run_score(args.catalog, args.model, args.out, aggregate=args.aggregate,
                   batch_size=args.batch_size, address=args.address, zero_shot=args.tags,
-                  top_k=args.top_k, use_gpu=args.use_gpu, commit_every_s=args.commit_every)
+                  top_k=args.top_k, use_gpu=args.use_gpu, commit_every_s=args.commit_every,
+                  retry_errors=args.retry_errors)
+    kinds = ", ".join(f"{k}={v}" for k, v in sorted(s["errors"].items())) or "none"
     print(f"{'tag' if tag else 'score'}: {s['songs']} songs in, {s['skipped']} already labelled, "
-          f"{s['labelled']} labelled, {s['failed']} failed, {s['frames']} frames, "
+          f"{s['labelled']} labelled, {s['failed']} failed ({kinds}), {s['frames']} frames, "
           f"{s['seconds']:.1f} s -> {s['out']}")
     return s
 

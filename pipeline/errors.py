@@ -27,6 +27,11 @@ class AudioError(GenresError):
     kind = "audio"
 
 
+# Error kinds the next run tries again (the file may arrive, the store may answer, the node
+# may be less busy); every other kind is final until a run with --retry-errors.
+TRANSIENT_KINDS = ("missing", "io", "timeout")
+
+
 class AudioMissingError(AudioError):
     kind = "missing"
 
@@ -51,3 +56,33 @@ class AudioContentError(AudioError):
     """Decoded fine but unusable (empty, non-finite samples)."""
 
     kind = "content"
+
+
+class AudioIOError(AudioError):
+    """Reading the file failed (network, permissions, throttling) after every retry."""
+
+    kind = "io"
+
+
+class SongCrashError(AudioError):
+    """Decoding the song killed the process decoding it, on every try."""
+
+    kind = "crash"
+
+
+class SongTimeoutError(AudioError):
+    """Decoding the song ran past its time limit (scaled to its duration) on every try."""
+
+    kind = "timeout"
+
+
+class SongMemoryError(AudioError):
+    """Decoding the song took more memory than one song may, on every try."""
+
+    kind = "oom"
+
+
+class SongInternalError(AudioError):
+    """An unexpected exception (a bug, not the file) while decoding the song."""
+
+    kind = "internal"

@@ -16,7 +16,9 @@ from pipeline.errors import AudioError
 from pipeline.features import FeatureSpec, frame_audio, frame_features
 from pipeline.features.musicnn import PATCH_SECONDS, musicnn_patches
 from pipeline.features.spec import EmbeddingSpec
+from pipeline.sandbox import sandbox
 from pipeline.storage.audio import load_audio
+from pipeline.storage import fs as fsio
 from pipeline.storage.catalog import Song
 from pipeline.storage.shards import ERROR_SCHEMA, FeatureStore, frame_schema, tensor_array
 
@@ -36,6 +38,14 @@ def song_features(song: Song, spec: FeatureSpec | EmbeddingSpec) -> dict:
     if isinstance(spec, EmbeddingSpec):
         return embed_song(song, spec)
     return frame_song(song, spec)
+
+
+def model_input(song: Song, spec: FeatureSpec | EmbeddingSpec, feature: str) -> np.ndarray:
+    """What a bundle's model takes for one song: musicnn's patches [n, 187, 96] for an
+    embedding spec, else the ``feature`` column of its frames [n_frames, bands, t]."""
+    if isinstance(spec, EmbeddingSpec):
+        return musicnn_input(song, spec)["patches"]
+    return frame_song(song, spec)[feature]
 
 
 def musicnn_input(song: Song, spec: EmbeddingSpec) -> dict:
@@ -89,7 +99,9 @@ def extract_shard(songs: list[Song], spec: FeatureSpec | EmbeddingSpec, out: str
                   *, run_id: str) -> dict:
     """Extract ``songs`` into part ``part`` of the feature directory ``out``, uncommitted.
 
-    Every song ends in the part's frame rows or its error rows. Returns a summary: ``songs``,
+    Each song is decoded in this process's sandbox (:mod:`pipeline.sandbox`): one that crashes,
+    hangs or exhausts the decoder becomes an error row and the others go on. Every song ends
+    in the part's frame rows or its error rows. Returns a summary: ``songs``,
     ``ok``, ``frames``, ``audio_seconds``, ``errors`` ({kind: count}), ``seconds``, and
     ``add``, the add row that commits the part (``FeatureStore.commit`` or a Committer).
     """
@@ -101,7 +113,7 @@ def extract_shard(songs: list[Song], spec: FeatureSpec | EmbeddingSpec, out: str
     audio_seconds = 0.0
     for song in songs:
         try:
-            feats = song_features(song, spec)
+            feats = sandbox().call(song_features, song, spec, name=fsio.redact(song.uri))
         except AudioError as e:
             log.warning("song %s failed: %s", song.song_id, e)
             errors.append({"song_id": song.song_id, "uri": song.uri, "error": e.kind,

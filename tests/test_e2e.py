@@ -218,7 +218,8 @@ def test_tag_is_incremental_across_features_audio_and_model_versions(catalog, fe
 
     # a new model version re-tags everything under its own model_id; the old rows stay
     s = run_score(catalog, second.root, labels)
-    assert "MapBatches(decode_batch)->MapBatches(SongScorer)" in s["plan"]
+    # LiteRT actors decode their own songs: no decode tasks, frames never cross the store
+    assert "MapBatches(SongScorer)" in s["plan"] and "decode_batch" not in s["plan"]
     rows = _labels(labels)
     assert rows.groupby("model_id").size().to_dict() == {first.model_id: 27, second.model_id: 27}
     latest = latest_labels(labels).to_pandas()
@@ -336,3 +337,43 @@ def test_two_overlapping_tag_runs_label_each_song_once(catalog, two_models, tmp_
     # they overlapped: a run found songs of its pending files committed by the other and
     # dropped them (which run commits which songs first is up to timing)
     assert sum(s["resolved"] for s in summaries)
+
+
+def test_a_poison_song_costs_itself_in_tag_and_a_late_file_is_labelled_next_night(
+        catalog, two_models, tmp_path):
+    """The model actors decode their songs in a sandbox: a song that aborts the decoder is an
+    error row (the actor lives on), a missing file is tried again by the next tag."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    uris = [catalog.rsplit("/", 1)[0] + "/" + u for u in pd.read_csv(catalog).uri[:4]]
+    first = uris[0]
+    shutil.copy(first, tmp_path / "poison.wav")
+    manifest = tmp_path / "nightly.csv"
+    manifest.write_text("uri\n" + "".join(f"{u}\n" for u in uris)
+                        + f"{tmp_path / 'poison.wav'}\n{tmp_path / 'late.wav'}\n")
+    labels = str(tmp_path / "labels")
+
+    def tag(faults=""):
+        return subprocess.run([sys.executable, "-m", "pipeline.cli", "tag", str(manifest),
+                               "--model", two_models[0], "--out", labels],
+                              env={**os.environ, "RAY_ADDRESS": "", "GENRES_FAULTS": faults},
+                              capture_output=True, text=True, timeout=400)
+
+    night = tag("abort:poison")
+    assert night.returncode == 0, night.stderr[-3000:]
+    assert "6 songs in, 0 already labelled, 4 labelled, 2 failed (crash=1, missing=1)" \
+        in night.stdout, night.stdout
+    shutil.copy(first, tmp_path / "late.wav")
+    next_night = tag()
+    assert next_night.returncode == 0, next_night.stderr[-3000:]
+    assert "6 songs in, 5 already labelled, 1 labelled, 0 failed" in next_night.stdout, \
+        next_night.stdout
+    rows = _table(labels)
+    latest = rows.sort_values("scored_at").drop_duplicates("song_id", keep="last")
+    assert len(rows) == 7 and len(latest) == 6  # the late song: its error, then its label
+    failed = latest[latest.error.notna()]
+    assert [(s.rsplit("/", 1)[-1], e) for s, e in zip(failed.song_id, failed.error)] == [
+        ("poison", "crash")]

@@ -20,7 +20,7 @@ def actors(b, *, cpus=8, gpus=0, use_gpu=False, precomputed=False, aggregator="m
 
 
 def test_a_litert_frame_model_gets_one_actor_per_cpu_shaped_like_a_decode_task():
-    # one CPU and no other key, as decode_batch asks: Ray Data fuses the two
+    # one CPU and no other key: these actors decode their songs themselves
     assert actors(bundle()) == (8, 8, {"num_cpus": 1})
     assert actors(bundle(kind="musicnn"), precomputed=True) == (8, 8, {"num_cpus": 1})
     assert actors(bundle(), cpus=1) == (1, 1, {"num_cpus": 1})

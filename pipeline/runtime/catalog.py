@@ -8,7 +8,7 @@ import logging
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.errors import CatalogError, GenresError
+from pipeline.errors import TRANSIENT_KINDS, CatalogError, GenresError
 from pipeline.storage import fs as fsio
 from pipeline.storage.catalog import (CatalogSource, as_strings, csv_convert_options,
                                       describe_catalog, duplicates_error, file_rows, folder_rows,
@@ -61,6 +61,27 @@ def without(rows, done, *, partitions: int, key: str = "song_id"):
         return rows
     return rows.join(done.select_columns([key]), join_type="left_anti",
                      num_partitions=partitions, on=(key,))
+
+
+def done_ids(rows, *, retry: str = "transient"):
+    """The song ids of ``rows`` (index or label rows: ``song_id``, ``error``) that a run does
+    not try again (see :func:`final_rows`), materialized in the cluster; None when none."""
+    done = rows.map_batches(final_rows, batch_format="pyarrow", batch_size=None,
+                            fn_kwargs={"retry": retry}).materialize()
+    return done if done.count() else None
+
+
+def final_rows(batch: pa.Table, *, retry: str = "transient") -> pa.Table:
+    """Ray Data fn: the ``song_id`` of the rows that are final: rows without an error, and
+    errors a run does not try again: with ``retry`` ``"transient"`` every kind but
+    ``TRANSIENT_KINDS``, with ``"all"`` none, with ``"none"`` every kind."""
+    error = pc.if_else(pc.equal(batch.column("error"), ""), None, batch.column("error"))
+    keep = pc.is_null(error)
+    if retry == "transient":
+        keep = pc.or_(keep, pc.invert(pc.is_in(error, value_set=pa.array(TRANSIENT_KINDS))))
+    elif retry == "none":
+        keep = pa.array([True] * batch.num_rows)
+    return batch.filter(pc.fill_null(keep, True)).select(["song_id"])
 
 
 def raising_genres_errors(call, *args, **kwargs):

@@ -84,11 +84,16 @@ def _cause(error: Exception) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[-1][:200]
 
 
-def all_rows(keys: pa.Table) -> pa.Array:
-    return pa.array([True] * keys.num_rows)
+def final(keys: pa.Table) -> pa.Array:
+    """``matches`` for feature index files: the songs another run finished for good (a
+    transient error there is no reason to drop this run's newer try)."""
+    from pipeline.runtime.catalog import final_rows
+
+    done = set(final_rows(keys).column("song_id").to_pylist())
+    return pa.array([s in done for s in keys.column("song_id").to_pylist()])
 
 
 def aggregator_is(aggregator: str):
-    """``matches`` for label files: rows of this aggregator."""
-    return lambda keys: pc.equal(keys.column("aggregator"), aggregator)
+    """``matches`` for label files: final rows (see :func:`final`) of this aggregator."""
+    return lambda keys: pc.and_(pc.equal(keys.column("aggregator"), aggregator), final(keys))
 

@@ -17,7 +17,7 @@ from pipeline.errors import ParameterError
 from pipeline.extract import extract_shard
 from pipeline.features import FeatureSpec
 from pipeline.runtime.catalog import catalog_dataset, partitions, without
-from pipeline.runtime.commit import all_rows, commit_stream, resolver
+from pipeline.runtime.commit import commit_stream, final, resolver
 from pipeline.runtime.session import cluster_cpus, init_ray
 from pipeline.storage.catalog import Song, describe_catalog
 from pipeline.storage.delta import ADD_SCHEMA, Committer, new_run_id
@@ -34,8 +34,11 @@ def plan_batches(n_songs: int, n_cpus: int, *, max_batch: int = 32) -> int:
 def run_extract(catalog: str, out: str, spec: FeatureSpec, *, labels_from_folders: bool = False,
                 overwrite: bool = False, address: str | None = None,
                 songs_per_task: int | None = None, use_gpu: bool = False,
-                commit_every_s: float = 60.0) -> dict:
-    """Extract every song of ``catalog`` not yet in the feature directory ``out``; a summary."""
+                commit_every_s: float = 60.0, retry_errors: bool = False) -> dict:
+    """Extract every song of ``catalog`` not yet in the feature directory ``out``; a summary.
+
+    A song whose last try failed with a transient error (``missing``, ``io``, ``timeout``) is
+    tried again; with ``retry_errors`` every song with an error is."""
     started = time.perf_counter()
     if use_gpu and spec.kind != "musicnn":
         raise ParameterError("--use-gpu applies to --features musicnn (frames run on CPU)")
@@ -47,7 +50,7 @@ def run_extract(catalog: str, out: str, spec: FeatureSpec, *, labels_from_folder
     version = store.index.version()
     songs, n = catalog_dataset(catalog, labels_from_folders=labels_from_folders)
     cpus = cluster_cpus()
-    done = _done_songs(store, version)
+    done = _done_songs(store, version, retry_errors=retry_errors)
     todo = without(songs, done, partitions=partitions(n)).materialize()
     n_todo = todo.count()
     summary.update(songs=n, skipped=n - n_todo, ok=0, frames=0, audio_seconds=0.0, errors={})
@@ -65,7 +68,8 @@ def run_extract(catalog: str, out: str, spec: FeatureSpec, *, labels_from_folder
                 num_gpus=1 if use_gpu else 0, max_retries=3, retry_exceptions=[OSError])
         committer = Committer(
             store.index, run_id=run_id, version=version, every_s=commit_every_s,
-            resolve=resolver(_Rewrite(out, run_id), key_columns=["song_id"], matches=all_rows),
+            resolve=resolver(_Rewrite(out, run_id), key_columns=["song_id", "error"],
+                             matches=final),
             combine=_Combine(out, run_id))
         progress = Progress(n_todo)
         try:
@@ -120,17 +124,19 @@ def _combine(out: str, adds: list[dict], name: str) -> dict:
     return FeatureStore(out).combine(adds, name=name)
 
 
-def _done_songs(store: FeatureStore, version: int):
-    """The song ids the directory holds at ``version`` (frames or errors), as a dataset;
-    None when it holds none."""
+def _done_songs(store: FeatureStore, version: int, *, retry_errors: bool):
+    """The ids of the songs the directory holds at ``version`` that are not tried again
+    (frames, or final errors: see ``done_ids``), as a dataset; None when there are none."""
     import ray
 
     files = store.index_files(version)
     if not files:
         return None
-    from pipeline.runtime.catalog import arrow_fs
+    from pipeline.runtime.catalog import arrow_fs, done_ids
 
-    return ray.data.read_parquet(files, filesystem=arrow_fs(store.root)).select_columns(["song_id"])
+    rows = ray.data.read_parquet(files, filesystem=arrow_fs(store.root))
+    return done_ids(rows.select_columns(["song_id", "error"]),
+                    retry="all" if retry_errors else "transient")
 
 
 class Progress:

@@ -23,41 +23,42 @@ import pyarrow.compute as pc
 
 from pipeline.errors import (AudioError, BundleError, CatalogError, ParameterError,
                              SpecMismatchError)
-from pipeline.extract import frame_song, musicnn_input
+from pipeline.extract import model_input
 from pipeline.features.bags import make_bags
 from pipeline.features.musicnn import N_MELS as MUSICNN_MELS, PATCH_FRAMES
 from pipeline.models.aggregate import aggregate, decide
-from pipeline.runtime.catalog import arrow_fs, catalog_dataset, partitions, without
+from pipeline.runtime.catalog import arrow_fs, catalog_dataset, done_ids, partitions, without
 from pipeline.runtime.commit import aggregator_is, commit_stream, resolver
 from pipeline.runtime.session import cluster_cpus, init_ray
+from pipeline.sandbox import sandbox
 from pipeline.storage import fs as fsio
 from pipeline.storage.bundle import read_bundle, read_lite_model, verify_bundle
 from pipeline.storage.catalog import Song, describe_catalog
 from pipeline.storage.delta import ADD_SCHEMA, Committer, new_run_id
 from pipeline.storage.labels import LabelTable, label_rows
-from pipeline.storage.shards import SPEC_FILE, FeatureStore, tensor_values
+from pipeline.storage.shards import SPEC_FILE, FeatureStore, latest_rows, tensor_values
 
 log = logging.getLogger(__name__)
 
 _FILE_SONGS = 2000  # songs per label file (each write task writes one)
 _BLOCK_SONGS = 32  # at most this many songs per Ray Data block (as in extract's tasks)
 _TF_ACTOR_MEMORY = 1536 * 1024**2  # reserved per TensorFlow model actor (a mil actor: ~1 GB RSS)
+_RETRIES = 3  # of a task or actor lost with its worker or node (a poison song costs only itself)
 
 
 def decode_batch(batch: dict, *, spec, feature: str) -> dict:
     """Ray Data map_batches fn: one row per song with the model input of all its frames.
 
     Frame bundles: the feature column [n_frames, bands, t]. Embedding bundles: musicnn's input
-    patches [n_patches, 187, 96] (the network itself runs in the model actors).
+    patches [n_patches, 187, 96] (the network itself runs in the model actors). Songs are
+    decoded in this process's sandbox: one that crashes or hangs the decoder is an error row.
     """
     out = {"song_id": [], "uri": [], "error": [], "message": [], "x": []}
-    if spec.kind == "musicnn":
-        shape, compute = (PATCH_FRAMES, MUSICNN_MELS), lambda song: musicnn_input(song, spec)["patches"]
-    else:
-        shape, compute = spec.columns()[feature], lambda song: frame_song(song, spec)[feature]
+    shape = (PATCH_FRAMES, MUSICNN_MELS) if spec.kind == "musicnn" else spec.columns()[feature]
     for song_id, uri in zip(batch["song_id"], batch["uri"]):
         try:
-            x, error, message = compute(Song(song_id, uri)), "", ""
+            x, error, message = sandbox().call(model_input, Song(song_id, uri), spec, feature,
+                                               name=fsio.redact(uri)), "", ""
         except AudioError as e:
             x, error, message = np.zeros((0, *shape), np.float32), e.kind, str(e)
         for key, value in (("song_id", song_id), ("uri", uri), ("error", error),
@@ -122,10 +123,12 @@ class SongScorer:
 
     def __init__(self, bundle_root: str, aggregator: str, zero_shot: str | None = None,
                  precomputed: bool = False, use_gpu: bool = False,
-                 lite_model: bytes | None = None, model_id: str | None = None):
+                 lite_model: bytes | None = None, model_id: str | None = None,
+                 decode: bool = False):
         """``lite_model``: the bundle's LiteRT flatbuffer, read once by the driver, when the
         model runs in LiteRT (see :func:`runs_lite`); Keras otherwise. ``model_id``: the
-        bundle the driver verified; an actor that finds another there stops the run."""
+        bundle the driver verified; an actor that finds another there stops the run.
+        ``decode``: batches are catalog rows, decoded here (:func:`decode_batch`)."""
         from pipeline.models.keras import tf_keras
         from pipeline.storage.bundle import SEQUENCE_FILE, load_keras_model, zero_shot_bundle
 
@@ -135,7 +138,7 @@ class SongScorer:
 
             for gpu in tf.config.list_physical_devices("GPU"):
                 tf.config.experimental.set_memory_growth(gpu, True)
-        self.aggregator = aggregator
+        self.aggregator, self.decode = aggregator, decode
         self.musicnn = self.model = self.sequence = None
         if zero_shot:  # musicnn's own tags, no trained head
             self.bundle = zero_shot_bundle(zero_shot)
@@ -197,6 +200,8 @@ class SongScorer:
         return out
 
     def __call__(self, batch: dict) -> dict:
+        if self.decode:
+            batch = decode_batch(batch, spec=self.bundle.spec, feature=self.bundle.feature)
         xs = list(batch["x"])
         ok = [i for i, x in enumerate(xs) if len(x)]
         n = len(xs)
@@ -214,8 +219,11 @@ class SongScorer:
 def run_score(source: str, model: str | None, out: str, *, aggregate: str | None = None,
               batch_size: int = 8, address: str | None = None, use_gpu: bool = False,
               zero_shot: str | None = None, top_k: int = 3, songs_per_file: int = _FILE_SONGS,
-              commit_every_s: float = 60.0) -> dict:
+              commit_every_s: float = 60.0, retry_errors: bool = False) -> dict:
     """Label every song of ``source`` not yet labelled in ``out`` by this model + aggregator.
+
+    A song whose last try failed with a transient error (``missing``, ``io``, ``timeout``) is
+    tried again; with ``retry_errors`` every song with an error is.
 
     ``source`` is a catalog (audio) or a feature directory from ``genres extract`` whose spec
     fingerprint equals the bundle's. ``zero_shot="MSD"|"MTT"`` labels with musicnn's own tags
@@ -259,7 +267,9 @@ def run_score(source: str, model: str | None, out: str, *, aggregate: str | None
         songs, n = _feature_songs(features)
     else:
         songs, n = catalog_dataset(source)
-    done = _labelled(labels, bundle.model_id, aggregate, version)
+    # errors carried from a feature directory stay until it is re-extracted
+    retry = "all" if retry_errors else "none" if features is not None else "transient"
+    done = _labelled(labels, bundle.model_id, aggregate, version, retry=retry)
     todo = without(songs, done, partitions=partitions(n)).materialize()
     summary = {"songs": n, "labelled": 0, "failed": 0, "frames": 0, "errors": {}, "commits": 0,
                "out": out, "model_id": bundle.model_id, "plan": ""}
@@ -284,19 +294,19 @@ def _label(todo, features, bundle, labels, *, version: int, aggregate: str, top_
     committer = Committer(
         labels.log, run_id=run_id, version=version, every_s=commit_every_s,
         relevant=lambda add: add["partition"].get("model_id") == bundle.model_id,
-        resolve=resolver(_Rewrite(labels.root, bundle.model_id), key_columns=["song_id",
-                                                                            "aggregator"],
+        resolve=resolver(_Rewrite(labels.root, bundle.model_id),
+                         key_columns=["song_id", "aggregator", "error"],
                          matches=aggregator_is(aggregate)))
     if features is not None:  # songs that failed extraction become error rows as they are
-        failed = todo.map_batches(_where_error, batch_format="pyarrow", batch_size=None,
-                                  fn_kwargs={"failed": True})
-        commit_stream(write(failed.map_batches(carried_errors, batch_format="pyarrow",
-                                               batch_size=None,
-                                               fn_kwargs={"n_classes": len(bundle.classes)})),
-                      committer)
+        ok = todo.map_batches(_where_error, batch_format="pyarrow", batch_size=None,
+                              fn_kwargs={"failed": False}).materialize()
+        failed = _last_errors(todo, ok)
+        if failed is not None:
+            commit_stream(write(failed.map_batches(
+                carried_errors, batch_format="pyarrow", batch_size=None,
+                fn_kwargs={"n_classes": len(bundle.classes)})), committer)
         # songs of one part next to each other: each part is read once per block
-        todo = todo.map_batches(_where_error, batch_format="pyarrow", batch_size=None,
-                                fn_kwargs={"failed": False}).sort("part").materialize()
+        todo = ok.sort("part").materialize()
     plan = ""
     if todo.count():
         written = write(_scored(work_blocks(todo), features, bundle, aggregate=aggregate,
@@ -326,7 +336,7 @@ def _write(scored, **kwargs):
     stall them behind their unread output)."""
     size = kwargs.pop("songs_per_file")
     return scored.map_batches(write_labels, batch_size=size, batch_format="numpy", num_cpus=0,
-                              fn_kwargs=kwargs)
+                              max_retries=_RETRIES, fn_kwargs=kwargs)
 
 
 def _scored(todo, features, bundle, *, aggregate: str, batch_size: int, cpus: int, gpus: int,
@@ -335,24 +345,31 @@ def _scored(todo, features, bundle, *, aggregate: str, batch_size: int, cpus: in
     index rows of a feature directory in part order)."""
     import ray
 
-    if features is not None:
-        songs = todo.map_batches(read_feature_songs, batch_size=None, batch_format="pyarrow",
-                                 num_cpus=1,
-                                 fn_kwargs={"root": features.root, "column": bundle.feature})
-    else:
-        songs = todo.map_batches(decode_batch, batch_size=2, batch_format="numpy", num_cpus=1,
-                                 fn_kwargs={"spec": bundle.spec, "feature": bundle.feature})
-    # light actors take decoding in (Ray Data fuses it), heavy ones leave it to the tasks
     least, most, resources = _model_actors(bundle, cpus, gpus, use_gpu=use_gpu,
                                            precomputed=features is not None,
                                            aggregator=aggregate)
+    # light actors decode their songs themselves, heavy ones leave it to tasks
+    decodes = features is None and resources == {"num_cpus": 1}
+    if features is not None:
+        songs = todo.map_batches(read_feature_songs, batch_size=None, batch_format="pyarrow",
+                                 num_cpus=1, max_retries=_RETRIES,
+                                 fn_kwargs={"root": features.root, "column": bundle.feature})
+    elif not decodes:
+        songs = todo.map_batches(decode_batch, batch_size=2, batch_format="numpy", num_cpus=1,
+                                 max_retries=_RETRIES,
+                                 fn_kwargs={"spec": bundle.spec, "feature": bundle.feature})
+    else:
+        songs = todo
+    # bounded: Ray Data restarts a dead actor and retries its batch without limit by default
+    resources = {**resources, "max_restarts": _RETRIES, "max_task_retries": _RETRIES}
     return songs.map_batches(SongScorer, batch_size=batch_size, batch_format="numpy",
                              fn_constructor_kwargs={"bundle_root": bundle.root,
                                                     "aggregator": aggregate,
                                                     "zero_shot": zero_shot,
                                                     "precomputed": features is not None,
                                                     "use_gpu": use_gpu, "lite_model": lite,
-                                                    "model_id": bundle.model_id},
+                                                    "model_id": bundle.model_id,
+                                                    "decode": decodes},
                              compute=ray.data.ActorPoolStrategy(min_size=least, max_size=most),
                              **resources)
 
@@ -384,6 +401,18 @@ def _where_error(batch: pa.Table, *, failed: bool) -> pa.Table:
     return batch.filter(pc.is_valid(error) if failed else pc.is_null(error))
 
 
+def _last_errors(index, ok):
+    """The index rows of songs that failed extraction and never got frames, the latest of
+    each (a song tried again after a transient error has a row per try); None when none."""
+    failed = index.map_batches(_where_error, batch_format="pyarrow", batch_size=None,
+                               fn_kwargs={"failed": True}).materialize()
+    if not failed.count():
+        return None
+    if ok.count():
+        failed = without(failed, ok, partitions=partitions(failed.count()))
+    return failed.groupby("song_id").map_groups(latest_rows, batch_format="pyarrow")
+
+
 def _feature_songs(features: FeatureStore):
     """(a feature directory's index rows as a dataset, their number)."""
     import ray
@@ -392,26 +421,28 @@ def _feature_songs(features: FeatureStore):
     if not files:
         raise CatalogError(f"{features.root} has no committed songs; run `genres extract`")
     songs = ray.data.read_parquet(files, filesystem=arrow_fs(features.root)).select_columns(
-        ["song_id", "uri", "part", "error", "message"])
+        ["song_id", "uri", "part", "error", "message", "run_id"])
     return songs, songs.count()
 
 
-def _labelled(labels: LabelTable, model_id: str, aggregator: str, version: int):
-    """The song ids this model and aggregator labelled (or failed on) at ``version``, as a
-    dataset; None when there are none."""
+def _labelled(labels: LabelTable, model_id: str, aggregator: str, version: int, *, retry: str):
+    """The song ids this model and aggregator labelled (or failed on for good: see
+    ``done_ids``, ``retry``) at ``version``, as a dataset; None when there are none."""
     import ray
 
     files = labels.done_files(model_id, version)
     if not files:
         return None
-    return ray.data.read_parquet(files, filesystem=arrow_fs(labels.root)).select_columns(
-        ["song_id", "aggregator"]).map_batches(
+    rows = ray.data.read_parquet(files, filesystem=arrow_fs(labels.root)).select_columns(
+        ["song_id", "aggregator", "error"]).map_batches(
         _of_aggregator, batch_format="pyarrow", batch_size=None,
         fn_kwargs={"aggregator": aggregator})
+    return done_ids(rows, retry=retry)
 
 
 def _of_aggregator(batch: pa.Table, *, aggregator: str) -> pa.Table:
-    return batch.filter(pc.equal(batch.column("aggregator"), aggregator)).select(["song_id"])
+    return batch.filter(pc.equal(batch.column("aggregator"), aggregator)).select(
+        ["song_id", "error"])
 
 
 def _model_actors(bundle, cpus: int, gpus: int, *, use_gpu: bool, precomputed: bool,
@@ -420,10 +451,9 @@ def _model_actors(bundle, cpus: int, gpus: int, *, use_gpu: bool, precomputed: b
 
     On CPU a frame model runs in LiteRT on one thread and costs about a third of the decoding
     that feeds it (cnn2d, 600 songs: 10.6 core-s of inference, 25 core-s of decode + features)
-    in a few MB. Its actors ask for exactly what a decode task asks for (``num_cpus=1`` and no
-    other key: Ray Data fuses two maps only when their remote args are equal), so decoding
-    runs inside them: one actor per CPU decodes, featurises and scores its songs, and frames
-    never cross the object store. They start in a second and do all the work, so the pool
+    in a few MB. Its actors (``num_cpus=1`` and no other resource) decode their songs
+    themselves: one actor per CPU decodes, featurises and scores its songs, and frames never
+    cross the object store. They start in a second and do all the work, so the pool
     starts full (autoscaled from 1, the second actor came ~10 s into a 20 s run). TensorFlow
     in the actor (on a GPU, musicnn's network, ``mil``, the ``sequence`` aggregator's GRU) is
     ~1 GB per actor: fewer actors, ``_TF_ACTOR_MEMORY`` each, and decoding stays in tasks.

@@ -13,7 +13,8 @@ log = logging.getLogger(__name__)
 # Passed on from the driver when set there: whether TensorFlow uses oneDNN's custom ops (its
 # default depends on the CPU), so every worker takes the path the driver was told to take; the
 # URI schemes songs may name (--allow-http).
-PASSED_ON = ("TF_ENABLE_ONEDNN_OPTS", "GENRES_URI_SCHEMES")
+PASSED_ON = ("TF_ENABLE_ONEDNN_OPTS", "GENRES_URI_SCHEMES", "GENRES_SONG_LIMITS",
+             "GENRES_FAULTS")
 
 
 def runtime_env() -> dict:

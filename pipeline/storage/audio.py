@@ -17,6 +17,10 @@ AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".
 _OGG_EXTENSIONS = (".ogg", ".oga", ".opus")
 _BLOCK_SECONDS = 30.0  # downmix in blocks so a long multichannel file is never held whole
 
+# Told the length in seconds of the window being decoded, once the decoder knows it (the
+# sandbox scales a song's time limit with it); None: nobody listens.
+window_hook = None
+
 
 def load_audio(uri: str, *, sample_rate: int, offset_seconds: float = 0.0,
                max_seconds: float | None = None, keep_multiples: int = 1) -> tuple[np.ndarray, int]:
@@ -68,7 +72,7 @@ def load_audio(uri: str, *, sample_rate: int, offset_seconds: float = 0.0,
 
 def _decode(fs, path: str, uri: str, offset_seconds: float, max_seconds: float | None):
     """(mono float32 samples, native rate) of ``path``; ``uri`` names it in messages."""
-    # OSError (permissions, network) is left to propagate: it is transient, Ray retries it.
+    # OSError (permissions, network) is left to propagate: it is transient (kind io).
     if fs.isdir(path):
         raise AudioDecodeError(f"{uri} is a folder, not an audio file")
     if not fs.exists(path):
@@ -107,9 +111,9 @@ def _check_ogg_complete(fs, path: str, uri: str) -> None:
 def _read_soundfile(fs, path, uri, offset_seconds, max_seconds):
     import soundfile as sf
 
+    guard = None if fsio.protocol_of(uri) in ("", "file") else _Guarded(fs, path, uri)
     try:
-        handle = path if fsio.protocol_of(uri) in ("", "file") else fs.open(path, "rb")
-        with sf.SoundFile(handle) as f:
+        with sf.SoundFile(path if guard is None else guard) as f:
             sr, channels = f.samplerate, f.channels
             start = int(round(offset_seconds * sr))
             total = f.frames - start if f.frames > 0 else 0
@@ -117,6 +121,7 @@ def _read_soundfile(fs, path, uri, offset_seconds, max_seconds):
                 total = min(total, int(round(max_seconds * sr)))
             if total <= 0:
                 return np.zeros(0, np.float32), sr
+            _announce(total / sr)
             if start:
                 f.seek(start)
             out = np.empty(total, dtype=np.float32)
@@ -127,20 +132,26 @@ def _read_soundfile(fs, path, uri, offset_seconds, max_seconds):
                     break
                 out[done:done + chunk.shape[0]] = chunk.mean(axis=1) if channels > 1 else chunk[:, 0]
                 done += chunk.shape[0]
-            return out[:done], sr
+        if guard is not None:
+            guard.check()  # a read that failed looked like the end of the file to libsndfile
+        return out[:done], sr
     except (sf.LibsndfileError, RuntimeError, ValueError, TypeError) as e:
+        if guard is not None:
+            guard.check()
         raise AudioDecodeError(f"soundfile cannot decode {uri}: {e}") from e
+    finally:
+        if guard is not None:
+            guard.close()
 
 
 def _read_pyav(fs, path, uri, offset_seconds, max_seconds, sf_error):
     """Fallback for formats libsndfile lacks (AAC/m4a, some mp3/opus); FFmpeg comes in the wheel."""
     import av
 
-    start = None
     chunks, kept = [], 0
+    guard = None if fsio.protocol_of(uri) in ("", "file") else _Guarded(fs, path, uri)
     try:
-        handle = path if fsio.protocol_of(uri) in ("", "file") else fs.open(path, "rb")
-        with av.open(handle, "r") as container:
+        with av.open(path if guard is None else guard, "r") as container:
             if not container.streams.audio:
                 raise AudioDecodeError(f"{uri} has no audio stream")
             stream = container.streams.audio[0]
@@ -149,6 +160,9 @@ def _read_pyav(fs, path, uri, offset_seconds, max_seconds, sf_error):
                 raise AudioDecodeError(f"{uri}: audio stream without a sample rate")
             start = int(round(offset_seconds * sr))
             limit = None if max_seconds is None else int(round(max_seconds * sr))
+            if container.duration:  # microseconds
+                length = max(0.0, container.duration / 1e6 - offset_seconds)
+                _announce(length if max_seconds is None else min(length, max_seconds))
             # Planar float in the file's own layout; channels are averaged here, as in the
             # soundfile path (FFmpeg's own mono downmix is 0.707 * (L + R)).
             planar = av.AudioResampler(format="fltp", rate=sr)
@@ -166,8 +180,76 @@ def _read_pyav(fs, path, uri, offset_seconds, max_seconds, sf_error):
                         kept += block.size
                 if limit is not None and kept >= limit:
                     break
-    except (av.FFmpegError, OSError, ValueError) as e:
+    except (av.FFmpegError, ValueError) as e:
+        if guard is not None:
+            guard.check()
         raise AudioDecodeError(f"not a readable audio file: {uri} ({sf_error}; "
                                f"FFmpeg: {e})") from e
+    finally:
+        if guard is not None:
+            guard.close()
+    # an OSError that is not FFmpeg's (storage, network) propagates: transient, not decode
+    if guard is not None:
+        guard.check()
     y = np.concatenate(chunks).astype(np.float32, copy=False) if chunks else np.zeros(0, np.float32)
     return y, sr
+
+
+def _announce(seconds: float) -> None:
+    if window_hook is not None:
+        window_hook(seconds)
+
+
+class _Guarded:
+    """A remote file for decoders that read through callbacks. libsndfile's callbacks cannot
+    raise: an exception in ``read`` becomes 0 bytes, which reads as the end of the file and
+    would make a dropped connection a silently shortened song. This keeps the first error
+    and ``check`` raises it after the decoder returns."""
+
+    mode = "rb"
+
+    def __init__(self, fs, path: str, uri: str):
+        from pipeline import faults
+
+        self.f = faults.reader(uri, fs.open(path, "rb"))
+        self.error: BaseException | None = None
+
+    def _guard(self, method, *args, default):
+        if self.error is not None:
+            return default
+        try:
+            return method(*args)
+        except Exception as e:  # noqa: BLE001  (kept, raised by check)
+            self.error = e
+            return default
+
+    def read(self, n: int = -1) -> bytes:
+        return self._guard(self.f.read, n, default=b"")
+
+    def readinto(self, buffer) -> int:
+        data = self.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._guard(self.f.seek, offset, whence, default=-1)
+
+    def tell(self) -> int:
+        return self._guard(self.f.tell, default=-1)
+
+    def seekable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return True
+
+    def check(self) -> None:
+        """Raise the first error a read hit, as an OSError (kind ``io``: tried again)."""
+        if self.error is not None:
+            error, self.error = self.error, None
+            if isinstance(error, OSError):
+                raise error
+            raise OSError(f"reading failed: {type(error).__name__}: {error}") from error
+
+    def close(self) -> None:
+        self.f.close()

@@ -68,6 +68,11 @@ def redact(uri: str) -> str:
     return uri
 
 
+def scrub(text: str) -> str:
+    """``text`` (an error message) with every URI in it redacted (see :func:`redact`)."""
+    return re.sub(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"]+", lambda m: redact(m.group(0)), str(text))
+
+
 def protocol_of(uri: str) -> str:
     return str(uri).split("://", 1)[0] if "://" in str(uri) else ""
 

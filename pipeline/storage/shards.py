@@ -229,9 +229,10 @@ class FeatureStore:
         return self.index.table().to_pyarrow_table(columns=columns)
 
     def read_errors(self) -> pa.Table:
-        """The songs that could not be used: ``song_id, uri, error, message``."""
-        index = self.read_index(ERROR_SCHEMA.names)
-        return index.filter(pc.is_valid(index.column("error")))
+        """The songs that could not be used: ``song_id, uri, error, message`` (of each song
+        its latest row: a transient error that a later run overcame is not listed)."""
+        index = latest_rows(self.read_index([*ERROR_SCHEMA.names, "run_id"]))
+        return index.filter(pc.is_valid(index.column("error"))).select(ERROR_SCHEMA.names)
 
     def read_frames(self, columns: list[str] | None = None) -> pa.Table:
         """Every committed frame row (a small directory's: tests, tools)."""
@@ -279,6 +280,17 @@ class FeatureStore:
 
 def _redact(uri: str | None) -> str | None:
     return None if uri is None else fsio.redact(uri)
+
+
+def latest_rows(index: pa.Table) -> pa.Table:
+    """Of each song in ``index`` (rows with ``song_id`` and ``run_id``), its latest row: a
+    song has several only when a run tried it again after a transient error (run ids start
+    with their start time)."""
+    if not index.num_rows:
+        return index
+    order = index.sort_by([("song_id", "ascending"), ("run_id", "descending")])
+    ids = order.column("song_id").to_numpy(zero_copy_only=False)
+    return order.filter(pa.array(np.concatenate([[True], ids[1:] != ids[:-1]])))
 
 
 def index_rows(part: str, ids: list[str], frames: list[int], errors: pa.Table, *, run_id: str,
