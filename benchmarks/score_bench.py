@@ -127,7 +127,9 @@ def run(args: list[str], summary: tuple[str, ...] = ("score:", "extract:"), *,
 
 def spec_flags(model: str) -> list[str]:
     """`genres extract` flags that reproduce the bundle's FeatureSpec."""
-    record = json.loads((pathlib.Path(model) / "spec.json").read_text())
+    from pipeline.storage.bundle import read_bundle
+
+    record = json.loads((pathlib.Path(read_bundle(model).root) / "spec.json").read_text())
     if record.get("kind", "frames") != "frames":
         return ["--features", f"musicnn:{record['spec']['model']}"]
     spec = record["spec"]

@@ -75,6 +75,9 @@ def keras_epochs(features: pathlib.Path, model_name: str, batch_size: int, epoch
     import tensorflow as tf
 
     tf.config.threading.set_intra_op_parallelism_threads(len(os.sched_getaffinity(0)))
+    from pipeline.storage.bundle import read_bundle
+
+    bundle = pathlib.Path(read_bundle(str(bundle)).root)  # the current version's folder
     column = feature_column(model_name)
     config = json.loads((bundle / "config.json").read_text())
     classes = json.loads((bundle / "labels.json").read_text())
@@ -156,10 +159,13 @@ def main() -> None:
             many = copy_features(args.features, tmp / "features-many", args.throughput_copies)
             r = train(many, "throughput", "--epochs", str(args.epochs), "--split", "song",
                       "--patience", str(args.epochs), memory=False)
-            history = [row.split(",") for row in (tmp / "throughput" / "history.csv")
+            from pipeline.storage.bundle import read_bundle
+
+            version = pathlib.Path(read_bundle(str(tmp / "throughput")).root)
+            history = [row.split(",") for row in (version / "history.csv")
                        .read_text().splitlines()]
             seconds = [float(row[history[0].index("seconds")]) for row in history[1:]]
-            steps = json.loads((tmp / "throughput" / "metrics.json").read_text())["workers"]
+            steps = json.loads((version / "metrics.json").read_text())["workers"]
             ray_frames = steps["train_steps"] * steps["batch_per_worker"]
             keras, frames = keras_epochs(many, args.model, args.batch_size, args.epochs,
                                          tmp / "throughput")

@@ -79,3 +79,10 @@ def tiny_features(root: pathlib.Path, songs: list[dict], *, songs_per_part: int 
             for part, start in enumerate(range(0, len(catalog), songs_per_part))]
     FeatureStore(out).commit(adds, run_id="corpus")
     return out
+
+
+def current(bundle) -> pathlib.Path:
+    """The folder of a bundle's current version (local bundles)."""
+    from pipeline.storage.bundle import read_bundle
+
+    return pathlib.Path(read_bundle(str(bundle)).root)

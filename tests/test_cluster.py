@@ -154,8 +154,8 @@ def _read_json(s3: MotoServer, key: str) -> dict:
 
 
 def _check_features(root: str, catalog: dict) -> pd.DataFrame:
-    songs = _songs_table(root)
-    assert len(songs) == catalog["songs"] and songs.song_id.is_unique
+    songs = _latest(_songs_table(root), "run_id")
+    assert len(songs) == catalog["songs"]
     errors = songs[songs.error.notna()]
     assert {s.rsplit("/", 1)[-1]: e for s, e in zip(errors.song_id, errors.error)} == \
         catalog["errors"]
@@ -166,10 +166,18 @@ def _check_features(root: str, catalog: dict) -> pd.DataFrame:
 
 
 def _check_labels(root: str, catalog: dict) -> pd.DataFrame:
-    labels = _labels(root)
-    assert len(labels) == catalog["songs"] and labels.song_id.is_unique, labels.song_id
+    labels = _latest(_labels(root), "scored_at")
+    assert len(labels) == catalog["songs"]
     assert labels.error.notna().sum() == len(catalog["errors"])
     return labels
+
+
+def _latest(rows: pd.DataFrame, order: str) -> pd.DataFrame:
+    """Each song's latest row; only a transient error (the missing file, tried again by every
+    run) may have several."""
+    repeated = rows[rows.song_id.duplicated(keep=False)]
+    assert set(repeated.error) <= {"missing"}, repeated
+    return rows.sort_values(order).drop_duplicates("song_id", keep="last")
 
 
 def test_every_stage_runs_as_a_job_with_the_bucket_the_only_shared_place(cluster, s3, catalog):
@@ -181,8 +189,9 @@ def test_every_stage_runs_as_a_job_with_the_bucket_the_only_shared_place(cluster
                 "--model", "dnn", "--epochs", "2", "--split", "song",
                 "--storage-path", "s3://music/runs")
     train.succeeded()
-    bundle = _read_json(s3, "model/bundle.json")
-    assert bundle["model"] == "dnn"
+    pointer = _read_json(s3, "model/bundle.json")  # the current version, one object
+    bundle = _read_json(s3, f"model/{pointer['current']}/bundle.json")
+    assert bundle["model"] == "dnn" and bundle["model_id"] == pointer["model_id"]
 
     # scoring decodes the catalog's audio on the worker nodes and loads the bundle there
     score = Job(cluster, s3, "score", catalog["manifest"], "--model", "s3://music/model",
@@ -194,9 +203,10 @@ def test_every_stage_runs_as_a_job_with_the_bucket_the_only_shared_place(cluster
     tag = Job(cluster, s3, "tag", catalog["manifest"], "--model", "s3://music/model",
               "--out", "s3://music/labels")
     output = tag.succeeded()
-    assert f"{catalog['songs']} already labelled, 0 labelled" in output
+    # only the missing file is tried again (a transient error): no song is labelled twice
+    assert f"{catalog['songs'] - 1} already labelled, 0 labelled, 1 failed (missing=1)" in output
     print(output[-3000:])
-    assert len(_labels("s3://music/labels")) == catalog["songs"]
+    _check_labels("s3://music/labels", catalog)
 
     # the guard of a schedule: the same submission id again is refused, nothing runs twice
     again = Job(cluster, s3, "tag", catalog["manifest"], "--model", "s3://music/model",
@@ -242,9 +252,10 @@ def test_a_node_lost_during_train(cluster, s3, catalog):
     _until(checkpointed, "checkpoint", job=job)
     what = _lose_node_while(cluster, job, "RayTrainWorker", "d")
     job.succeeded()
-    metrics = _read_json(s3, "model-node-lost/metrics.json")
+    version = "model-node-lost/" + _read_json(s3, "model-node-lost/bundle.json")["current"]
+    metrics = _read_json(s3, f"{version}/metrics.json")
     history = pd.read_csv(io.BytesIO(s3.client().get_object(
-        Bucket="music", Key="model-node-lost/history.csv")["Body"].read()))
+        Bucket="music", Key=f"{version}/history.csv")["Body"].read()))
     # Train restarted the worker group on the nodes left, from the checkpoint in the bucket
     assert metrics["workers"]["resumed"] >= 1
     assert list(history.epoch) == [1, 2, 3, 4, 5, 6]

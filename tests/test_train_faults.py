@@ -9,7 +9,7 @@ import time
 import pandas as pd
 import pytest
 
-from corpus import tiny_features
+from corpus import current, tiny_features
 from pipeline.runtime.train import TrainConfig, run_train
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
@@ -54,4 +54,4 @@ def test_a_killed_train_worker_resumes_from_the_checkpoint(ray_session, tmp_path
     # Ray Train restarted the worker group, which went on from the last checkpoint
     assert summary["metrics"]["workers"]["resumed"] >= 1
     # every epoch once: the ones before the kill come from the checkpoint, not trained again
-    assert list(pd.read_csv(tmp_path / "model" / "history.csv").epoch) == [1, 2, 3, 4]
+    assert list(pd.read_csv(current(tmp_path / "model") / "history.csv").epoch) == [1, 2, 3, 4]

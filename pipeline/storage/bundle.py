@@ -1,6 +1,13 @@
 """Model bundles: a self-contained directory with weights, classes, spec and normalisation.
 
-::
+A bundle folder holds versions that are never changed once written, and a pointer to the
+current one, replaced in one step (a rename locally, one PUT on an object store)::
+
+    bundle.json                  {"current": "versions/<model_id>", "model_id": ...}
+    versions/<model_id>/...      one version's files, below
+
+A run reads the pointer once and uses that version throughout: a bundle saved again
+meanwhile changes what the next run scores with, never half of this one. Each version::
 
     model.keras          the tf-keras model (architecture + weights)
     model.tflite         frame models: a TFLite copy of model.keras, what scoring runs on CPU
@@ -27,7 +34,6 @@ import json
 import logging
 import os
 import pathlib
-import shutil
 import tempfile
 
 import numpy as np
@@ -80,12 +86,17 @@ class Bundle:
             return {key.replace("|", "/"): data[key] for key in data.files}
 
 
+BUNDLE_FILE = "bundle.json"
+VERSIONS = "versions"
+
+
 def save_bundle(out: str, *, model, lite_model: bytes | None = None, model_name: str,
                 feature: str, classes: list[str],
                 spec: FeatureSpec, mean: np.ndarray, std: np.ndarray, config: dict,
                 metrics: dict, history: list[dict], level: str = "frame",
                 sequence_model=None) -> str:
-    """Write a bundle to ``out`` (local or URI), replacing one already there; returns model_id.
+    """Write a bundle version to ``out`` (local or URI) and make it the current one; returns
+    its model_id. Versions already there stay (runs may be using them).
 
     ``model`` normalises its own input (``mean``/``std`` are recorded for reference);
     ``lite_model`` is a frame model's LiteRT copy (:func:`pipeline.models.lite.to_tflite`)."""
@@ -135,20 +146,39 @@ def save_bundle(out: str, *, model, lite_model: bytes | None = None, model_name:
                             os.path.join(tmp, "plots", "confusion.png"))
         fs, path = fsio.url_to_fs(out)
         if fs.exists(path):
-            fsio.check_ours(out, "bundle.json", "a model bundle")
-            fs.rm(path, recursive=True)
-        if fsio.is_local(out):
-            shutil.copytree(tmp, path)
-        else:
-            fs.put(tmp.rstrip("/") + "/", path, recursive=True)
+            fsio.check_ours(out, BUNDLE_FILE, "a model bundle")
+        _publish(tmp, out, model_id)
     return model_id
 
 
+def _publish(folder: str, out: str, model_id: str) -> None:
+    """Upload a bundle version from the local ``folder`` to ``out/versions/<model_id>`` (its
+    bundle.json last: a version with one is complete), then point ``out`` at it."""
+    version = fsio.join(out, VERSIONS, model_id)
+    fs, path = fsio.url_to_fs(version)
+    if not fs.exists(fsio.join(path, BUNDLE_FILE)):
+        if fs.exists(path):  # an upload that stopped halfway: never pointed at
+            fs.rm(path, recursive=True)
+        names = sorted(str(p.relative_to(folder)) for p in pathlib.Path(folder).rglob("*")
+                       if p.is_file())
+        names.remove(BUNDLE_FILE)
+        for name in [*names, BUNDLE_FILE]:
+            target = fsio.join(path, name)
+            fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+            fs.put_file(os.path.join(folder, name), target)
+    pointer = {"current": f"{VERSIONS}/{model_id}", "model_id": model_id}
+    fsio.write_bytes_atomic(fsio.join(out, BUNDLE_FILE), json.dumps(pointer, indent=2).encode())
+
+
 def read_bundle(uri: str) -> Bundle:
-    """Read a bundle's metadata (no TensorFlow)."""
+    """Read the current version of a bundle (its metadata: no TensorFlow). ``root`` of the
+    result is that version's folder, which never changes."""
     uri = str(uri).rstrip("/")
     try:
-        meta = json.loads(fsio.read_text(fsio.join(uri, "bundle.json")))
+        meta = json.loads(fsio.read_text(fsio.join(uri, BUNDLE_FILE)))
+        if "current" in meta:  # a bundle folder: its current version
+            uri = fsio.join(uri, meta["current"])
+            meta = json.loads(fsio.read_text(fsio.join(uri, BUNDLE_FILE)))
         classes = json.loads(fsio.read_text(fsio.join(uri, "labels.json")))
         spec = spec_from_record(json.loads(fsio.read_text(fsio.join(uri, "spec.json"))))
         norm = json.loads(fsio.read_text(fsio.join(uri, "normalization.json")))
