@@ -27,6 +27,15 @@ def test_manifest_resolves_relative_uris_and_reads_optional_columns(tmp_path):
     assert (b.song_id, b.uri, b.artist, b.split) == ("abs/b", "/abs/b.wav", None, None)
 
 
+def test_dot_segments_are_resolved_in_uris_and_song_ids(tmp_path):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "m.csv").write_text("uri\nx/./a.ogg\n../y/b.ogg\ns3://bk/p/../c.ogg\n")
+    a, b, c = load_catalog(str(tmp_path / "m" / "m.csv"))
+    assert (a.song_id, a.uri) == ("x/a", f"{tmp_path}/m/x/a.ogg")
+    assert (b.song_id, b.uri) == ("../y/b", f"{tmp_path}/y/b.ogg")
+    assert (c.song_id, c.uri) == ("bk/c", "s3://bk/c.ogg")
+
+
 def test_parquet_manifest(tmp_path):
     import pandas as pd
 
@@ -35,7 +44,8 @@ def test_parquet_manifest(tmp_path):
 
 
 @pytest.mark.parametrize("content,message", [
-    ("uri\na.wav\nb/../a.wav\n", None),
+    ("uri\na.wav\nb/../a.wav\n", "duplicate song_id"),  # one file, two names: normalised
+    ("uri\ns3://bucket/../other/a.wav\n", "climbs above its bucket"),
     ("uri,song_id\na.wav,x\nb.wav,x\n", "duplicate song_id"),
     ("path\na.wav\n", "needs a 'uri' column"),
     ("uri,split\na.wav,holdout\n", "split"),

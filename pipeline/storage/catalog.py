@@ -116,7 +116,9 @@ def manifest_rows(batch: pa.Table, *, catalog: CatalogSource) -> pa.Table:
                                f"{SPLITS} or empty")
     absolute = pc.or_(pc.match_substring(uri, "://"), pc.starts_with(uri, "/"))
     prefix = catalog.base.rstrip("/") + "/"
-    columns["uri"] = pc.if_else(absolute, uri, pc.binary_join_element_wise(prefix, uri, ""))
+    columns["uri"] = _normalised(
+        pc.if_else(absolute, uri, pc.binary_join_element_wise(prefix, uri, "")), catalog)
+    uri = _normalised(uri, catalog)
     # song_id default: the uri as written (relative, or without its scheme and leading
     # slashes) without the extension of its last component
     bare = pc.replace_substring_regex(uri, r"^[A-Za-z][A-Za-z0-9+.-]*://", "")
@@ -125,6 +127,34 @@ def manifest_rows(batch: pa.Table, *, catalog: CatalogSource) -> pa.Table:
     song_id = columns["song_id"]
     columns["song_id"] = default_id if song_id is None else pc.coalesce(song_id, default_id)
     return _table(columns, batch.num_rows)
+
+
+def _normalised(uris, catalog: CatalogSource):
+    """``uris`` with ``.`` and ``..`` segments resolved: object stores do not resolve them
+    (``s3://b/a/../x.ogg`` is another key than ``s3://b/x.ogg``), and one song must not have two
+    names. A URI that climbs above its bucket or root is refused (CatalogError)."""
+    odd = pc.or_(pc.match_substring(uris, "/."), pc.starts_with(uris, "."))
+    if not pc.any(odd).as_py():
+        return uris
+    return pa.array([normalise_uri(u, catalog.source) for u in uris.to_pylist()], pa.string())
+
+
+def normalise_uri(uri: str, source: str = "the catalog") -> str:
+    """One URI or path with ``.`` and ``..`` resolved (see :func:`_normalised`); a relative
+    path may keep leading ``..`` (it is resolved against its manifest's folder first)."""
+    scheme, sep, path = uri.partition("://") if "://" in uri else ("", "", uri)
+    if sep:  # scheme://bucket/key: the bucket stays
+        root, _, path = path.partition("/")
+        head = f"{scheme}://{root}/"
+    else:
+        head = "/" if uri.startswith("/") else ""
+    norm = posixpath.normpath(path.lstrip("/")) if path.strip("/") else ""
+    if norm == ".":
+        norm = ""
+    if head and (norm == ".." or norm.startswith("../")):
+        raise CatalogError(f"{source}: {fsio.redact(uri)} climbs above its "
+                           f"{'bucket' if sep else 'root'} with '..'")
+    return head + norm + ("/" if path.endswith("/") and norm else "")
 
 
 def load_catalog(source: str, *, labels_from_folders: bool = False) -> list[Song]:
