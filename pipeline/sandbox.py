@@ -100,7 +100,10 @@ class Sandbox:
     def _once(self, fn, args, name: str):
         if self.process is None or self.process.poll() is not None:
             self._start()
-        self._send.send((fn, args))
+        try:
+            self._send.send((fn, args))
+        except OSError:  # the child died after the last song
+            raise _Failed(self._died(name)) from None
         limits = self.limits
         deadline = time.monotonic() + limits.base_s
         while True:
@@ -136,7 +139,11 @@ class Sandbox:
 
     def _died(self, name: str) -> AudioError:
         """The error for a child that ended while decoding ``name``."""
-        code = self.process.wait()
+        try:
+            code = self.process.wait(5)
+        except subprocess.TimeoutExpired:  # its channel broke but it lives: end it
+            self.process.kill()
+            code = self.process.wait()
         self.stop()
         if code == -signal.SIGKILL:  # not by us: the kernel's OOM killer
             return SongMemoryError(f"{name} was killed while decoding (out of memory)")

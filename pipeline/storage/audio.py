@@ -54,24 +54,23 @@ def load_audio(uri: str, *, sample_rate: int, offset_seconds: float = 0.0,
         raise AudioUriError(problem)
     fs, path = fsio.url_to_fs(uri)
     shown = fsio.redact(uri)  # what messages say: no query string (presigned signatures)
+    def rate_of(native_sr: int) -> int:
+        k = native_sr // sample_rate
+        keep = native_sr == sample_rate or (1 < k <= keep_multiples and k * sample_rate == native_sr)
+        return native_sr if keep else sample_rate
+
     try:
-        y, native_sr = _decode(fs, path, shown, offset_seconds, max_seconds)
+        return _decode(fs, path, shown, offset_seconds, max_seconds, rate_of)
     except (AudioDecodeError, AudioContentError, AudioTruncatedError) as e:
         if shown == uri:
             raise
         # the decoders' own messages name the path they were given
         raise type(e)(str(e).replace(str(uri), shown).replace(path, shown)) from None
-    k = native_sr // sample_rate
-    if native_sr == sample_rate or (1 < k <= keep_multiples and k * sample_rate == native_sr):
-        return y, native_sr
-    import soxr
-
-    return soxr.resample(y, native_sr, sample_rate, quality="HQ").astype(np.float32, copy=False), \
-        sample_rate
 
 
-def _decode(fs, path: str, uri: str, offset_seconds: float, max_seconds: float | None):
-    """(mono float32 samples, native rate) of ``path``; ``uri`` names it in messages."""
+def _decode(fs, path: str, uri: str, offset_seconds: float, max_seconds: float | None, rate_of):
+    """(mono float32 samples, their rate ``rate_of(native rate)``) of ``path``; ``uri`` names
+    it in messages."""
     # OSError (permissions, network) is left to propagate: it is transient (kind io).
     if fs.isdir(path):
         raise AudioDecodeError(f"{uri} is a folder, not an audio file")
@@ -80,14 +79,14 @@ def _decode(fs, path: str, uri: str, offset_seconds: float, max_seconds: float |
     if path.lower().endswith(_OGG_EXTENSIONS):
         _check_ogg_complete(fs, path, uri)
     try:
-        y, native_sr = _read_soundfile(fs, path, uri, offset_seconds, max_seconds)
+        y, rate = _read_soundfile(fs, path, uri, offset_seconds, max_seconds, rate_of)
     except AudioDecodeError as sf_error:
-        y, native_sr = _read_pyav(fs, path, uri, offset_seconds, max_seconds, sf_error)
+        y, rate = _read_pyav(fs, path, uri, offset_seconds, max_seconds, rate_of, sf_error)
     if y.size == 0:
         raise AudioContentError(f"{uri} has no audio samples in the requested window")
     if not np.isfinite(y).all():
         raise AudioContentError(f"{uri} contains non-finite samples (NaN or inf)")
-    return y, native_sr
+    return y, rate
 
 
 def _check_ogg_complete(fs, path: str, uri: str) -> None:
@@ -108,7 +107,7 @@ def _check_ogg_complete(fs, path: str, uri: str) -> None:
                                   f"flag ({size} bytes)")
 
 
-def _read_soundfile(fs, path, uri, offset_seconds, max_seconds):
+def _read_soundfile(fs, path, uri, offset_seconds, max_seconds, rate_of):
     import soundfile as sf
 
     guard = None if fsio.protocol_of(uri) in ("", "file") else _Guarded(fs, path, uri)
@@ -120,21 +119,21 @@ def _read_soundfile(fs, path, uri, offset_seconds, max_seconds):
             if max_seconds is not None:
                 total = min(total, int(round(max_seconds * sr)))
             if total <= 0:
-                return np.zeros(0, np.float32), sr
+                return np.zeros(0, np.float32), rate_of(sr)
             _announce(total / sr)
             if start:
                 f.seek(start)
-            out = np.empty(total, dtype=np.float32)
+            mono = _Mono(sr, rate_of(sr), total)
             block, done = max(1, int(_BLOCK_SECONDS * sr)), 0
             while done < total:
                 chunk = f.read(min(block, total - done), dtype="float32", always_2d=True)
                 if chunk.shape[0] == 0:
                     break
-                out[done:done + chunk.shape[0]] = chunk.mean(axis=1) if channels > 1 else chunk[:, 0]
+                mono.add(chunk.mean(axis=1) if channels > 1 else chunk[:, 0])
                 done += chunk.shape[0]
         if guard is not None:
             guard.check()  # a read that failed looked like the end of the file to libsndfile
-        return out[:done], sr
+        return mono.result(), mono.rate
     except (sf.LibsndfileError, RuntimeError, ValueError, TypeError) as e:
         if guard is not None:
             guard.check()
@@ -144,11 +143,11 @@ def _read_soundfile(fs, path, uri, offset_seconds, max_seconds):
             guard.close()
 
 
-def _read_pyav(fs, path, uri, offset_seconds, max_seconds, sf_error):
+def _read_pyav(fs, path, uri, offset_seconds, max_seconds, rate_of, sf_error):
     """Fallback for formats libsndfile lacks (AAC/m4a, some mp3/opus); FFmpeg comes in the wheel."""
     import av
 
-    chunks, kept = [], 0
+    chunks, pending, kept, mono = [], 0, 0, None
     guard = None if fsio.protocol_of(uri) in ("", "file") else _Guarded(fs, path, uri)
     try:
         with av.open(path if guard is None else guard, "r") as container:
@@ -160,9 +159,13 @@ def _read_pyav(fs, path, uri, offset_seconds, max_seconds, sf_error):
                 raise AudioDecodeError(f"{uri}: audio stream without a sample rate")
             start = int(round(offset_seconds * sr))
             limit = None if max_seconds is None else int(round(max_seconds * sr))
+            length = max_seconds or 0.0
             if container.duration:  # microseconds
                 length = max(0.0, container.duration / 1e6 - offset_seconds)
-                _announce(length if max_seconds is None else min(length, max_seconds))
+                length = length if max_seconds is None else min(length, max_seconds)
+                _announce(length)
+            mono = _Mono(sr, rate_of(sr), int(length * sr))
+            block_size = int(_BLOCK_SECONDS * sr)
             # Planar float in the file's own layout; channels are averaged here, as in the
             # soundfile path (FFmpeg's own mono downmix is 0.707 * (L + R)).
             planar = av.AudioResampler(format="fltp", rate=sr)
@@ -176,8 +179,12 @@ def _read_pyav(fs, path, uri, offset_seconds, max_seconds, sf_error):
                     if limit is not None:
                         block = block[: limit - kept]
                     if block.size:
-                        chunks.append(block.copy())
+                        chunks.append(block.astype(np.float32))
                         kept += block.size
+                        pending += block.size
+                if pending >= block_size:  # resampled in blocks: never held at the native rate
+                    mono.add(np.concatenate(chunks))
+                    chunks, pending = [], 0
                 if limit is not None and kept >= limit:
                     break
     except (av.FFmpegError, ValueError) as e:
@@ -191,8 +198,41 @@ def _read_pyav(fs, path, uri, offset_seconds, max_seconds, sf_error):
     # an OSError that is not FFmpeg's (storage, network) propagates: transient, not decode
     if guard is not None:
         guard.check()
-    y = np.concatenate(chunks).astype(np.float32, copy=False) if chunks else np.zeros(0, np.float32)
-    return y, sr
+    if chunks:
+        mono.add(np.concatenate(chunks))
+    return mono.result(), mono.rate
+
+
+class _Mono:
+    """Mono blocks at ``native_sr`` in, one float32 array at ``rate`` out, resampled block by
+    block (soxr's stream gives the same samples as one call on the whole signal): a long
+    file is never held at its native rate, and the output is written in place, not joined."""
+
+    def __init__(self, native_sr: int, rate: int, expected: int):
+        import soxr
+
+        self.rate = rate
+        self.stream = None if rate == native_sr else soxr.ResampleStream(
+            native_sr, rate, 1, dtype="float32", quality="HQ")
+        self.out = np.empty(max(16, int(np.ceil(expected * rate / native_sr)) + 16), np.float32)
+        self.n = 0
+
+    def add(self, block: np.ndarray, last: bool = False) -> None:
+        block = block.astype(np.float32, copy=False)
+        if self.stream is not None:
+            block = self.stream.resample_chunk(block, last=last)
+        if self.n + block.size > self.out.size:  # a longer stream than its header said
+            self.out = np.concatenate([self.out[:self.n],
+                                       np.empty(max(block.size, self.n), np.float32)])
+        self.out[self.n:self.n + block.size] = block
+        self.n += block.size
+
+    def result(self) -> np.ndarray:
+        if self.stream is not None:
+            self.add(np.zeros(0, np.float32), last=True)
+            self.stream = None
+        # a header that promised more than came: do not keep the unused buffer alive
+        return self.out[:self.n] if self.n >= 0.9 * self.out.size else self.out[:self.n].copy()
 
 
 def _announce(seconds: float) -> None:
