@@ -152,9 +152,11 @@ class Sandbox:
 
     def _start(self) -> None:
         self.stop()
+        # the child imports what this process imports (a Ray job's working dir included)
+        path = os.pathsep.join(p for p in sys.path if p)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "pipeline.sandbox"], stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, close_fds=True)
+            stdout=subprocess.PIPE, close_fds=True, env={**os.environ, "PYTHONPATH": path})
         # the Connections own duplicates of the pipe ends
         self._send = Connection(os.dup(self.process.stdin.fileno()), readable=False)
         self._receive = Connection(os.dup(self.process.stdout.fileno()), writable=False)

@@ -124,11 +124,13 @@ class SongScorer:
     def __init__(self, bundle_root: str, aggregator: str, zero_shot: str | None = None,
                  precomputed: bool = False, use_gpu: bool = False,
                  lite_model: bytes | None = None, model_id: str | None = None,
-                 decode: bool = False):
+                 prepare: dict | None = None):
         """``lite_model``: the bundle's LiteRT flatbuffer, read once by the driver, when the
         model runs in LiteRT (see :func:`runs_lite`); Keras otherwise. ``model_id``: the
         bundle the driver verified; an actor that finds another there stops the run.
-        ``decode``: batches are catalog rows, decoded here (:func:`decode_batch`)."""
+        ``prepare``: what the actor does to its batches first, the kwargs of
+        :func:`decode_batch` (catalog rows: decoded here) or of :func:`read_feature_songs`
+        (index rows: their parts read here); None: batches come ready."""
         from pipeline.models.keras import tf_keras
         from pipeline.storage.bundle import SEQUENCE_FILE, load_keras_model, zero_shot_bundle
 
@@ -138,7 +140,7 @@ class SongScorer:
 
             for gpu in tf.config.list_physical_devices("GPU"):
                 tf.config.experimental.set_memory_growth(gpu, True)
-        self.aggregator, self.decode = aggregator, decode
+        self.aggregator, self.prepare = aggregator, prepare
         self.musicnn = self.model = self.sequence = None
         if zero_shot:  # musicnn's own tags, no trained head
             self.bundle = zero_shot_bundle(zero_shot)
@@ -200,8 +202,12 @@ class SongScorer:
         return out
 
     def __call__(self, batch: dict) -> dict:
-        if self.decode:
-            batch = decode_batch(batch, spec=self.bundle.spec, feature=self.bundle.feature)
+        if self.prepare is not None and "spec" in self.prepare:
+            batch = decode_batch(batch, **self.prepare)
+        elif self.prepare is not None:
+            batch = read_feature_songs(pa.table({key: batch[key].tolist()
+                                                 for key in ("song_id", "part")}),
+                                       **self.prepare)
         xs = list(batch["x"])
         ok = [i for i, x in enumerate(xs) if len(x)]
         n = len(xs)
@@ -348,18 +354,23 @@ def _scored(todo, features, bundle, *, aggregate: str, batch_size: int, cpus: in
     least, most, resources = _model_actors(bundle, cpus, gpus, use_gpu=use_gpu,
                                            precomputed=features is not None,
                                            aggregator=aggregate)
-    # light actors decode their songs themselves, heavy ones leave it to tasks
-    decodes = features is None and resources == {"num_cpus": 1}
+    # light actors read or decode their songs themselves (no task waits for a CPU they
+    # hold, frames never cross the object store); heavy ones leave it to tasks
     if features is not None:
-        songs = todo.map_batches(read_feature_songs, batch_size=None, batch_format="pyarrow",
-                                 num_cpus=1, max_retries=_RETRIES,
-                                 fn_kwargs={"root": features.root, "column": bundle.feature})
-    elif not decodes:
-        songs = todo.map_batches(decode_batch, batch_size=2, batch_format="numpy", num_cpus=1,
-                                 max_retries=_RETRIES,
-                                 fn_kwargs={"spec": bundle.spec, "feature": bundle.feature})
+        prepare = {"root": features.root, "column": bundle.feature}
+        read = read_feature_songs
     else:
+        prepare = {"spec": bundle.spec, "feature": bundle.feature}
+        read = decode_batch
+    if resources == {"num_cpus": 1}:
         songs = todo
+        # a batch of about a part's songs: each part is read once per batch
+        batch_size = max(batch_size, _BLOCK_SONGS) if features is not None else batch_size
+    else:
+        songs = todo.map_batches(read, batch_size=None if features is not None else 2,
+                                 batch_format="pyarrow" if features is not None else "numpy",
+                                 num_cpus=1, max_retries=_RETRIES, fn_kwargs=prepare)
+        prepare = None
     # bounded: Ray Data restarts a dead actor and retries its batch without limit by default
     resources = {**resources, "max_restarts": _RETRIES, "max_task_retries": _RETRIES}
     return songs.map_batches(SongScorer, batch_size=batch_size, batch_format="numpy",
@@ -369,7 +380,7 @@ def _scored(todo, features, bundle, *, aggregate: str, batch_size: int, cpus: in
                                                     "precomputed": features is not None,
                                                     "use_gpu": use_gpu, "lite_model": lite,
                                                     "model_id": bundle.model_id,
-                                                    "decode": decodes},
+                                                    "prepare": prepare},
                              compute=ray.data.ActorPoolStrategy(min_size=least, max_size=most),
                              **resources)
 
