@@ -3,6 +3,8 @@
 import numpy as np
 import pandas as pd
 import pytest
+
+from corpus import current
 from deltalake import DeltaTable
 
 from pipeline import cli
@@ -55,8 +57,8 @@ def test_extract_train_score_tag(ray_session, catalog, tmp_path):
                      "--batch-size", "8", "--patience", "3"]) == 0
     for name in ("model.keras", "labels.json", "spec.json", "normalization.json", "config.json",
                  "metrics.json", "history.csv", "plots/learning_curves.png", "plots/confusion.png"):
-        assert (tmp_path / "model" / name).exists(), name
-    metrics = pd.read_json(tmp_path / "model" / "metrics.json", typ="series")
+        assert (current(tmp_path / "model") / name).exists(), name
+    metrics = pd.read_json(current(tmp_path / "model") / "metrics.json", typ="series")
     assert set(metrics["test"]["song_accuracy"]) == {"majority", "mean", "logodds", "sequence"}
 
     assert cli.main(["score", catalog, "--model", model, "--out", labels]) == 0
@@ -118,7 +120,7 @@ def test_every_model_trains_one_epoch_and_scores(catalog, features, tmp_path, mo
     bundle, labels = str(tmp_path / "model"), str(tmp_path / "labels")
     assert cli.main(["train", features, "--out", bundle, "--model", model, "--epochs", "1",
                      "--num-workers", "1", "--batch-size", "4"]) == 0
-    metrics = pd.read_json(tmp_path / "model" / "metrics.json", typ="series")
+    metrics = pd.read_json(current(tmp_path / "model") / "metrics.json", typ="series")
     test = metrics["test"]
     rows = pd.read_csv(catalog)
     held_out = ((rows.split == "test") & (rows.uri != "bad.wav")).sum()
@@ -130,7 +132,7 @@ def test_every_model_trains_one_epoch_and_scores(catalog, features, tmp_path, mo
         assert set(test["song_accuracy"]) == {"majority", "mean", "logodds", "sequence"}
         assert 0 <= test["frame_accuracy"] <= 1
     # frame models score on CPU with the bundle's LiteRT copy; mil runs Keras in the actors
-    assert (tmp_path / "model" / "model.tflite").exists() == (model != "mil")
+    assert (current(tmp_path / "model") / "model.tflite").exists() == (model != "mil")
     summary = run_score(catalog, bundle, labels,
                         aggregate=None if model == "mil" else "sequence")
     # TensorFlow actors (mil, the sequence GRU) are heavy: decoding stays in tasks, unfused
@@ -151,9 +153,9 @@ def test_train_from_a_frame_table(ray_session, shared_data, tmp_path):
     assert cli.main(["train", str(path), "--frame-table", "--name-column", "filename",
                      "--song-pattern", r"^(?P<song>\w+\.\d+)\.\d+\.wav$", "--model", "dnn",
                      "--split", "song", "--epochs", "1", "--out", str(bundle)]) == 0
-    metrics = pd.read_json(bundle / "metrics.json", typ="series")
+    metrics = pd.read_json(current(bundle) / "metrics.json", typ="series")
     assert set(metrics["test"]["song_accuracy"]) == {"majority", "mean", "logodds", "sequence"}
-    spec = pd.read_json(bundle / "spec.json", typ="series")
+    spec = pd.read_json(current(bundle) / "spec.json", typ="series")
     assert spec["kind"] == "table" and len(spec["spec"]["features"]) == 58  # length + 57
     # a table bundle refuses audio, on one line
     assert cli.main(["score", str(shared_data / "gtzan_other"), "--model", str(bundle),
@@ -165,14 +167,15 @@ def test_a_restarted_run_resumes_from_its_last_checkpoint(features, tmp_path, ca
     common = ["train", features, "--model", "dnn", "--num-workers", "1", "--patience", "50",
               "--storage-path", storage, "--out", out]
     assert cli.main([*common, "--epochs", "2"]) == 0
-    first = pd.read_csv(tmp_path / "model" / "history.csv")
+    first = pd.read_csv(current(tmp_path / "model") / "history.csv")
     # the same output, settings and data find the same run without being told its name
     assert cli.main([*common, "--epochs", "4"]) == 0
-    history = pd.read_csv(tmp_path / "model" / "history.csv")
+    history = pd.read_csv(current(tmp_path / "model") / "history.csv")
     # epochs 1-2 come from the first run's checkpoint, 3-4 were trained by the second
     assert list(history.epoch) == [1, 2, 3, 4]
     pd.testing.assert_frame_equal(history.iloc[:2], first)
-    assert pd.read_json(tmp_path / "model" / "metrics.json", typ="series")["workers"]["resumed"] == 1
+    metrics = pd.read_json(current(tmp_path / "model") / "metrics.json", typ="series")
+    assert metrics["workers"]["resumed"] == 1
     # a named run is not resumed with other settings: one line that says what to do
     (run,) = [p.name for p in (tmp_path / "ray-train").iterdir()]
     capsys.readouterr()
@@ -205,8 +208,8 @@ def test_tag_is_incremental_across_features_audio_and_model_versions(catalog, fe
     # precomputed features: scored without decoding; the extraction error is carried over
     s = run_score(features, first.root, labels)
     assert s["labelled"] == 27 and s["failed"] == 1 and s["skipped"] == 0
-    # a LiteRT model is light: Ray Data fuses reading the parts into its actors
-    assert "MapBatches(read_feature_songs)->MapBatches(SongScorer)" in s["plan"]
+    # a LiteRT model is light: its actors read the parts themselves, no task waits for a CPU
+    assert "MapBatches(SongScorer)" in s["plan"] and "read_feature_songs" not in s["plan"]
     table = _table(labels)
     assert list(table[table.error.notna()].song_id) == ["bad"]
     version = DeltaTable(labels).version()
@@ -248,9 +251,9 @@ def test_a_tampered_bundle_and_a_foreign_out_are_refused_by_name(catalog, featur
 
     bundle = tmp_path / "bundle"
     shutil.copytree(two_models[0], bundle)
-    data = bytearray((bundle / "model.tflite").read_bytes())
+    data = bytearray((current(bundle) / "model.tflite").read_bytes())
     data[-1] ^= 0xFF  # one bit of the weights: still a flatbuffer LiteRT would load
-    (bundle / "model.tflite").write_bytes(bytes(data))
+    (current(bundle) / "model.tflite").write_bytes(bytes(data))
     labels = tmp_path / "labels"
     assert cli.main(["score", catalog, "--model", str(bundle), "--out", str(labels)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -377,3 +380,73 @@ def test_a_poison_song_costs_itself_in_tag_and_a_late_file_is_labelled_next_nigh
     failed = latest[latest.error.notna()]
     assert [(s.rsplit("/", 1)[-1], e) for s, e in zip(failed.song_id, failed.error)] == [
         ("poison", "crash")]
+
+
+def test_a_bundle_saved_again_during_a_tag_changes_the_next_run_not_this_one(
+        catalog, two_models, tmp_path):
+    """The run reads the bundle's pointer once and scores with that version to the end; the
+    version published meanwhile (a new pointer, as `genres train` writes it) labels the next."""
+    import shutil
+    import time
+
+    from pipeline.storage.bundle import _publish, read_bundle
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(two_models[0], bundle)
+    old, new = read_bundle(str(bundle)).model_id, read_bundle(two_models[1]).model_id
+    many = _copies(catalog, tmp_path, 8)  # 224 songs
+    labels = str(tmp_path / "labels")
+    log = tmp_path / "labels" / "_delta_log"
+    proc = _tag_process(many, str(bundle), labels, songs_per_file=1)
+    deadline = time.time() + 240
+    while time.time() < deadline and len(list(log.glob("*.json"))) < 2:  # created + a commit
+        time.sleep(0.05)
+    _publish(str(current(two_models[1])), str(bundle), new)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-2000:]
+    rows = _table(labels)
+    assert len(rows) == 224 and set(rows.model_id) == {old}  # not one song by the new model
+    assert read_bundle(str(bundle)).model_id == new
+    nightly = _tag_process(many, str(bundle), labels, songs_per_file=64)
+    out, err = nightly.communicate(timeout=300)
+    assert nightly.returncode == 0, err[-2000:]
+    assert _table(labels).groupby("model_id").size().to_dict() == {old: 224, new: 224}
+
+
+def test_a_secret_in_the_environment_or_a_signed_uri_is_in_no_output_and_no_file(
+        catalog, two_models, tmp_path):
+    """Credentials in the environment and presigned-URL signatures in a manifest reach no log
+    line, no table, no file (Ray's own session logs included)."""
+    import os
+    import pathlib
+    import secrets
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    key, signature = secrets.token_hex(12), secrets.token_hex(12)
+    uris = [catalog.rsplit("/", 1)[0] + "/" + u for u in pd.read_csv(catalog).uri[:3]]
+    manifest = tmp_path / "signed.csv"
+    manifest.write_text("uri\n" + "".join(f"{u}\n" for u in uris)
+                        + f"gone.wav?X-Amz-Signature={signature}&X-Amz-Credential=k\n")
+    ray_tmp = tempfile.mkdtemp(prefix="rs", dir="/tmp")  # Ray's socket paths must be short
+    env = {**os.environ, "RAY_ADDRESS": "", "AWS_SECRET_ACCESS_KEY": key,
+           "AWS_SESSION_TOKEN": key, "RAY_TMPDIR": ray_tmp}
+    outputs = []
+    for command in (["extract", str(manifest), "--out", str(tmp_path / "features")],
+                    ["tag", str(manifest), "--model", two_models[0],
+                     "--out", str(tmp_path / "labels")]):
+        run = subprocess.run([sys.executable, "-m", "pipeline.cli", *command], env=env,
+                             capture_output=True, text=True, timeout=400)
+        assert run.returncode == 0, run.stderr[-2000:]
+        assert "1 failed (missing=1)" in run.stdout, run.stdout
+        outputs += [run.stdout, run.stderr]
+    written = [p for root in (tmp_path / "features", tmp_path / "labels", ray_tmp)
+               for p in pathlib.Path(root).rglob("*") if p.is_file()]
+    assert len(written) > 10
+    for secret in (key, signature):
+        assert not any(secret in text for text in outputs)
+        leaked = [str(p) for p in written if secret.encode() in p.read_bytes()]
+        assert not leaked, leaked
+    shutil.rmtree(ray_tmp, ignore_errors=True)
