@@ -271,7 +271,7 @@ def test_a_node_lost_during_score(cluster, s3, catalog):
     what = _lose_node_while(cluster, job, "SongScorer", "e")
     job.succeeded()
     labels = _check_labels(out, catalog).set_index("song_id").sort_index()
-    reference = _labels("s3://music/labels").set_index("song_id").sort_index()
+    reference = _check_labels("s3://music/labels", catalog).set_index("song_id").sort_index()
     assert labels.genre.equals(reference.genre)
     FAULTS.append(f"score: {what}; Ray Data started the actor again on a node left, the "
                   f"job succeeded in {job.seconds:.0f} s with one row per song, the labels of "
