@@ -77,7 +77,7 @@ def make_stereo_44k(paths, out: pathlib.Path) -> list[str]:
 
 
 def genres_run(paths, workdir: pathlib.Path):
-    """Times (ray start, extract once Ray is up, first task) for run_extract over ``paths``."""
+    """Times (ray start, extract once Ray is up) and the summary of run_extract over ``paths``."""
     sys.path.insert(0, str(ROOT))
     from pipeline.features import FeatureSpec
     from pipeline.runtime.extract import run_extract
@@ -164,8 +164,8 @@ def main(argv=None):
         decode_t, _ = pool_run(decode_song, paths)
         ray_start, genres_t, summary = genres_run(paths, workdir / name.split()[0])
         results.append((name, len(paths), audio_s, naive_t, decode_t, ray_start, genres_t))
-        print(f"{name}: Ray start {ray_start:.1f} s, first task result "
-              f"{summary['first_task_s']:.1f} s after Ray was up", flush=True)
+        print(f"{name}: Ray start {ray_start:.1f} s, extract {genres_t:.1f} s after Ray was up "
+              f"({summary['ok']} ok, {summary['commits']} commit(s))", flush=True)
         import ray
 
         ray.shutdown()
