@@ -34,9 +34,9 @@ from pipeline.sandbox import sandbox
 from pipeline.storage import fs as fsio
 from pipeline.storage.bundle import read_bundle, read_lite_model, verify_bundle
 from pipeline.storage.catalog import Song, describe_catalog
-from pipeline.storage.delta import ADD_SCHEMA, Committer, new_run_id
+from pipeline.storage.delta import ADD_SCHEMA, Committer, latest_rows, new_run_id
 from pipeline.storage.labels import LabelTable, label_rows
-from pipeline.storage.shards import SPEC_FILE, FeatureStore, latest_rows, tensor_values
+from pipeline.storage.shards import SPEC_FILE, FeatureStore, tensor_values
 
 log = logging.getLogger(__name__)
 

@@ -19,6 +19,7 @@ import posixpath
 import time
 import uuid
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -239,3 +240,15 @@ def add_counts(totals: dict, counts: dict) -> None:
             add_counts(totals.setdefault(key, {}), value)
         else:
             totals[key] = totals.get(key, 0) + value
+
+
+def latest_rows(rows: pa.Table, newest_first: tuple[str, ...] = ("run_id",)) -> pa.Table:
+    """One row per ``song_id`` of ``rows``: the first in descending order of the columns
+    ``newest_first`` (run ids start with their start time). A song has several rows when a
+    run tried it again after a transient error, or a new run labelled it."""
+    if not rows.num_rows:
+        return rows
+    order = rows.sort_by([("song_id", "ascending"),
+                          *((column, "descending") for column in newest_first)])
+    ids = order.column("song_id").to_numpy(zero_copy_only=False)
+    return order.filter(pa.array(np.concatenate([[True], ids[1:] != ids[:-1]])))

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 
 from pipeline.errors import CatalogError
 from pipeline.storage import fs as fsio
-from pipeline.storage.delta import DeltaLog, write_file
+from pipeline.storage.delta import DeltaLog, latest_rows, write_file
 
 LABEL_SCHEMA = pa.schema([
     ("song_id", pa.string()), ("uri", pa.string()), ("genre", pa.string()),
@@ -125,11 +125,5 @@ def label_rows(batch: dict, *, classes: list[str], top_k: int, aggregator: str,
 
 def latest_of(rows: pa.Table) -> pa.Table:
     """One row per song_id of ``rows`` (all rows of each song): the latest ``scored_at``, a
-    tie going to the later ``run_id`` (run ids start with their start time)."""
-    if not rows.num_rows:
-        return rows
-    order = rows.sort_by([("song_id", "ascending"), ("scored_at", "descending"),
-                          ("run_id", "descending")])
-    ids = order.column("song_id").to_numpy(zero_copy_only=False)
-    first = np.concatenate([[True], ids[1:] != ids[:-1]])
-    return order.filter(pa.array(first))
+    tie going to the later ``run_id``."""
+    return latest_rows(rows, ("scored_at", "run_id"))

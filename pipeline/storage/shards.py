@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 from pipeline.errors import CatalogError, SpecMismatchError
 from pipeline.features.spec import spec_from_record
 from pipeline.storage import fs as fsio
-from pipeline.storage.delta import DeltaLog, add_counts, write_file
+from pipeline.storage.delta import DeltaLog, add_counts, latest_rows, write_file
 
 log = logging.getLogger(__name__)
 
@@ -280,17 +280,6 @@ class FeatureStore:
 
 def _redact(uri: str | None) -> str | None:
     return None if uri is None else fsio.redact(uri)
-
-
-def latest_rows(index: pa.Table) -> pa.Table:
-    """Of each song in ``index`` (rows with ``song_id`` and ``run_id``), its latest row: a
-    song has several only when a run tried it again after a transient error (run ids start
-    with their start time)."""
-    if not index.num_rows:
-        return index
-    order = index.sort_by([("song_id", "ascending"), ("run_id", "descending")])
-    ids = order.column("song_id").to_numpy(zero_copy_only=False)
-    return order.filter(pa.array(np.concatenate([[True], ids[1:] != ids[:-1]])))
 
 
 def index_rows(part: str, ids: list[str], frames: list[int], errors: pa.Table, *, run_id: str,
