@@ -89,8 +89,7 @@ def final(keys: pa.Table) -> pa.Array:
     transient error there is no reason to drop this run's newer try)."""
     from pipeline.runtime.catalog import final_rows
 
-    done = set(final_rows(keys).column("song_id").to_pylist())
-    return pa.array([s in done for s in keys.column("song_id").to_pylist()])
+    return pc.is_in(keys.column("song_id"), value_set=final_rows(keys).column("song_id"))
 
 
 def aggregator_is(aggregator: str):
