@@ -74,13 +74,13 @@ def _song_batch(columns: dict[str, list]) -> dict:
     return {**{k: np.array(v, dtype=object) for k, v in columns.items() if k != "x"}, "x": xs}
 
 
-def read_feature_songs(batch: pa.Table, *, root: str, column: str) -> dict:
-    """Ray Data fn: index rows of songs (in part order) -> one row per song with all its
-    frames; each part is read once per batch."""
+def read_feature_songs(batch: dict, *, root: str, column: str) -> dict:
+    """Ray Data fn (numpy batches): index rows of songs (in part order) -> one row per song
+    with all its frames; each part is read once per batch."""
     store = FeatureStore(root)
     out = {"song_id": [], "uri": [], "error": [], "message": [], "x": []}
-    parts = batch.column("part").to_pylist()
-    songs = batch.column("song_id").to_pylist()
+    parts = batch["part"].tolist()
+    songs = batch["song_id"].tolist()
     for part in dict.fromkeys(parts):
         table = store.read_part(part, ["song_id", "frame", column])
         ids = table.column("song_id").to_numpy(zero_copy_only=False)
@@ -124,13 +124,13 @@ class SongScorer:
     def __init__(self, bundle_root: str, aggregator: str, zero_shot: str | None = None,
                  precomputed: bool = False, use_gpu: bool = False,
                  lite_model: bytes | None = None, model_id: str | None = None,
-                 prepare: dict | None = None):
+                 prepare: tuple | None = None):
         """``lite_model``: the bundle's LiteRT flatbuffer, read once by the driver, when the
         model runs in LiteRT (see :func:`runs_lite`); Keras otherwise. ``model_id``: the
         bundle the driver verified; an actor that finds another there stops the run.
-        ``prepare``: what the actor does to its batches first, the kwargs of
-        :func:`decode_batch` (catalog rows: decoded here) or of :func:`read_feature_songs`
-        (index rows: their parts read here); None: batches come ready."""
+        ``prepare``: (fn, kwargs) the actor applies to its batches first: :func:`decode_batch`
+        (catalog rows: decoded here) or :func:`read_feature_songs` (index rows: their parts
+        read here); None: batches come ready."""
         from pipeline.models.keras import tf_keras
         from pipeline.storage.bundle import SEQUENCE_FILE, load_keras_model, zero_shot_bundle
 
@@ -202,12 +202,9 @@ class SongScorer:
         return out
 
     def __call__(self, batch: dict) -> dict:
-        if self.prepare is not None and "spec" in self.prepare:
-            batch = decode_batch(batch, **self.prepare)
-        elif self.prepare is not None:
-            batch = read_feature_songs(pa.table({key: batch[key].tolist()
-                                                 for key in ("song_id", "part")}),
-                                       **self.prepare)
+        if self.prepare is not None:
+            read, kwargs = self.prepare
+            batch = read(batch, **kwargs)
         xs = list(batch["x"])
         ok = [i for i, x in enumerate(xs) if len(x)]
         n = len(xs)
@@ -357,19 +354,18 @@ def _scored(todo, features, bundle, *, aggregate: str, batch_size: int, cpus: in
     # light actors read or decode their songs themselves (no task waits for a CPU they
     # hold, frames never cross the object store); heavy ones leave it to tasks
     if features is not None:
-        prepare = {"root": features.root, "column": bundle.feature}
-        read = read_feature_songs
+        prepare = (read_feature_songs, {"root": features.root, "column": bundle.feature})
     else:
-        prepare = {"spec": bundle.spec, "feature": bundle.feature}
-        read = decode_batch
+        prepare = (decode_batch, {"spec": bundle.spec, "feature": bundle.feature})
     if resources == {"num_cpus": 1}:
         songs = todo
         # a batch of about a part's songs: each part is read once per batch
         batch_size = max(batch_size, _BLOCK_SONGS) if features is not None else batch_size
     else:
+        read, kwargs = prepare
         songs = todo.map_batches(read, batch_size=None if features is not None else 2,
-                                 batch_format="pyarrow" if features is not None else "numpy",
-                                 num_cpus=1, max_retries=_RETRIES, fn_kwargs=prepare)
+                                 batch_format="numpy", num_cpus=1, max_retries=_RETRIES,
+                                 fn_kwargs=kwargs)
         prepare = None
     # bounded: Ray Data restarts a dead actor and retries its batch without limit by default
     resources = {**resources, "max_restarts": _RETRIES, "max_task_retries": _RETRIES}
