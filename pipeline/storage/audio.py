@@ -54,6 +54,7 @@ def load_audio(uri: str, *, sample_rate: int, offset_seconds: float = 0.0,
         raise AudioUriError(problem)
     fs, path = fsio.url_to_fs(uri)
     shown = fsio.redact(uri)  # what messages say: no query string (presigned signatures)
+
     def rate_of(native_sr: int) -> int:
         k = native_sr // sample_rate
         keep = native_sr == sample_rate or (1 < k <= keep_multiples and k * sample_rate == native_sr)

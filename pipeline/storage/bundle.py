@@ -127,8 +127,8 @@ def save_bundle(out: str, *, model, lite_model: bytes | None = None, model_name:
             np.savez(os.path.join(tmp, MUSICNN_FILE),
                      **{k.replace("/", "|"): v for k, v in read_checkpoint(spec.model).items()})
             names.append(MUSICNN_FILE)
-        model_id = _fingerprint(tmp, names)
         files = {name: _sha256(pathlib.Path(tmp, name).read_bytes()) for name in names}
+        model_id = _fingerprint(files)
         _write_json(os.path.join(tmp, "bundle.json"),
                     {"model_id": model_id, "files": files, "model": model_name,
                      "feature": feature,
@@ -144,9 +144,7 @@ def save_bundle(out: str, *, model, lite_model: bytes | None = None, model_name:
             _plot_confusion(np.array(metrics["test"]["confusion"][best]), classes,
                             f"song-level confusion ({best}), test split",
                             os.path.join(tmp, "plots", "confusion.png"))
-        fs, path = fsio.url_to_fs(out)
-        if fs.exists(path):
-            fsio.check_ours(out, BUNDLE_FILE, "a model bundle")
+        fsio.check_ours(out, BUNDLE_FILE, "a model bundle")
         _publish(tmp, out, model_id)
     return model_id
 
@@ -269,13 +267,11 @@ def read_lite_model(bundle: Bundle) -> bytes:
     return data
 
 
-def _fingerprint(folder: str, names: list[str]) -> str:
+def _fingerprint(files: dict[str, str]) -> str:
+    """model_id: a hash of the files' names and sha256 digests (each file is read once)."""
     h = hashlib.sha256()
-    for name in sorted(names):
-        h.update(name.encode())
-        with open(os.path.join(folder, name), "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
+    for name in sorted(files):
+        h.update(f"{name}\0{files[name]}\0".encode())
     return h.hexdigest()[:16]
 
 
