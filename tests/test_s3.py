@@ -23,18 +23,27 @@ def s3_endpoint():
         server.stop()
 
 
-def test_extract_from_and_to_s3(s3_endpoint, tmp_path, monkeypatch):
+def _bucket_of_songs(s3_endpoint, monkeypatch, tmp_path, bucket: str, prefix: str,
+                     names: tuple[str, str], seconds: float, seed: int):
+    """A bucket with an Ogg and a FLAC of noise under ``prefix``; its boto3 client. The test's
+    environment points at the endpoint."""
     import boto3
 
     for key, value in s3_endpoint.items():
         monkeypatch.setenv(key, value)
     s3 = boto3.client("s3", endpoint_url=s3_endpoint["AWS_ENDPOINT_URL"])
-    s3.create_bucket(Bucket="music")
-    rng = np.random.default_rng(3)
-    for name, fmt in (("a.ogg", "OGG"), ("b.flac", "FLAC")):
-        sf.write(tmp_path / name, (0.1 * rng.standard_normal(7 * 22050)).astype(np.float32),
-                 22050, format=fmt)
-        s3.upload_file(str(tmp_path / name), "music", f"catalog/jazz/{name}")
+    s3.create_bucket(Bucket=bucket)
+    rng = np.random.default_rng(seed)
+    for name, fmt in zip(names, ("OGG", "FLAC")):
+        sf.write(tmp_path / name, (0.1 * rng.standard_normal(int(seconds * 22050))
+                                   ).astype(np.float32), 22050, format=fmt)
+        s3.upload_file(str(tmp_path / name), bucket, f"{prefix}/{name}")
+    return s3
+
+
+def test_extract_from_and_to_s3(s3_endpoint, tmp_path, monkeypatch):
+    s3 = _bucket_of_songs(s3_endpoint, monkeypatch, tmp_path, "music", "catalog/jazz",
+                          ("a.ogg", "b.flac"), 7, seed=3)
     s3.put_object(Bucket="music", Key="catalog/jazz/bad.wav", Body=b"RIFF" + bytes(300))
     s3.put_object(Bucket="music", Key="catalog/manifest.csv",
                   Body=b"uri,label\njazz/a.ogg,jazz\njazz/b.flac,jazz\njazz/bad.wav,jazz\n"
@@ -92,17 +101,8 @@ def test_a_connection_lost_mid_read_is_an_io_error_and_the_next_run_reads_the_so
     """libsndfile reads S3 objects through Python callbacks that cannot raise: a dropped
     connection read as the end of the file would store half a song. It is an io error (a
     transient kind) instead, and the next run extracts the whole song."""
-    import boto3
-
-    for key, value in s3_endpoint.items():
-        monkeypatch.setenv(key, value)
-    s3 = boto3.client("s3", endpoint_url=s3_endpoint["AWS_ENDPOINT_URL"])
-    s3.create_bucket(Bucket="cut")
-    rng = np.random.default_rng(4)
-    for name, fmt in (("long.ogg", "OGG"), ("other.flac", "FLAC")):
-        sf.write(tmp_path / name, (0.1 * rng.standard_normal(12 * 22050)).astype(np.float32),
-                 22050, format=fmt)
-        s3.upload_file(str(tmp_path / name), "cut", f"songs/{name}")
+    _bucket_of_songs(s3_endpoint, monkeypatch, tmp_path, "cut", "songs",
+                     ("long.ogg", "other.flac"), 12, seed=4)
     command = [sys.executable, "-m", "pipeline.cli", "extract", "s3://cut/songs",
                "--out", "s3://cut/features"]
     env = {**os.environ, **s3_endpoint, "RAY_ADDRESS": "",
