@@ -26,6 +26,7 @@ from multiprocessing.connection import Connection
 
 from pipeline.errors import (AudioError, AudioIOError, SongCrashError, SongInternalError,
                              SongMemoryError, SongTimeoutError)
+from pipeline.storage.fs import scrub
 
 log = logging.getLogger(__name__)
 
@@ -225,17 +226,11 @@ def _serve() -> None:
         except MemoryError:
             reply = ("memory", "")
         except OSError as e:  # storage: transient, retried
-            reply = ("io", _scrub(f"{type(e).__name__}: {e}"))
+            reply = ("io", scrub(f"{type(e).__name__}: {e}"))
         except Exception as e:  # noqa: BLE001  (a bug: the song says so, the run goes on)
             traceback.print_exc()
-            reply = ("bug", _scrub(f"{type(e).__name__}: {e}"))
+            reply = ("bug", scrub(f"{type(e).__name__}: {e}"))
         send.send(reply)
-
-
-def _scrub(text: str) -> str:
-    from pipeline.storage.fs import scrub
-
-    return scrub(text)
 
 
 def _die_with_parent() -> None:
