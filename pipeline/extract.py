@@ -50,10 +50,10 @@ def model_input(song: Song, spec: FeatureSpec | EmbeddingSpec, feature: str) -> 
 
 def musicnn_input(song: Song, spec: EmbeddingSpec) -> dict:
     """Decode one song into musicnn patches: ``patches`` [n, 187, 96], ``start_s``, ..."""
-    y, rate = load_audio(song.uri, sample_rate=spec.sample_rate,
-                         offset_seconds=spec.offset_seconds, max_seconds=spec.max_seconds)
+    y = load_audio(song.uri, sample_rate=spec.sample_rate, offset_seconds=spec.offset_seconds,
+                   max_seconds=spec.max_seconds)
     patches, padded = musicnn_patches(y)
-    return {"patches": patches, "padded": padded, "audio_seconds": y.shape[0] / rate,
+    return {"patches": patches, "padded": padded, "audio_seconds": y.shape[0] / spec.sample_rate,
             "start_s": np.arange(patches.shape[0]) * PATCH_SECONDS + spec.offset_seconds}
 
 
@@ -82,17 +82,17 @@ def frame_song(song: Song, spec: FeatureSpec) -> dict:
     Returns a dict with ``mfcc`` [n_frames, n_mfcc, t], ``logmel`` [n_frames, n_mels, t],
     ``start_s`` [n_frames] (seconds from the file start), ``padded`` and ``audio_seconds``.
     """
-    # 44.1/88.2 kHz files skip resampling: a 2x/4x STFT gives the same features (tested).
-    y, rate = load_audio(song.uri, sample_rate=spec.sample_rate,
-                         offset_seconds=spec.offset_seconds, max_seconds=spec.max_seconds,
-                         keep_multiples=4)
-    frames, starts, padded = frame_audio(y, spec=spec, sample_rate=rate)
-    chunks = [frame_features(frames[i:i + _FRAMES_PER_CHUNK], spec=spec, sample_rate=rate)
+    # 44.1 kHz is resampled too: soxr's 2:1 plus one STFT costs 34 ms per minute of audio,
+    # a 2x-long STFT at the native rate 50 ms (measured)
+    y = load_audio(song.uri, sample_rate=spec.sample_rate, offset_seconds=spec.offset_seconds,
+                   max_seconds=spec.max_seconds)
+    frames, starts, padded = frame_audio(y, spec=spec)
+    chunks = [frame_features(frames[i:i + _FRAMES_PER_CHUNK], spec=spec)
               for i in range(0, frames.shape[0], _FRAMES_PER_CHUNK)]
     mfcc = np.concatenate([c[0] for c in chunks]) if len(chunks) > 1 else chunks[0][0]
     logmel = np.concatenate([c[1] for c in chunks]) if len(chunks) > 1 else chunks[0][1]
     return {"mfcc": mfcc, "logmel": logmel, "start_s": starts + spec.offset_seconds,
-            "padded": padded, "audio_seconds": y.shape[0] / rate}
+            "padded": padded, "audio_seconds": y.shape[0] / spec.sample_rate}
 
 
 def extract_shard(songs: list[Song], spec: FeatureSpec | EmbeddingSpec, out: str, part: str,

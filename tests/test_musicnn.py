@@ -41,7 +41,7 @@ def test_port_from_audio_end_to_end(nets, shared_data, song, folder, top):
     from pipeline.storage.audio import load_audio
 
     ref = np.load(shared_data / "musicnn_reference" / f"{song}.MSD_musicnn.npz")
-    y, rate = load_audio(str(shared_data / folder / f"{song}.ogg"), sample_rate=16000)
+    y = load_audio(str(shared_data / folder / f"{song}.ogg"), sample_rate=16000)
     patches, padded = musicnn_patches(y)
     assert patches.shape == ref["patches"].shape and not padded
     finite = np.isfinite(ref["patches"])

@@ -9,21 +9,19 @@ import numpy as np
 from pipeline.features.spec import FeatureSpec
 
 
-def frame_audio(y: np.ndarray, *, spec: FeatureSpec,
-                sample_rate: int | None = None) -> tuple[np.ndarray, np.ndarray, bool]:
+def frame_audio(y: np.ndarray, *, spec: FeatureSpec) -> tuple[np.ndarray, np.ndarray, bool]:
     """Cut a mono signal into fixed-length frames.
 
     Parameters
     ----------
     y : np.ndarray [shape=(n,)]
-        Mono audio at ``sample_rate`` (default ``spec.sample_rate``; an integer multiple of it
-        scales the frame and hop lengths in samples).
+        Mono audio at ``spec.sample_rate``.
     spec : FeatureSpec
         Frame length and hop (seconds).
 
     Returns
     -------
-    frames : np.ndarray [shape=(n_frames, k * spec.frame_samples)]
+    frames : np.ndarray [shape=(n_frames, spec.frame_samples)]
         A strided view where possible; a trailing partial frame is dropped.
     starts_s : np.ndarray [shape=(n_frames,)]
         Start time of each frame in seconds.
@@ -33,24 +31,22 @@ def frame_audio(y: np.ndarray, *, spec: FeatureSpec,
     y = np.asarray(y)
     if y.ndim != 1:
         raise ValueError(f"frame_audio expects mono audio of shape (n,), got {y.shape}")
-    rate = sample_rate or spec.sample_rate
-    k = rate // spec.sample_rate
-    length, hop = k * spec.frame_samples, k * spec.hop_samples
+    length, hop = spec.frame_samples, spec.hop_samples
     if y.shape[0] < length:
         frames = np.zeros((1, length), dtype=y.dtype)
         frames[0, : y.shape[0]] = y
         return frames, np.zeros(1), True
     n_frames = 1 + (y.shape[0] - length) // hop
     frames = np.lib.stride_tricks.sliding_window_view(y, length)[::hop][:n_frames]
-    return frames, np.arange(n_frames) * hop / rate, False
+    return frames, np.arange(n_frames) * hop / spec.sample_rate, False
 
 
 @functools.lru_cache(maxsize=8)
 def _mel_basis(sample_rate: int, n_fft: int, n_mels: int, fmax: float | None) -> np.ndarray:
     """Mel filterbank [n_mels, n_bins], float32, cut after its last non-zero FFT bin.
 
-    ``n_bins <= 1 + n_fft // 2``: with fmax at half the rate of a 2x STFT, half the bins have
-    no weight and are skipped in the projection. Cached: one per spec and rate.
+    ``n_bins <= 1 + n_fft // 2``: bins above ``fmax`` have no weight and are skipped in the
+    projection. Cached: one per spec.
     """
     import librosa
 
@@ -98,8 +94,7 @@ def power_spectrogram(frames: np.ndarray, *, n_fft: int, hop_length: int) -> np.
     return power
 
 
-def frame_features(frames: np.ndarray, *, spec: FeatureSpec,
-                   sample_rate: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def frame_features(frames: np.ndarray, *, spec: FeatureSpec) -> tuple[np.ndarray, np.ndarray]:
     """MFCC and log-mel of each frame, both from a single STFT.
 
     Parameters
@@ -108,12 +103,6 @@ def frame_features(frames: np.ndarray, *, spec: FeatureSpec,
         Audio frames; ``n = spec.frame_samples`` at ``spec.sample_rate``.
     spec : FeatureSpec
         STFT (n_fft, hop_length), mel and MFCC settings.
-    sample_rate : int, optional
-        The frames' rate when it is an integer multiple ``k`` of ``spec.sample_rate`` (e.g.
-        44,100 for a 22,050 Hz spec): the STFT then runs at that rate with ``k * n_fft`` and
-        ``k * hop_length`` (same durations, same bin frequencies), the mel bank stops at
-        ``spec.sample_rate / 2`` and power is scaled by ``1 / k**2``, which gives the features
-        of the resampled signal without resampling.
 
     Returns
     -------
@@ -124,20 +113,14 @@ def frame_features(frames: np.ndarray, *, spec: FeatureSpec,
     """
     import scipy.fft
 
-    rate = sample_rate or spec.sample_rate
-    k = rate // spec.sample_rate
-    if k < 1 or k * spec.sample_rate != rate:
-        raise ValueError(f"sample_rate {rate} is not an integer multiple of {spec.sample_rate}")
     fmax = spec.fmax if spec.fmax is not None else spec.sample_rate / 2
     frames = np.asarray(frames, dtype=np.float32)
-    power = power_spectrogram(frames, n_fft=k * spec.n_fft, hop_length=k * spec.hop_length)
+    power = power_spectrogram(frames, n_fft=spec.n_fft, hop_length=spec.hop_length)
     # One BLAS thread: a multi-threaded sgemm sums in another order, and features must not
     # depend on the thread settings of the node (Ray tasks run with OMP_NUM_THREADS=1).
-    basis = _mel_basis(rate, k * spec.n_fft, spec.n_mels, fmax)
+    basis = _mel_basis(spec.sample_rate, spec.n_fft, spec.n_mels, fmax)
     with _blas().limit(limits=1, user_api="blas"):
         mel = power[..., : basis.shape[1]] @ basis.T  # [n, t, n_mels]
-    if k > 1:
-        mel *= 1.0 / (k * k)
     logmel = np.log10(np.maximum(mel, 1e-10, out=mel), out=mel)
     logmel *= 10.0
     # Per-frame top_db so a quiet frame is not clipped relative to a loud one elsewhere.
