@@ -109,7 +109,7 @@ def _read_soundfile(fs, path, uri, offset_seconds, max_seconds, rate):
         with sf.SoundFile(path if guard is None else guard) as f:
             if f.subtype == "OPUS":
                 return None
-            sr, channels = f.samplerate, f.channels
+            sr = f.samplerate
             start = int(round(offset_seconds * sr))
             total = f.frames - start if f.frames > 0 else 0
             if max_seconds is not None:
