@@ -119,6 +119,24 @@ def test_a_bad_catalog_dataset_stops_before_work_with_one_line(ray_session, tmp_
 
 @pytest.mark.ray
 @pytest.mark.slow
+@pytest.mark.parametrize("one_task", [True, False])
+def test_duplicates_are_found_by_one_task_or_by_a_groupby(ray_session, tmp_path, monkeypatch,
+                                                           one_task):
+    """Small catalogs are checked by one task, large ones by a groupby: same answer."""
+    from pipeline.runtime import catalog
+
+    monkeypatch.setattr(catalog, "_UNIQUE_IN_ONE_TASK", 10**6 if one_task else 0)
+    rows = "".join(f"s{i}.wav,{i % 40}\n" for i in range(45))  # ids 0..4 twice
+    (tmp_path / "m.csv").write_text("uri,song_id\n" + rows)
+    with pytest.raises(CatalogError, match=r"5 duplicate song_id.*: 0, 1, 2, 3, 4"):
+        catalog.catalog_dataset(str(tmp_path / "m.csv"))
+    (tmp_path / "ok.csv").write_text("uri,song_id\n" + rows.replace(",0\n", ",x\n", 1))
+    with pytest.raises(CatalogError, match=r"4 duplicate song_id.*: 1, 2, 3, 4"):
+        catalog.catalog_dataset(str(tmp_path / "ok.csv"))
+
+
+@pytest.mark.ray
+@pytest.mark.slow
 def test_without_is_an_anti_join(ray_session):
     import ray
 
