@@ -210,7 +210,7 @@ def _serve() -> None:
     audio.window_hook = lambda seconds: send.send(("window", float(seconds)))
     import importlib
 
-    importlib.import_module("pipeline.extract")  # numpy, librosa, ... before the first song
+    importlib.import_module("pipeline.extract")  # numpy, pyarrow, ... before the first song
 
     while True:
         try:

@@ -88,3 +88,23 @@ def test_fast_path_matches_librosa(rng):
     ref_mfcc, ref_logmel = _librosa_reference(frames, spec)
     np.testing.assert_allclose(logmel, ref_logmel, atol=0.02)
     np.testing.assert_allclose(mfcc, ref_mfcc, atol=0.1)
+
+
+@pytest.mark.parametrize("sr,n_fft,n_mels,fmax", [(22050, 2048, 128, None), (16000, 512, 96, 8000),
+                                                  (22050, 2048, 40, 8000.0), (44100, 4096, 64, None)])
+def test_mel_filters_are_librosas(sr, n_fft, n_mels, fmax):
+    import librosa
+
+    from pipeline.features.frames import mel_filters
+
+    want = librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmax=fmax, dtype=np.float32)
+    np.testing.assert_allclose(mel_filters(sr, n_fft, n_mels, fmax), want, rtol=1e-5, atol=1e-9)
+
+
+def test_hann_window_is_scipys():
+    import scipy.signal
+
+    from pipeline.features.frames import _window
+
+    for n in (512, 2048):
+        np.testing.assert_allclose(_window(n), scipy.signal.get_window("hann", n), atol=1e-7)
