@@ -142,13 +142,12 @@ def _read_soundfile(fs, path, uri, offset_seconds, max_seconds, rate):
 def _read_pyav(fs, path, uri, offset_seconds, max_seconds, rate, sf_error):
     """The window decoded by FFmpeg: Opus, and what libsndfile lacks (AAC/m4a, some mp3).
 
-    An Opus stream seeks to 1 s before the window (more than its 80 ms pre-roll) and places
-    each frame by its timestamp, which Opus' fixed frames keep exact; other codecs decode
-    from the start and count samples (a Vorbis frame's timestamp can be 448 samples off
-    after a seek, measured)."""
+    An Opus stream seeks to 1 s before the window (more than its 80 ms pre-roll), places the
+    first frame it decodes by its timestamp and counts samples from there (Opus timestamps
+    are exact: tested against a decode from the start); other codecs decode from the start
+    and count samples (a Vorbis frame's timestamp can be 448 samples off after a seek)."""
     import av
 
-    chunks, pending, kept, mono = [], 0, 0, None
     guard = None if fsio.protocol_of(uri) in ("", "file") else _Guarded(fs, path, uri)
     try:
         with av.open(path if guard is None else guard, "r") as container:
@@ -172,32 +171,24 @@ def _read_pyav(fs, path, uri, offset_seconds, max_seconds, rate, sf_error):
             if timed:
                 container.seek(first + int((offset_seconds - 1.0) / stream.time_base),
                                stream=stream)
+            window = _Window(mono, start, limit, position=None if timed else 0)
             # Planar float in the file's own layout, converted only when the decoder gives
-            # another format; channels are averaged here, as in the soundfile path
-            # (FFmpeg's own mono downmix is 0.707 * (L + R)).
+            # another format; frames are joined, downmixed and cut in blocks (an Opus frame
+            # is 20 ms: per-frame numpy calls cost more than decoding it)
             planar = av.AudioResampler(format="fltp", rate=sr)
-            position = 0  # of the next decoded sample in the file
             for frame in container.decode(stream):
-                if timed:
+                if window.position is None:  # the first frame after the seek places them all
                     if frame.pts is None:
                         raise AudioDecodeError(f"{uri}: an Opus frame without a timestamp")
-                    position = int(round((frame.pts - first) * stream.time_base * sr))
+                    window.position = int(round(float((frame.pts - first) * stream.time_base)
+                                                * sr))
                 for out in [frame] if frame.format.name == "fltp" else planar.resample(frame):
-                    block = _downmix(out.to_ndarray())
-                    drop = min(block.size, max(0, start - position))
-                    position += block.size
-                    block = block[drop:]
-                    if limit is not None:
-                        block = block[: limit - kept]
-                    if block.size:
-                        chunks.append(block)
-                        kept += block.size
-                        pending += block.size
-                if pending >= block_size:  # resampled in blocks: never held at the native rate
-                    mono.add(np.concatenate(chunks))
-                    chunks, pending = [], 0
-                if limit is not None and kept >= limit:
-                    break
+                    window.hold(out.to_ndarray())
+                if window.held >= block_size or window.full():
+                    window.flush()
+                    if window.done():
+                        break
+            window.flush()
     except (av.FFmpegError, ValueError) as e:
         if guard is not None:
             guard.check()
@@ -209,9 +200,41 @@ def _read_pyav(fs, path, uri, offset_seconds, max_seconds, rate, sf_error):
     # an OSError that is not FFmpeg's (storage, network) propagates: transient, not decode
     if guard is not None:
         guard.check()
-    if chunks:
-        mono.add(np.concatenate(chunks))
     return mono.result()
+
+
+class _Window:
+    """Planar blocks of decoded audio in, the window [start, start + limit) of their mean
+    over channels out to ``mono``; ``position``: the file sample the next block starts at."""
+
+    def __init__(self, mono: "_Mono", start: int, limit: int | None, position: int | None):
+        self.mono, self.start, self.limit, self.position = mono, start, limit, position
+        self.pending: list[np.ndarray] = []
+        self.held = self.kept = 0
+
+    def hold(self, planes: np.ndarray) -> None:
+        self.pending.append(planes)
+        self.held += planes.shape[1]
+
+    def full(self) -> bool:
+        """Whether what is held reaches the window's end."""
+        return self.limit is not None and self.position + self.held >= self.start + self.limit
+
+    def done(self) -> bool:
+        return self.limit is not None and self.kept >= self.limit
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        planes = self.pending[0] if len(self.pending) == 1 else np.concatenate(self.pending, 1)
+        self.pending, self.held = [], 0
+        block = _downmix(planes[:, max(0, self.start - self.position):])
+        self.position += planes.shape[1]
+        if self.limit is not None:
+            block = block[: self.limit - self.kept]
+        if block.size:
+            self.mono.add(block)
+            self.kept += block.size
 
 
 def _downmix(planar: np.ndarray) -> np.ndarray:
