@@ -76,10 +76,15 @@ def test_unreadable_manifest_is_one_clear_error(tmp_path, name, content):
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_catalog_datasets_equal_the_in_memory_catalogs(ray_session, tmp_path):
+@pytest.mark.parametrize("manifest_bytes", [64 << 20, 0])  # one task / Ray Data's readers
+def test_catalog_datasets_equal_the_in_memory_catalogs(ray_session, tmp_path, monkeypatch,
+                                                       manifest_bytes):
     import pandas as pd
 
+    from pipeline.runtime import catalog
     from pipeline.runtime.catalog import catalog_dataset
+
+    monkeypatch.setattr(catalog, "_SMALL_MANIFEST_BYTES", manifest_bytes)
 
     for rel in ("jazz/a.wav", "jazz/deep/b.flac", "rock/c.mp3", "rock/notes.txt"):
         _touch(tmp_path / "songs" / rel)
@@ -119,13 +124,15 @@ def test_a_bad_catalog_dataset_stops_before_work_with_one_line(ray_session, tmp_
 
 @pytest.mark.ray
 @pytest.mark.slow
-@pytest.mark.parametrize("one_task", [True, False])
-def test_duplicates_are_found_by_one_task_or_by_a_groupby(ray_session, tmp_path, monkeypatch,
-                                                           one_task):
-    """Small catalogs are checked by one task, large ones by a groupby: same answer."""
+@pytest.mark.parametrize("manifest_bytes,rows_in_one_task", [(64 << 20, 0), (0, 10**6), (0, 0)])
+def test_duplicates_are_found_by_each_path(ray_session, tmp_path, monkeypatch, manifest_bytes,
+                                           rows_in_one_task):
+    """A small manifest is read and checked by one task; a larger catalog's blocks by one
+    task; a catalog of millions by a groupby: the same answer."""
     from pipeline.runtime import catalog
 
-    monkeypatch.setattr(catalog, "_UNIQUE_IN_ONE_TASK", 10**6 if one_task else 0)
+    monkeypatch.setattr(catalog, "_SMALL_MANIFEST_BYTES", manifest_bytes)
+    monkeypatch.setattr(catalog, "_UNIQUE_IN_ONE_TASK", rows_in_one_task)
     rows = "".join(f"s{i}.wav,{i % 40}\n" for i in range(45))  # ids 0..4 twice
     (tmp_path / "m.csv").write_text("uri,song_id\n" + rows)
     with pytest.raises(CatalogError, match=r"5 duplicate song_id.*: 0, 1, 2, 3, 4"):

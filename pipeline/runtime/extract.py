@@ -27,8 +27,12 @@ log = logging.getLogger(__name__)
 
 
 def plan_batches(n_songs: int, n_cpus: int, *, max_batch: int = 32) -> int:
-    """Songs per task: about 4 tasks per CPU for balance, never more than ``max_batch``."""
-    return max(1, min(max_batch, math.ceil(n_songs / (4 * n_cpus))))
+    """Songs per task: at least 4 tasks per CPU for balance, at most ``max_batch`` songs
+    each, in a number of tasks that fills every CPU in each round (300 songs on 2 CPUs: 10
+    tasks of 30, not 9 of 32 and a last one of 12 that runs alone)."""
+    tasks = max(4 * n_cpus, math.ceil(n_songs / max_batch))
+    tasks = math.ceil(tasks / n_cpus) * n_cpus
+    return max(1, math.ceil(n_songs / tasks))
 
 
 def run_extract(catalog: str, out: str, spec: FeatureSpec, *, labels_from_folders: bool = False,
@@ -66,6 +70,10 @@ def run_extract(catalog: str, out: str, spec: FeatureSpec, *, labels_from_folder
                 extract_batch, batch_size=size, batch_format="pyarrow",
                 fn_kwargs={"spec": spec, "out": out, "run_id": run_id}, num_cpus=1,
                 num_gpus=1 if use_gpu else 0, max_retries=3, retry_exceptions=[OSError])
+        # Ray Data reserves part of the CPUs for each operator of a pipeline; this one has a
+        # single operator that needs CPUs, and with the reservation it ran one task at a time
+        # until the first finished (2 CPUs: 10 one-second tasks took 6.6 s, without 5.1 s)
+        written.context.op_resource_reservation_enabled = False
         committer = Committer(
             store.index, run_id=run_id, version=version, every_s=commit_every_s,
             resolve=resolver(_Rewrite(out, run_id), key_columns=["song_id", "error"],
