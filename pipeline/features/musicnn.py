@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.features.frames import _mel_basis, power_spectrogram
+from pipeline.features.frames import mel_power, power_spectrogram
 
 SAMPLE_RATE, N_FFT, HOP, N_MELS, PATCH_FRAMES = 16000, 512, 256, 96, 187
 PATCH_SECONDS = PATCH_FRAMES * HOP / SAMPLE_RATE  # 2.992 s between patch starts
@@ -29,8 +29,8 @@ def musicnn_patches(y: np.ndarray) -> tuple[np.ndarray, bool]:
     """
     y = np.asarray(y, dtype=np.float32)
     power = power_spectrogram(y[None], n_fft=N_FFT, hop_length=HOP)[0]  # [t, 257]
-    basis = _mel_basis(SAMPLE_RATE, N_FFT, N_MELS, SAMPLE_RATE / 2)
-    mel = power[:, : basis.shape[1]] @ basis.T  # [t, 96]
+    mel = mel_power(power, sample_rate=SAMPLE_RATE, n_fft=N_FFT, n_mels=N_MELS,
+                    fmax=SAMPLE_RATE / 2)  # [t, 96]
     logmel = np.log10(10000.0 * mel + 1.0, dtype=np.float32)
     padded = logmel.shape[0] < PATCH_FRAMES
     if padded:
