@@ -69,7 +69,8 @@ def test_normalisation_statistics_equal_numpy_on_the_train_frames(ray_session, f
     assert np.allclose(data.stats.std(), x.std(axis=(0, 2)), rtol=1e-6)
 
 
-def test_streamed_frames_are_the_parts_frames_of_their_song(ray_session, features):
+@pytest.mark.parametrize("cache", [False, True])
+def test_streamed_frames_are_the_parts_frames_of_their_song(ray_session, features, cache):
     config = TrainConfig(split="song")
     data = plan_training_data(open_source(features, config), config)
     table = pd.read_parquet(features, columns=["song_id", "label", "logmel"])
@@ -77,7 +78,8 @@ def test_streamed_frames_are_the_parts_frames_of_their_song(ray_session, feature
                 for sid, group in table.groupby("song_id")}
     streamed = {}
     for split in ("train", "valid", "test"):
-        for batch in data.dataset(split).iter_batches(batch_size=None, batch_format="numpy"):
+        for batch in data.dataset(split, cache=cache).iter_batches(batch_size=None,
+                                                                     batch_format="numpy"):
             assert batch["x"].dtype == np.float32 and set(batch["split"]) == {split}
             for sid, x, y in zip(batch["song_id"], batch["x"], batch["y"]):
                 streamed.setdefault(sid, []).append(x)

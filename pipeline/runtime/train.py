@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 
 _PREFETCH = 8  # batches a worker's input pipeline holds ready for the next steps
 _MAX_FAILURES = 3  # worker-group restarts (from the last checkpoint) before a run fails
+_CACHE_FRACTION = 0.25  # of the object store: training frames up to this are read once
 # Settings a run may change when it resumes; every other one is part of the run's identity.
 _RESUMABLE = ("epochs", "patience", "num_workers", "use_gpu")
 
@@ -319,6 +320,7 @@ def _claim_run(storage_path: str, name: str, identity: dict) -> None:
 def run_train(features: str, out: str, config: TrainConfig, *, address: str | None = None,
               storage_path: str | None = None, run_name: str | None = None) -> dict:
     """Train ``config.model`` on a feature directory (or frame table) and write the bundle."""
+    import ray
     from ray.train.constants import DEFAULT_STORAGE_PATH
 
     started = time.perf_counter()
@@ -354,6 +356,11 @@ def run_train(features: str, out: str, config: TrainConfig, *, address: str | No
     worker = {"CPU": min(1.0, max(0.0, cluster_cpus() - 1) / config.num_workers)}
     if config.use_gpu:
         worker["GPU"] = 1
+    # Frames that fit in a quarter of the object store are read once, not every epoch: on 2
+    # CPUs, reading and splitting the parts again cost each epoch a quarter more than plain
+    # Keras (9,427 frames: 49.3 s against 38.4 s). A catalog's worth streams every epoch.
+    cache = data.level == "frame" and data.input_bytes("train", "valid") <= _CACHE_FRACTION * \
+        ray.cluster_resources().get("object_store_memory", 0)
     trainer = TensorflowTrainer(
         train_loop_per_worker,
         train_loop_config=loop,
@@ -366,7 +373,8 @@ def run_train(features: str, out: str, config: TrainConfig, *, address: str | No
                                          controller_failure_limit=_MAX_FAILURES,
                                          max_preemption_failures=_MAX_FAILURES),
             worker_runtime_env=runtime_env()),
-        datasets={"train": data.dataset("train", shuffle=True), "valid": data.dataset("valid")})
+        datasets={"train": data.dataset("train", shuffle=True, cache=cache),
+                  "valid": data.dataset("valid", cache=cache)})
     result = trainer.fit()
     if result.checkpoint is None:
         raise ParameterError(f"training produced no checkpoint: {result.error}")

@@ -200,10 +200,19 @@ class TrainingData:
         counts = self.counts[split]
         return counts.songs if self.level == "song" else counts.frames
 
-    def dataset(self, *splits: str, shuffle: bool = False):
+    def input_bytes(self, *splits: str) -> int:
+        """Bytes of the model inputs of ``splits`` (float32)."""
+        return self._row_bytes() * sum(self.examples(s) for s in splits)
+
+    def _row_bytes(self) -> int:
+        return 4 * int(np.prod(self.source.shape)) * (self.bag_frames if self.level == "song"
+                                                      else 1)
+
+    def dataset(self, *splits: str, shuffle: bool = False, cache: bool = False):
         """A Ray Dataset of the rows of ``splits``: the model inputs, ``y`` (class index),
         ``song_id`` and ``split``. ``shuffle``: parts in a new random order every epoch (and
-        bags draw their frames anew)."""
+        bags draw their frames anew). ``cache`` (frame rows only): read once into the object
+        store, so later epochs iterate those blocks instead of reading the parts again."""
         select = {"splits": list(splits), "method": self.method, "seed": self.seed,
                   "classes": list(self.classes), "column": self.source.column}
         # Reads skip the row groups (songs) of other splits: the validation pass decodes
@@ -215,15 +224,17 @@ class TrainingData:
                 part_bags, batch_size=None,
                 fn_kwargs={**select, "root": self.source.root, "n": self.bag_frames,
                            "sample": shuffle, "where": where})
-        return self.source.rows(KEYS + [self.source.column], shuffle=shuffle, seed=self.seed,
+        rows = self.source.rows(KEYS + [self.source.column], shuffle=shuffle, seed=self.seed,
                                 where=where).map_batches(split_frames, batch_size=None,
                                                          batch_format="pyarrow", fn_kwargs=select)
+        if not cache:
+            return rows
+        rows = rows.materialize()
+        return rows.randomize_block_order() if shuffle else rows
 
     def shuffle_rows(self, batch: int) -> int:
         """Rows of a Train worker's local shuffle buffer: about 256 MiB, at least 4 batches."""
-        row_bytes = 4 * int(np.prod(self.source.shape)) * (self.bag_frames if self.level == "song"
-                                                           else 1)
-        return int(np.clip(_SHUFFLE_BYTES // row_bytes, 4 * batch, 16384))
+        return int(np.clip(_SHUFFLE_BYTES // self._row_bytes(), 4 * batch, 16384))
 
 
 def plan_training_data(source: Source, config) -> TrainingData:
