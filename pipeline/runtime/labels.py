@@ -10,10 +10,12 @@ from pipeline.storage import fs as fsio
 from pipeline.storage.labels import LABEL_SCHEMA, LabelTable, latest_of
 
 
-def latest_labels(root: str, *, model_id: str | None = None, as_of: int | str | None = None):
+def latest_labels(root: str, *, model_id: str | None = None, as_of: int | str | None = None,
+                  with_errors: bool = False):
     """A dataset of one row per song: its most recently scored label (of ``model_id`` only,
     if given) in the table as it was at ``as_of`` (a version number or an ISO date-time;
-    None: now). Songs with only errors have no row. None when the table has no files."""
+    None: now). Songs with only errors have no row; ``with_errors``: the latest row of every
+    song, label or error. None when the table has no files."""
     import ray
     from ray.data.datasource.partitioning import Partitioning
 
@@ -26,11 +28,14 @@ def latest_labels(root: str, *, model_id: str | None = None, as_of: int | str | 
     base = fsio.url_to_fs(table.root)[1]
     rows = ray.data.read_parquet(files, filesystem=arrow_fs(table.root),
                                  partitioning=Partitioning("hive", base_dir=base))
-    return (rows.map_batches(_labels_only, batch_format="pyarrow", batch_size=None)
+    return (rows.map_batches(_labels_only, batch_format="pyarrow", batch_size=None,
+                             fn_kwargs={"with_errors": with_errors})
             .groupby("song_id").map_groups(latest_of, batch_format="pyarrow"))
 
 
-def _labels_only(batch: pa.Table) -> pa.Table:
-    """Ray Data fn: the rows that are labels (no error), in the table's column order."""
-    batch = batch.filter(pc.is_null(batch.column("error")))
+def _labels_only(batch: pa.Table, *, with_errors: bool = False) -> pa.Table:
+    """Ray Data fn: the rows that are labels (no error; every row ``with_errors``), in the
+    table's column order."""
+    if not with_errors:
+        batch = batch.filter(pc.is_null(batch.column("error")))
     return batch.select(LABEL_SCHEMA.names).cast(LABEL_SCHEMA)

@@ -1,0 +1,196 @@
+"""The catalog report's figures, computed in the cluster over a labels table.
+
+Each block of a model's latest rows (one per song) is summarised where it is into a small
+partial: label counts, confidence histograms per genre, error kinds, and its ``top_n`` least
+confident and most confused songs. The driver adds the partials up; nothing per song reaches
+it but those review lists.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline.storage.labels import LabelTable
+
+BINS = 20  # confidence histogram bins over [0, 1]
+CONFUSED = 0.2  # a song is confused between its top two genres when they are this close
+
+
+def report_summary(root: str, *, model_id: str | None = None, since: int | str | None = None,
+                   top_n: int = 20, threshold: float = 0.5) -> dict:
+    """The report's figures for every model of the labels table ``root`` (or ``model_id``):
+    ``{"version", "threshold", "bins", "models": {model_id: figures}}``, where figures are
+    ``songs``, ``labelled``, ``genres`` ({genre: songs}), ``shares``, ``histograms`` ({genre:
+    [BINS counts]}), ``below_threshold`` (songs whose confidence is below ``threshold``),
+    ``errors`` ({kind: songs}), ``least_confident`` and ``most_confused`` (review lists of
+    ``top_n`` songs) and ``confused_pairs`` ({"a|b": songs whose top two genres are a and b,
+    within ``CONFUSED`` of each other}). With ``since`` (a table version or an ISO date-time),
+    each model's figures also hold ``changes`` (see :func:`changes_since`)."""
+    from pipeline.runtime.labels import latest_labels
+
+    table = LabelTable(root)
+    table.check_exists()
+    models = [model_id] if model_id else model_ids(table)
+    out = {"table": root, "version": table.log.version(), "threshold": threshold, "bins": BINS,
+           "models": {}}
+    for model in models:
+        rows = latest_labels(root, model_id=model, with_errors=True)
+        partial = _empty()
+        if rows is not None:
+            parts = rows.map_batches(block_figures, batch_format="pyarrow", batch_size=None,
+                                     fn_kwargs={"top_n": top_n, "threshold": threshold})
+            for batch in parts.iter_batches(batch_size=None, batch_format="pyarrow"):
+                for text in batch.column("figures").to_pylist():
+                    partial = _combine(partial, json.loads(text), top_n)
+        out["models"][model] = _finish(partial)
+        if since is not None:
+            out["models"][model]["changes"] = changes_since(table, model, since)
+    if since is not None:
+        out["since"] = table.log.table(since).version()
+    return out
+
+
+def changes_since(table: LabelTable, model: str, since: int | str) -> dict:
+    """What the runs after ``since`` changed in ``model``'s labels: ``added`` (songs labelled
+    now that had no label then), ``changed`` ({old genre: {new genre: songs}}, the change
+    matrix) and ``errors`` ({kind: error rows committed since})."""
+    import ray
+
+    from pipeline.runtime.catalog import arrow_fs, partitions
+    from pipeline.runtime.labels import latest_labels
+
+    version = table.log.table(since).version()
+    now = latest_labels(table.root, model_id=model)
+    before = latest_labels(table.root, model_id=model, as_of=version)
+    added, changed = 0, {}
+    if now is not None:
+        now = now.select_columns(["song_id", "genre"])
+        if before is None:
+            added = now.count()
+        else:
+            before = before.select_columns(["song_id", "genre"]).rename_columns(
+                {"genre": "before"})
+            joined = now.join(before, join_type="left_outer", on=("song_id",),
+                              num_partitions=partitions(1))
+            for batch in joined.map_batches(_moves, batch_format="pyarrow",
+                                            batch_size=None).iter_rows():
+                if batch["before"] is None:
+                    added += batch["songs"]
+                elif batch["before"] != batch["genre"]:
+                    moves = changed.setdefault(batch["before"], {})
+                    moves[batch["genre"]] = moves.get(batch["genre"], 0) + batch["songs"]
+    _, files = table.log.added_since(version)
+    files = [f["path"] for f in files if f["partition"].get("model_id") == model]
+    errors: dict[str, int] = {}
+    if files:
+        rows = ray.data.read_parquet(files, filesystem=arrow_fs(table.root), columns=["error"])
+        for row in rows.map_batches(_error_kinds, batch_format="pyarrow",
+                                    batch_size=None).iter_rows():
+            errors[row["error"]] = errors.get(row["error"], 0) + row["songs"]
+    return {"since": version, "added": added, "changed": changed,
+            "songs_changed": sum(n for moves in changed.values() for n in moves.values()),
+            "errors": errors}
+
+
+def _moves(batch: pa.Table) -> pa.Table:
+    """Ray Data fn: songs per (genre then, genre now) of a block of the joined labels."""
+    counts = batch.group_by(["before", "genre"], use_threads=False).aggregate(
+        [("song_id", "count")])
+    return counts.rename_columns(["before", "genre", "songs"])
+
+
+def _error_kinds(batch: pa.Table) -> pa.Table:
+    """Ray Data fn: error rows per kind of a block of label rows."""
+    counts = pc.value_counts(pc.drop_null(batch.column("error")))
+    return pa.table({"error": counts.field("values"), "songs": counts.field("counts")})
+
+
+def model_ids(table: LabelTable) -> list[str]:
+    """The model_ids the table holds rows of (from its log: one entry per file)."""
+    actions = pa.table(table.log.table().get_add_actions(flatten=True))
+    if "partition.model_id" not in actions.column_names:
+        return []
+    return sorted(pc.unique(actions.column("partition.model_id")).to_pylist())
+
+
+def block_figures(batch: pa.Table, *, top_n: int, threshold: float) -> pa.Table:
+    """Ray Data fn: one row, ``figures``, the JSON partial of a block of latest label rows."""
+    ok = pc.is_null(batch.column("error")).to_numpy(zero_copy_only=False)
+    labelled = batch.filter(pa.array(ok))
+    genres = np.asarray(labelled.column("genre").to_pylist(), dtype=object)
+    confidence = labelled.column("confidence").to_numpy(zero_copy_only=False).astype(np.float64)
+    counts, histograms = {}, {}
+    for genre in sorted(set(genres)):
+        mine = confidence[genres == genre]
+        counts[genre] = int(mine.size)
+        histograms[genre] = np.histogram(np.clip(mine, 0, 1), bins=BINS, range=(0, 1))[0].tolist()
+    errors = pc.value_counts(pc.drop_null(batch.column("error"))).to_pylist() if (~ok).any() else []
+    top1, top2, margin = _top_two(labelled.column("probabilities"))
+    pairs: dict[str, int] = {}
+    for a, b, close in zip(top1, top2, margin < CONFUSED):
+        if close and a != b:
+            key = "|".join(sorted((a, b)))
+            pairs[key] = pairs.get(key, 0) + 1
+    songs = labelled.column("song_id").to_pylist()
+    uris = labelled.column("uri").to_pylist()
+    least = [{"song_id": songs[i], "uri": uris[i], "genre": genres[i],
+              "confidence": float(confidence[i])} for i in np.argsort(confidence)[:top_n]]
+    confused = [{"song_id": songs[i], "uri": uris[i], "first": top1[i], "second": top2[i],
+                 "margin": float(margin[i])} for i in np.argsort(margin)[:top_n]]
+    figures = {"songs": batch.num_rows, "labelled": int(ok.sum()), "genres": counts,
+               "histograms": histograms, "below_threshold": int((confidence < threshold).sum()),
+               "errors": {e["values"]: e["counts"] for e in errors}, "pairs": pairs,
+               "least_confident": least, "most_confused": confused}
+    return pa.table({"figures": [json.dumps(figures)]})
+
+
+def _top_two(probabilities: pa.ChunkedArray) -> tuple[list[str], list[str], np.ndarray]:
+    """The two most probable genres of each row of a map column, and their margin."""
+    column = probabilities.combine_chunks() if isinstance(probabilities, pa.ChunkedArray) \
+        else probabilities
+    if len(column) == 0:
+        return [], [], np.zeros(0)
+    width = len(column[0].as_py() or [])
+    keys = np.asarray(column.keys.to_pylist(), dtype=object).reshape(-1, width)
+    values = column.items.to_numpy(zero_copy_only=False).reshape(-1, width)
+    order = np.argsort(-values, axis=1, kind="stable")
+    rows = np.arange(len(column))
+    first, second = order[:, 0], order[:, 1] if width > 1 else order[:, 0]
+    margin = values[rows, first] - values[rows, second]
+    return keys[rows, first].tolist(), keys[rows, second].tolist(), margin
+
+
+def _empty() -> dict:
+    return {"songs": 0, "labelled": 0, "genres": {}, "histograms": {}, "below_threshold": 0,
+            "errors": {}, "pairs": {}, "least_confident": [], "most_confused": []}
+
+
+def _combine(total: dict, part: dict, top_n: int) -> dict:
+    """Two partials as one: counts added, review lists merged and cut to ``top_n``."""
+    for key in ("songs", "labelled", "below_threshold"):
+        total[key] += part[key]
+    for key in ("genres", "errors", "pairs"):
+        for name, n in part[key].items():
+            total[key][name] = total[key].get(name, 0) + n
+    for genre, counts in part["histograms"].items():
+        have = total["histograms"].setdefault(genre, [0] * BINS)
+        total["histograms"][genre] = [a + b for a, b in zip(have, counts)]
+    total["least_confident"] = sorted(total["least_confident"] + part["least_confident"],
+                                      key=lambda r: (r["confidence"], r["song_id"]))[:top_n]
+    total["most_confused"] = sorted(total["most_confused"] + part["most_confused"],
+                                    key=lambda r: (r["margin"], r["song_id"]))[:top_n]
+    return total
+
+
+def _finish(total: dict) -> dict:
+    """Shares, and pairs of genres most often confused first."""
+    labelled = max(1, total["labelled"])
+    total["shares"] = {g: n / labelled for g, n in sorted(total["genres"].items())}
+    total["genres"] = dict(sorted(total["genres"].items(), key=lambda kv: (-kv[1], kv[0])))
+    total["confused_pairs"] = dict(sorted(total.pop("pairs").items(),
+                                          key=lambda kv: (-kv[1], kv[0])))
+    return total

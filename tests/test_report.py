@@ -1,0 +1,96 @@
+"""The catalog report's figures over a labels table with two runs and two model versions."""
+
+import datetime
+import time
+
+import numpy as np
+import pytest
+
+from pipeline.storage.labels import LabelTable, label_rows
+
+CLASSES = ["jazz", "rock"]
+
+
+def _rows(songs: dict, *, day: int, run: str):
+    """Label rows of ``songs`` ({song_id: jazz probability, or an error kind})."""
+    ids = list(songs)
+    failed = [isinstance(songs[s], str) for s in ids]
+    jazz = np.array([0.5 if f else songs[s] for s, f in zip(ids, failed)], np.float32)
+    probs = np.stack([jazz, 1 - jazz], axis=1)
+    batch = {"song_id": np.array(ids, dtype=object),
+             "uri": np.array([f"s3://b/{s}.ogg" for s in ids], dtype=object),
+             "error": np.array([songs[s] if f else "" for s, f in zip(ids, failed)], dtype=object),
+             "message": np.array(["bad" if f else "" for f in failed], dtype=object),
+             "genre": np.array([CLASSES[int(p[1] > p[0])] for p in probs], dtype=object),
+             "confidence": probs.max(axis=1), "n_frames": np.full(len(ids), 6, np.int32),
+             "probabilities": probs}
+    at = datetime.datetime(2026, 11, day, tzinfo=datetime.timezone.utc)
+    return label_rows(batch, classes=CLASSES, top_k=1, aggregator="mean", scored_at=at,
+                      run_id=run)
+
+
+@pytest.fixture
+def labels(tmp_path):
+    table = LabelTable(str(tmp_path / "labels"))
+    table.create()
+    runs = [("m1", "r1", 1, {"a": 0.8, "b": 0.8, "c": 0.8, "d": 0.3, "e": 0.3, "f": "decode"}),
+            ("m1", "r2", 2, {"b": 0.45, "f": 0.8, "g": 0.8, "h": "decode"}),
+            ("m2", "r3", 3, {s: 0.35 for s in "abcde"})]
+    for model, run, day, songs in runs:
+        add = table.write(_rows(songs, day=day, run=run), model_id=model, name=f"part-{run}")
+        table.log.commit([add], version=table.log.version(), run_id=run)
+        time.sleep(0.05)  # commit times a date can tell apart
+    return table.root
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_figures_count_each_songs_latest_row_per_model(ray_session, labels):
+    from pipeline.runtime.report import BINS, report_summary
+
+    summary = report_summary(labels, top_n=3, threshold=0.6)
+    assert summary["version"] == 3 and sorted(summary["models"]) == ["m1", "m2"]
+    m1 = summary["models"]["m1"]
+    # latest rows: a c f g jazz (0.8), b rock (0.55, re-scored), d e rock (0.7), h an error
+    assert (m1["songs"], m1["labelled"]) == (8, 7)
+    assert m1["genres"] == {"jazz": 4, "rock": 3}
+    assert m1["shares"] == pytest.approx({"jazz": 4 / 7, "rock": 3 / 7})
+    assert m1["errors"] == {"decode": 1}  # f failed, then was labelled: not an error any more
+    assert m1["below_threshold"] == 1
+    assert {g: sum(h) for g, h in m1["histograms"].items()} == {"jazz": 4, "rock": 3}
+    assert len(m1["histograms"]["jazz"]) == BINS and m1["histograms"]["jazz"][16] == 4
+    assert [r["song_id"] for r in m1["least_confident"]] == ["b", "d", "e"]
+    assert m1["least_confident"][0]["uri"] == "s3://b/b.ogg"
+    assert m1["most_confused"][0] == {"song_id": "b", "uri": "s3://b/b.ogg", "first": "rock",
+                                      "second": "jazz", "margin": pytest.approx(0.1, abs=1e-6)}
+    assert m1["confused_pairs"] == {"jazz|rock": 1}
+    m2 = summary["models"]["m2"]
+    assert (m2["songs"], m2["labelled"], m2["genres"]) == (5, 5, {"rock": 5})
+    assert m2["errors"] == {} and m2["confused_pairs"] == {} and m2["below_threshold"] == 0
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_one_model_only(ray_session, labels):
+    from pipeline.runtime.report import report_summary
+
+    summary = report_summary(labels, model_id="m2")
+    assert list(summary["models"]) == ["m2"]
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+@pytest.mark.parametrize("since", [1, "2026-11-01T00:00:00+00:00"])
+def test_what_changed_since_a_version(ray_session, labels, since):
+    """Since run r1 (version 1): b moved from jazz to rock, f and g were labelled, h failed."""
+    from pipeline.runtime.report import report_summary
+
+    if isinstance(since, str):  # the time of version 1's commit
+        from deltalake import DeltaTable
+
+        stamp = next(c["timestamp"] for c in DeltaTable(labels).history() if c["version"] == 1)
+        since = datetime.datetime.fromtimestamp(stamp / 1000, datetime.timezone.utc).isoformat()
+    m1 = report_summary(labels, model_id="m1", since=since)["models"]["m1"]["changes"]
+    assert m1["since"] == 1
+    assert m1["added"] == 2 and m1["changed"] == {"jazz": {"rock": 1}}
+    assert m1["songs_changed"] == 1 and m1["errors"] == {"decode": 1}
