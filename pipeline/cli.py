@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 
-from pipeline.errors import GenresError
+from pipeline.errors import GenresError, ParameterError
 
 log = logging.getLogger("genres")
 
@@ -171,6 +171,22 @@ def build_parser() -> argparse.ArgumentParser:
                         "with Parquet files (default: CSV on stdout)")
     ray_address(p)
 
+    p = sub.add_parser("report", help="a catalog report of a labels table: one self-contained "
+                                      "HTML page, review lists as CSV, figures as JSON")
+    p.add_argument("labels", help="labels table written by `genres score`/`genres tag`")
+    p.add_argument("--out", required=True, help="the HTML page (review lists go next to it)")
+    p.add_argument("--json", default=None, help="also write the figures as JSON here")
+    p.add_argument("--model-id", default=None, help="only this model_id (default: every one)")
+    p.add_argument("--since", default=None,
+                   help="also what changed since this table version (a number) or time (ISO "
+                        "8601, e.g. 2026-12-01T06:00:00Z)")
+    p.add_argument("--model", default=None,
+                   help="a model bundle whose test metrics and confusion matrix to show")
+    p.add_argument("--top-n", type=int, default=20, help="songs per review list")
+    p.add_argument("--threshold", type=float, default=0.5,
+                   help="confidence below which a song counts as unsure")
+    ray_address(p)
+
     p = sub.add_parser("migrate", help="convert a feature directory or labels of genres 0.1 "
                                        "(parts with _commits/ records) to this version's tables")
     p.add_argument("directory", help="feature directory or labels directory (local or URI)")
@@ -260,6 +276,28 @@ def cmd_score(args, *, tag: bool = False) -> dict:
           f"{s['labelled']} labelled, {s['failed']} failed ({kinds}), {s['frames']} frames, "
           f"{s['seconds']:.1f} s -> {s['out']}")
     return s
+
+
+def cmd_report(args) -> dict:
+    from pipeline.report import write_report
+    from pipeline.runtime.report import report_summary
+    from pipeline.runtime.session import init_ray
+    from pipeline.storage import fs as fsio
+    from pipeline.storage.labels import LabelTable
+
+    if args.top_n < 1 or not 0 <= args.threshold <= 1:
+        raise ParameterError("--top-n must be at least 1 and --threshold within 0..1")
+    since = int(args.since) if args.since and args.since.isdigit() else args.since
+    LabelTable(args.labels).check_exists()
+    init_ray(args.address)
+    figures = report_summary(args.labels, model_id=args.model_id, since=since, top_n=args.top_n,
+                             threshold=args.threshold, bundle=args.model)
+    written = write_report(figures, args.out)
+    if args.json:
+        fsio.write_bytes_atomic(args.json, json.dumps(figures, indent=1, default=str).encode())
+        written["json"] = args.json
+    print(f"report: {len(figures['models'])} model(s) -> {', '.join(written.values())}")
+    return written
 
 
 def cmd_latest(args) -> dict:
@@ -362,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     commands = {"extract": cmd_extract, "train": cmd_train, "score": cmd_score,
-                "tag": lambda a: cmd_score(a, tag=True), "latest": cmd_latest,
+                "tag": lambda a: cmd_score(a, tag=True), "latest": cmd_latest, "report": cmd_report,
                 "migrate": cmd_migrate, "demo": cmd_demo, "weights": cmd_weights}
     if getattr(args, "allow_http", False):  # read by the workers too (see runtime_env)
         from pipeline.storage.fs import SCHEMES_ENV, allowed_schemes

@@ -33,9 +33,10 @@ def _rows(songs: dict, *, day: int, run: str):
 def labels(tmp_path):
     table = LabelTable(str(tmp_path / "labels"))
     table.create()
-    runs = [("m1", "r1", 1, {"a": 0.8, "b": 0.8, "c": 0.8, "d": 0.3, "e": 0.3, "f": "decode"}),
-            ("m1", "r2", 2, {"b": 0.45, "f": 0.8, "g": 0.8, "h": "decode"}),
-            ("m2", "r3", 3, {s: 0.35 for s in "abcde"})]
+    runs = [("m1", "20261101T000000Z-r1", 1,
+             {"a": 0.8, "b": 0.8, "c": 0.8, "d": 0.3, "e": 0.3, "f": "decode"}),
+            ("m1", "20261102T000000Z-r2", 2, {"b": 0.45, "f": 0.8, "g": 0.8, "h": "decode"}),
+            ("m2", "20261103T000000Z-r3", 3, {**{s: 0.35 for s in "abcd"}, "e": "timeout"})]
     for model, run, day, songs in runs:
         add = table.write(_rows(songs, day=day, run=run), model_id=model, name=f"part-{run}")
         table.log.commit([add], version=table.log.version(), run_id=run)
@@ -65,8 +66,14 @@ def test_figures_count_each_songs_latest_row_per_model(ray_session, labels):
                                       "second": "jazz", "margin": pytest.approx(0.1, abs=1e-6)}
     assert m1["confused_pairs"] == {"jazz|rock": 1}
     m2 = summary["models"]["m2"]
-    assert (m2["songs"], m2["labelled"], m2["genres"]) == (5, 5, {"rock": 5})
-    assert m2["errors"] == {} and m2["confused_pairs"] == {} and m2["below_threshold"] == 0
+    assert (m2["songs"], m2["labelled"], m2["genres"]) == (5, 4, {"rock": 4})
+    assert m2["errors"] == {"timeout": 1} and m2["confused_pairs"] == {}
+    assert m2["below_threshold"] == 0
+    run = summary["run"]  # the run of the latest commit
+    assert run["run_id"] == "20261103T000000Z-r3" and run["model_ids"] == ["m2"]
+    assert (run["songs"], run["labelled"], run["errors"], run["commits"]) == (5, 4,
+                                                                             {"timeout": 1}, 1)
+    assert run["started"] == "2026-11-03T00:00:00+00:00" and run["seconds"] > 0
 
 
 @pytest.mark.ray
@@ -94,3 +101,25 @@ def test_what_changed_since_a_version(ray_session, labels, since):
     assert m1["since"] == 1
     assert m1["added"] == 2 and m1["changed"] == {"jazz": {"rock": 1}}
     assert m1["songs_changed"] == 1 and m1["errors"] == {"decode": 1}
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_the_report_command_writes_the_page_the_lists_and_the_json(ray_session, labels,
+                                                                    tmp_path, capsys):
+    import json
+
+    from pipeline import cli
+
+    out = tmp_path / "r" / "report.html"
+    assert cli.main(["report", labels, "--out", str(out), "--json", str(tmp_path / "f.json"),
+                     "--since", "1", "--top-n", "2", "--threshold", "0.6"]) == 0
+    figures = json.loads((tmp_path / "f.json").read_text())
+    assert figures["models"]["m1"]["changes"]["changed"] == {"jazz": {"rock": 1}}
+    page = out.read_text()
+    assert page.count("<svg") == 3 and "http" not in page.split("<svg", 1)[0]
+    least = (tmp_path / "r" / "report-least-confident.csv").read_text().splitlines()
+    assert least[0] == "model_id,song_id,uri,genre,confidence"
+    assert [line.split(",")[:2] for line in least[1:]] == [["m1", "b"], ["m1", "d"],
+                                                          ["m2", "a"], ["m2", "b"]]
+    assert "report: 2 model(s)" in capsys.readouterr().out

@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.storage import fs as fsio
 from pipeline.storage.labels import LabelTable
 
 BINS = 20  # confidence histogram bins over [0, 1]
@@ -21,7 +22,7 @@ CONFUSED = 0.2  # a song is confused between its top two genres when they are th
 
 
 def report_summary(root: str, *, model_id: str | None = None, since: int | str | None = None,
-                   top_n: int = 20, threshold: float = 0.5) -> dict:
+                   top_n: int = 20, threshold: float = 0.5, bundle: str | None = None) -> dict:
     """The report's figures for every model of the labels table ``root`` (or ``model_id``):
     ``{"version", "threshold", "bins", "models": {model_id: figures}}``, where figures are
     ``songs``, ``labelled``, ``genres`` ({genre: songs}), ``shares``, ``histograms`` ({genre:
@@ -29,7 +30,9 @@ def report_summary(root: str, *, model_id: str | None = None, since: int | str |
     ``errors`` ({kind: songs}), ``least_confident`` and ``most_confused`` (review lists of
     ``top_n`` songs) and ``confused_pairs`` ({"a|b": songs whose top two genres are a and b,
     within ``CONFUSED`` of each other}). With ``since`` (a table version or an ISO date-time),
-    each model's figures also hold ``changes`` (see :func:`changes_since`)."""
+    each model's figures also hold ``changes`` (see :func:`changes_since`). ``run``: the
+    last run's own figures (:func:`last_run`); ``bundle``: a model bundle whose ``model_id``,
+    test metrics and confusion matrices the report shows."""
     from pipeline.runtime.labels import latest_labels
 
     table = LabelTable(root)
@@ -51,7 +54,60 @@ def report_summary(root: str, *, model_id: str | None = None, since: int | str |
             out["models"][model]["changes"] = changes_since(table, model, since)
     if since is not None:
         out["since"] = table.log.table(since).version()
+    out["run"] = last_run(table)
+    if bundle is not None:
+        out["bundle"] = bundle_figures(bundle)
     return out
+
+
+def last_run(table: LabelTable) -> dict | None:
+    """The figures of the run that made the table's latest commit: ``run_id``, ``model_ids``,
+    ``songs`` (rows it wrote), ``labelled``, ``errors`` ({kind: songs}), ``commits``,
+    ``started``/``finished`` (UTC) and ``seconds``, from its run_id (its start time), its
+    commits' times and its rows (counted in the cluster)."""
+    import datetime
+
+    import ray
+
+    from pipeline.runtime.catalog import arrow_fs
+    from pipeline.storage.delta import RUN_KEY
+
+    history = [c for c in table.log.table().history() if c.get(RUN_KEY)]
+    if not history:
+        return None
+    run = max(history, key=lambda c: c["version"])[RUN_KEY]
+    commits = sorted(c["version"] for c in history if c[RUN_KEY] == run)
+    finished = max(c["timestamp"] for c in history if c[RUN_KEY] == run) / 1000
+    _, added = table.log.added_since(commits[0] - 1)
+    files = [f for f in added if f["run_id"] == run]
+    figures = {"songs": 0, "labelled": 0, "errors": {}}
+    if files:
+        rows = ray.data.read_parquet([f["path"] for f in files], filesystem=arrow_fs(table.root),
+                                     columns=["error"])
+        for row in rows.map_batches(_error_kinds, batch_format="pyarrow", batch_size=None,
+                                    fn_kwargs={"labels": True}).iter_rows():
+            figures["songs"] += row["songs"]
+            if row["error"] is None:
+                figures["labelled"] += row["songs"]
+            else:
+                figures["errors"][row["error"]] = figures["errors"].get(row["error"], 0) \
+                    + row["songs"]
+    utc = datetime.timezone.utc
+    started = datetime.datetime.strptime(run[:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=utc)
+    return {"run_id": run, "model_ids": sorted({f["partition"].get("model_id") for f in files}),
+            **figures, "commits": len(commits), "started": started.isoformat(),
+            "finished": datetime.datetime.fromtimestamp(finished, utc).isoformat(),
+            "seconds": round(finished - started.timestamp(), 1)}
+
+
+def bundle_figures(bundle: str) -> dict:
+    """A model bundle's ``model_id``, classes and test metrics (accuracies, confusion)."""
+    from pipeline.storage.bundle import read_bundle
+
+    found = read_bundle(bundle)
+    metrics = json.loads(fsio.read_bytes(fsio.join(found.root, "metrics.json")))
+    return {"model_id": found.model_id, "classes": metrics.get("classes"),
+            "test": metrics.get("test"), "epochs_run": metrics.get("epochs_run")}
 
 
 def changes_since(table: LabelTable, model: str, since: int | str) -> dict:
@@ -103,10 +159,13 @@ def _moves(batch: pa.Table) -> pa.Table:
     return counts.rename_columns(["before", "genre", "songs"])
 
 
-def _error_kinds(batch: pa.Table) -> pa.Table:
-    """Ray Data fn: error rows per kind of a block of label rows."""
-    counts = pc.value_counts(pc.drop_null(batch.column("error")))
-    return pa.table({"error": counts.field("values"), "songs": counts.field("counts")})
+def _error_kinds(batch: pa.Table, *, labels: bool = False) -> pa.Table:
+    """Ray Data fn: error rows per kind of a block of label rows (``labels``: the rows
+    without an error too, as kind null)."""
+    counts = pc.value_counts(batch.column("error") if labels
+                             else pc.drop_null(batch.column("error")))
+    return pa.table({"error": pa.array(counts.field("values").to_pylist(), pa.string()),
+                     "songs": counts.field("counts")})
 
 
 def model_ids(table: LabelTable) -> list[str]:
