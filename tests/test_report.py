@@ -123,3 +123,25 @@ def test_the_report_command_writes_the_page_the_lists_and_the_json(ray_session, 
     assert [line.split(",")[:2] for line in least[1:]] == [["m1", "b"], ["m1", "d"],
                                                           ["m2", "a"], ["m2", "b"]]
     assert "report: 2 model(s)" in capsys.readouterr().out
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_the_page_renders_every_plot_in_a_real_browser(ray_session, labels, tmp_path):
+    """Headless Chromium opens the page offline: no console error, every plot drawn."""
+    from browser import open_page
+    from pipeline.report import write_report
+    from pipeline.runtime.report import report_summary
+
+    page = tmp_path / "report.html"
+    write_report(report_summary(labels, since=1), str(page))
+    seen = open_page(page.as_uri(), screenshot=str(tmp_path / "report.png"), expression="""
+        [...document.querySelectorAll('figure svg')].map(s => {
+            const box = s.getBoundingClientRect();
+            return [box.width, box.height, s.querySelectorAll('path, rect, use').length];
+        })""")
+    assert seen["errors"] == []
+    assert len(seen["value"]) == 3  # genres per model, a confidence histogram per model
+    for width, height, marks in seen["value"]:
+        assert width > 200 and height > 100 and marks > 10
+    assert (tmp_path / "report.png").stat().st_size > 20_000
