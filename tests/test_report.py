@@ -29,9 +29,9 @@ def _rows(songs: dict, *, day: int, run: str):
                       run_id=run)
 
 
-@pytest.fixture
-def labels(tmp_path):
-    table = LabelTable(str(tmp_path / "labels"))
+@pytest.fixture(scope="module")
+def labels(tmp_path_factory):
+    table = LabelTable(str(tmp_path_factory.mktemp("report") / "labels"))
     table.create()
     runs = [("m1", "20261101T000000Z-r1", 1,
              {"a": 0.8, "b": 0.8, "c": 0.8, "d": 0.3, "e": 0.3, "f": "decode"}),
@@ -44,12 +44,19 @@ def labels(tmp_path):
     return table.root
 
 
+@pytest.fixture(scope="module")
+def summary(ray_session, labels):
+    """The figures, computed once for the tests below (each run costs a few shuffles)."""
+    from pipeline.runtime.report import report_summary
+
+    return report_summary(labels, since=1, top_n=3, threshold=0.6)
+
+
 @pytest.mark.ray
 @pytest.mark.slow
-def test_figures_count_each_songs_latest_row_per_model(ray_session, labels):
-    from pipeline.runtime.report import BINS, report_summary
+def test_figures_count_each_songs_latest_row_per_model(summary):
+    from pipeline.runtime.report import BINS
 
-    summary = report_summary(labels, top_n=3, threshold=0.6)
     assert summary["version"] == 3 and sorted(summary["models"]) == ["m1", "m2"]
     m1 = summary["models"]["m1"]
     # latest rows: a c f g jazz (0.8), b rock (0.55, re-scored), d e rock (0.7), h an error
@@ -87,20 +94,25 @@ def test_one_model_only(ray_session, labels):
 
 @pytest.mark.ray
 @pytest.mark.slow
-@pytest.mark.parametrize("since", [1, "2026-11-01T00:00:00+00:00"])
-def test_what_changed_since_a_version(ray_session, labels, since):
+def test_what_changed_since_a_version(summary):
     """Since run r1 (version 1): b moved from jazz to rock, f and g were labelled, h failed."""
-    from pipeline.runtime.report import report_summary
-
-    if isinstance(since, str):  # the time of version 1's commit
-        from deltalake import DeltaTable
-
-        stamp = next(c["timestamp"] for c in DeltaTable(labels).history() if c["version"] == 1)
-        since = datetime.datetime.fromtimestamp(stamp / 1000, datetime.timezone.utc).isoformat()
-    m1 = report_summary(labels, model_id="m1", since=since)["models"]["m1"]["changes"]
-    assert m1["since"] == 1
+    m1 = summary["models"]["m1"]["changes"]
+    assert summary["since"] == 1 and m1["since"] == 1
     assert m1["added"] == 2 and m1["changed"] == {"jazz": {"rock": 1}}
     assert m1["songs_changed"] == 1 and m1["errors"] == {"decode": 1}
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_since_a_date_is_the_version_of_that_time(ray_session, labels):
+    from deltalake import DeltaTable
+
+    from pipeline.runtime.report import changes_since
+
+    stamp = next(c["timestamp"] for c in DeltaTable(labels).history() if c["version"] == 1)
+    when = datetime.datetime.fromtimestamp(stamp / 1000, datetime.timezone.utc).isoformat()
+    changes = changes_since(LabelTable(labels), "m1", when)
+    assert changes["since"] == 1 and changes["changed"] == {"jazz": {"rock": 1}}
 
 
 @pytest.mark.ray
@@ -127,14 +139,13 @@ def test_the_report_command_writes_the_page_the_lists_and_the_json(ray_session, 
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_the_page_renders_every_plot_in_a_real_browser(ray_session, labels, tmp_path):
+def test_the_page_renders_every_plot_in_a_real_browser(summary, tmp_path):
     """Headless Chromium opens the page offline: no console error, every plot drawn."""
     from browser import open_page
     from pipeline.report import write_report
-    from pipeline.runtime.report import report_summary
 
     page = tmp_path / "report.html"
-    write_report(report_summary(labels, since=1), str(page))
+    write_report(summary, str(page))
     seen = open_page(page.as_uri(), screenshot=str(tmp_path / "report.png"), expression="""
         [...document.querySelectorAll('figure svg')].map(s => {
             const box = s.getBoundingClientRect();
