@@ -40,8 +40,11 @@ def report_summary(root: str, *, model_id: str | None = None, since: int | str |
     models = [model_id] if model_id else model_ids(table)
     out = {"table": root, "version": table.log.version(), "threshold": threshold, "bins": BINS,
            "models": {}}
+    version = table.log.table(since).version() if since is not None else None
     for model in models:
+        # every song's latest row, label or error: the figures and the changes both read it
         rows = latest_labels(root, model_id=model, with_errors=True)
+        rows = rows.materialize() if rows is not None else None
         partial = _empty()
         if rows is not None:
             parts = rows.map_batches(block_figures, batch_format="pyarrow", batch_size=None,
@@ -50,10 +53,10 @@ def report_summary(root: str, *, model_id: str | None = None, since: int | str |
                 for text in batch.column("figures").to_pylist():
                     partial = _combine(partial, json.loads(text), top_n)
         out["models"][model] = _finish(partial)
-        if since is not None:
-            out["models"][model]["changes"] = changes_since(table, model, since)
-    if since is not None:
-        out["since"] = table.log.table(since).version()
+        if version is not None:
+            out["models"][model]["changes"] = changes_since(table, model, version, now=rows)
+    if version is not None:
+        out["since"] = version
     out["run"] = last_run(table)
     if bundle is not None:
         out["bundle"] = bundle_figures(bundle)
@@ -67,9 +70,6 @@ def last_run(table: LabelTable) -> dict | None:
     commits' times and its rows (counted in the cluster)."""
     import datetime
 
-    import ray
-
-    from pipeline.runtime.catalog import arrow_fs
     from pipeline.storage.delta import RUN_KEY
 
     history = [c for c in table.log.table().history() if c.get(RUN_KEY)]
@@ -80,18 +80,9 @@ def last_run(table: LabelTable) -> dict | None:
     finished = max(c["timestamp"] for c in history if c[RUN_KEY] == run) / 1000
     _, added = table.log.added_since(commits[0] - 1)
     files = [f for f in added if f["run_id"] == run]
-    figures = {"songs": 0, "labelled": 0, "errors": {}}
-    if files:
-        rows = ray.data.read_parquet([f["path"] for f in files], filesystem=arrow_fs(table.root),
-                                     columns=["error"])
-        for row in rows.map_batches(_error_kinds, batch_format="pyarrow", batch_size=None,
-                                    fn_kwargs={"labels": True}).iter_rows():
-            figures["songs"] += row["songs"]
-            if row["error"] is None:
-                figures["labelled"] += row["songs"]
-            else:
-                figures["errors"][row["error"]] = figures["errors"].get(row["error"], 0) \
-                    + row["songs"]
+    kinds = _row_kinds(table, [f["path"] for f in files], labels=True)
+    labelled = kinds.pop(None, 0)
+    figures = {"songs": labelled + sum(kinds.values()), "labelled": labelled, "errors": kinds}
     utc = datetime.timezone.utc
     started = datetime.datetime.strptime(run[:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=utc)
     return {"run_id": run, "model_ids": sorted({f["partition"].get("model_id") for f in files}),
@@ -110,20 +101,21 @@ def bundle_figures(bundle: str) -> dict:
             "test": metrics.get("test"), "epochs_run": metrics.get("epochs_run")}
 
 
-def changes_since(table: LabelTable, model: str, since: int | str) -> dict:
+def changes_since(table: LabelTable, model: str, since: int | str, *, now=None) -> dict:
     """What the runs after ``since`` changed in ``model``'s labels: ``added`` (songs labelled
     now that had no label then), ``changed`` ({old genre: {new genre: songs}}, the change
-    matrix) and ``errors`` ({kind: error rows committed since})."""
-    import ray
-
-    from pipeline.runtime.catalog import arrow_fs, partitions
-    from pipeline.runtime.labels import latest_labels
+    matrix) and ``errors`` ({kind: error rows committed since}). ``now``: the model's latest
+    rows with errors, when the caller has them (else read here)."""
+    from pipeline.runtime.catalog import partitions
+    from pipeline.runtime.labels import _labels_only, latest_labels
 
     version = table.log.table(since).version()
-    now = latest_labels(table.root, model_id=model)
+    if now is None:
+        now = latest_labels(table.root, model_id=model, with_errors=True)
     before = latest_labels(table.root, model_id=model, as_of=version)
     added, changed = 0, {}
     if now is not None:
+        now = now.map_batches(_labels_only, batch_format="pyarrow", batch_size=None)
         now = now.select_columns(["song_id", "genre"])
         if before is None:
             added = now.count()
@@ -140,16 +132,28 @@ def changes_since(table: LabelTable, model: str, since: int | str) -> dict:
                     moves = changed.setdefault(batch["before"], {})
                     moves[batch["genre"]] = moves.get(batch["genre"], 0) + batch["songs"]
     _, files = table.log.added_since(version)
-    files = [f["path"] for f in files if f["partition"].get("model_id") == model]
-    errors: dict[str, int] = {}
-    if files:
-        rows = ray.data.read_parquet(files, filesystem=arrow_fs(table.root), columns=["error"])
-        for row in rows.map_batches(_error_kinds, batch_format="pyarrow",
-                                    batch_size=None).iter_rows():
-            errors[row["error"]] = errors.get(row["error"], 0) + row["songs"]
+    errors = _row_kinds(table, [f["path"] for f in files
+                                if f["partition"].get("model_id") == model])
     return {"since": version, "added": added, "changed": changed,
             "songs_changed": sum(n for moves in changed.values() for n in moves.values()),
             "errors": errors}
+
+
+def _row_kinds(table: LabelTable, paths: list[str], *, labels: bool = False) -> dict:
+    """{error kind: rows} of the table files ``paths``, counted in the cluster (``labels``:
+    the rows without an error too, under None)."""
+    import ray
+
+    from pipeline.runtime.catalog import arrow_fs
+
+    kinds: dict = {}
+    if not paths:
+        return kinds
+    rows = ray.data.read_parquet(paths, filesystem=arrow_fs(table.root), columns=["error"])
+    for row in rows.map_batches(_error_kinds, batch_format="pyarrow", batch_size=None,
+                                fn_kwargs={"labels": labels}).iter_rows():
+        kinds[row["error"]] = kinds.get(row["error"], 0) + row["songs"]
+    return kinds
 
 
 def _moves(batch: pa.Table) -> pa.Table:
