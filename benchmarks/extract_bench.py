@@ -127,7 +127,7 @@ def profile(paths, window: dict, n=12):
     import soxr
 
     from pipeline.features import FeatureSpec, frame_audio
-    from pipeline.features.frames import _mel_basis, power_spectrogram
+    from pipeline.features.frames import mel_power, power_spectrogram
     from pipeline.storage.audio import load_audio
     from pipeline.storage.shards import _parquet_bytes, tensor_array
     import soundfile as sf
@@ -153,8 +153,8 @@ def profile(paths, window: dict, n=12):
                                   hop_length=spec.hop_length)
         stages["stft"] += clock() - t
         t = clock()
-        basis = _mel_basis(SR, spec.n_fft, spec.n_mels, SR / 2)
-        mel = power[..., : basis.shape[1]] @ basis.T
+        mel = mel_power(power, sample_rate=SR, n_fft=spec.n_fft, n_mels=spec.n_mels,
+                        fmax=SR / 2)
         stages["mel"] += clock() - t
         t = clock()
         logmel = 10 * np.log10(np.maximum(mel, 1e-10)).transpose(0, 2, 1)
