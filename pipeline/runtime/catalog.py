@@ -87,6 +87,16 @@ def without(rows, done, *, partitions: int, key: str = "song_id"):
                      num_partitions=partitions, on=(key,))
 
 
+def latest_per_song(rows, latest, *, partitions: int):
+    """One row per song of ``rows`` (a dataset with a ``song_id`` column): ``latest`` (Ray
+    Data fn: a pyarrow table holding all rows of some songs -> one row per song) applied to
+    each block of a hash partitioning by song_id. That partitioning puts every row of a song
+    in one block (Ray Data's own ``map_groups`` relies on it), so a block is reduced by one
+    vectorised call, not a Python call per song as ``groupby().map_groups()`` makes."""
+    return rows.repartition(partitions, keys=["song_id"]).map_batches(
+        latest, batch_format="pyarrow", batch_size=None)
+
+
 def done_ids(rows, *, retry: str = "transient"):
     """The song ids of ``rows`` (index or label rows: ``song_id``, ``error``) that a run does
     not try again (see :func:`final_rows`), materialized in the cluster; None when none."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.runtime.catalog import arrow_fs
+from pipeline.runtime.catalog import arrow_fs, latest_per_song, partitions
 from pipeline.storage import fs as fsio
 from pipeline.storage.labels import LABEL_SCHEMA, LabelTable, latest_of
 
@@ -28,9 +28,10 @@ def latest_labels(root: str, *, model_id: str | None = None, as_of: int | str | 
     base = fsio.url_to_fs(table.root)[1]
     rows = ray.data.read_parquet(files, filesystem=arrow_fs(table.root),
                                  partitioning=Partitioning("hive", base_dir=base))
-    return (rows.map_batches(_labels_only, batch_format="pyarrow", batch_size=None,
-                             fn_kwargs={"with_errors": with_errors})
-            .groupby("song_id").map_groups(latest_of, batch_format="pyarrow"))
+    rows = rows.map_batches(_labels_only, batch_format="pyarrow", batch_size=None,
+                            fn_kwargs={"with_errors": with_errors})
+    return latest_per_song(rows, latest_of,
+                           partitions=partitions(table.log.rows(as_of, **partition)))
 
 
 def _labels_only(batch: pa.Table, *, with_errors: bool = False) -> pa.Table:

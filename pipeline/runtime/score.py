@@ -27,7 +27,8 @@ from pipeline.extract import model_input
 from pipeline.features.bags import make_bags
 from pipeline.features.musicnn import N_MELS as MUSICNN_MELS, PATCH_FRAMES
 from pipeline.models.aggregate import aggregate, decide
-from pipeline.runtime.catalog import arrow_fs, catalog_dataset, done_ids, partitions, without
+from pipeline.runtime.catalog import (arrow_fs, catalog_dataset, done_ids, latest_per_song,
+                                      partitions, without)
 from pipeline.runtime.commit import aggregator_is, commit_stream, resolver
 from pipeline.runtime.session import cluster_cpus, init_ray
 from pipeline.sandbox import sandbox
@@ -415,9 +416,10 @@ def _last_errors(index, ok):
                                fn_kwargs={"failed": True}).materialize()
     if not failed.count():
         return None
+    n = partitions(failed.count())
     if ok.count():
-        failed = without(failed, ok, partitions=partitions(failed.count()))
-    return failed.groupby("song_id").map_groups(latest_rows, batch_format="pyarrow")
+        failed = without(failed, ok, partitions=n)
+    return latest_per_song(failed, latest_rows, partitions=n)
 
 
 def _feature_songs(features: FeatureStore):

@@ -21,6 +21,7 @@ import uuid
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.storage import fs as fsio
@@ -133,6 +134,14 @@ class DeltaLog:
         predicate = [(k, "=", v) for k, v in partition.items()] or None
         uris = table.file_uris(file_pruning_predicate=predicate)
         return [fsio.unstrip(u, self.root) if "://" not in u else u for u in uris]
+
+    def rows(self, version: int | str | None = None, **partition: str) -> int:
+        """Rows of the table's files at ``version`` in the partition ``partition``, from the
+        log's file statistics (no file is read)."""
+        actions = pa.table(self.table(version).get_add_actions(flatten=True))
+        for key, value in partition.items():
+            actions = actions.filter(pc.equal(actions.column(f"partition.{key}"), value))
+        return int(pc.sum(actions.column("num_records")).as_py() or 0)
 
     def added_since(self, version: int) -> tuple[int, list[dict]]:
         """(the latest version, the files committed after ``version``: ``path`` (a URI),
