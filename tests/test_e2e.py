@@ -1,5 +1,8 @@
 """End to end on local Ray through the real CLI: extract -> train (2 workers) -> score -> tag."""
 
+import json
+import pathlib
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -232,6 +235,20 @@ def test_tag_is_incremental_across_features_audio_and_model_versions(catalog, fe
     # time travel: the table as it was before the second model
     before = latest_labels(labels, as_of=version).to_pandas()
     assert len(before) == 27 and set(before.model_id) == {first.model_id}
+
+    # the morning report over both models, with the new model's bundle beside its labels
+    page, summary = tmp_path / "report" / "report.html", tmp_path / "report.json"
+    assert cli.main(["report", labels, "--model", second.root, "--since", str(version),
+                     "--out", str(page), "--json", str(summary)]) == 0
+    figures = json.loads(summary.read_text())
+    test = json.loads((pathlib.Path(second.root) / "metrics.json").read_text())["test"]
+    assert figures["bundle"]["model_id"] == second.model_id and figures["bundle"]["test"] == test
+    assert {m: f["labelled"] for m, f in figures["models"].items()} == \
+        {first.model_id: 27, second.model_id: 27}
+    assert figures["models"][second.model_id]["changes"]["added"] == 27
+    assert figures["models"][first.model_id]["changes"]["songs_changed"] == 0
+    # genres, a confidence histogram per model, and a confusion matrix per aggregator
+    assert page.read_text().count("<svg") == 3 + len(test["confusion"]) >= 4
 
 
 def test_features_of_another_spec_are_refused(two_models, tmp_path, capsys):

@@ -156,3 +156,32 @@ def test_the_page_renders_every_plot_in_a_real_browser(summary, tmp_path):
     for width, height, marks in seen["value"]:
         assert width > 200 and height > 100 and marks > 10
     assert (tmp_path / "report.png").stat().st_size > 20_000
+
+
+def test_a_blocks_figures_are_the_same_for_a_slice_and_its_copy():
+    """A block Ray Data hands over may be a slice of a larger table, whose map column's
+    keys and items still hold the whole table's entries."""
+    import json
+
+    import pyarrow as pa
+
+    from pipeline.runtime.report import _top_two, block_figures
+
+    rows = _rows({"a": 0.9, "b": 0.55, "c": "decode", "d": 0.3, "e": 0.52, "f": 0.1}, day=1,
+                 run="r1")
+    part = rows.slice(1, 4)
+    copy = pa.Table.from_pylist(part.to_pylist(), schema=part.schema)
+    figures = [json.loads(block_figures(t, top_n=2, threshold=0.6)["figures"][0].as_py())
+               for t in (part, copy)]
+    assert figures[0] == figures[1]
+    assert figures[0]["songs"] == 4 and figures[0]["errors"] == {"decode": 1}
+    assert figures[0]["genres"] == {"jazz": 2, "rock": 1} and figures[0]["below_threshold"] == 2
+    assert figures[0]["pairs"] == {"jazz|rock": 2}  # b and e: within 0.2 of each other
+    assert [r["song_id"] for r in figures[0]["most_confused"]] == ["e", "b"]
+    assert [r["song_id"] for r in figures[0]["least_confident"]] == ["e", "b"]
+    names, first, second, margin = _top_two(rows.column("probabilities").chunk(0).slice(3, 2))
+    assert names == CLASSES and list(first) == [1, 0] and list(second) == [0, 1]  # d, e
+    assert np.allclose(margin, [0.4, 0.04])
+    errors = json.loads(block_figures(rows.slice(2, 1), top_n=2, threshold=0.6)["figures"][0]
+                        .as_py())
+    assert errors["labelled"] == 0 and errors["errors"] == {"decode": 1}

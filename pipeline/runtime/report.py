@@ -181,50 +181,61 @@ def model_ids(table: LabelTable) -> list[str]:
 
 
 def block_figures(batch: pa.Table, *, top_n: int, threshold: float) -> pa.Table:
-    """Ray Data fn: one row, ``figures``, the JSON partial of a block of latest label rows."""
-    ok = pc.is_null(batch.column("error")).to_numpy(zero_copy_only=False)
-    labelled = batch.filter(pa.array(ok))
-    genres = np.asarray(labelled.column("genre").to_pylist(), dtype=object)
+    """Ray Data fn: one row, ``figures``, the JSON partial of a block of latest label rows.
+    Vectorised over the block: only its ``top_n`` review rows become Python objects."""
+    ok = pc.is_null(batch.column("error"))
+    labelled = batch.filter(ok)
     confidence = labelled.column("confidence").to_numpy(zero_copy_only=False).astype(np.float64)
+    genre = pc.dictionary_encode(labelled.column("genre").combine_chunks())
+    codes = genre.indices.to_numpy(zero_copy_only=False)
     counts, histograms = {}, {}
-    for genre in sorted(set(genres)):
-        mine = confidence[genres == genre]
-        counts[genre] = int(mine.size)
-        histograms[genre] = np.histogram(np.clip(mine, 0, 1), bins=BINS, range=(0, 1))[0].tolist()
-    errors = pc.value_counts(pc.drop_null(batch.column("error"))).to_pylist() if (~ok).any() else []
-    top1, top2, margin = _top_two(labelled.column("probabilities"))
-    pairs: dict[str, int] = {}
-    for a, b, close in zip(top1, top2, margin < CONFUSED):
-        if close and a != b:
-            key = "|".join(sorted((a, b)))
-            pairs[key] = pairs.get(key, 0) + 1
-    songs = labelled.column("song_id").to_pylist()
-    uris = labelled.column("uri").to_pylist()
-    least = [{"song_id": songs[i], "uri": uris[i], "genre": genres[i],
-              "confidence": float(confidence[i])} for i in np.argsort(confidence)[:top_n]]
-    confused = [{"song_id": songs[i], "uri": uris[i], "first": top1[i], "second": top2[i],
-                 "margin": float(margin[i])} for i in np.argsort(margin)[:top_n]]
-    figures = {"songs": batch.num_rows, "labelled": int(ok.sum()), "genres": counts,
+    for code, name in enumerate(genre.dictionary.to_pylist()):
+        mine = confidence[codes == code]
+        counts[name] = int(mine.size)
+        histograms[name] = np.histogram(np.clip(mine, 0, 1), bins=BINS, range=(0, 1))[0].tolist()
+    errors = pc.value_counts(pc.drop_null(batch.column("error"))).to_pylist()
+    names, first, second, margin = _top_two(labelled.column("probabilities"))
+    close = (margin < CONFUSED) & (first != second)
+    low, high = np.minimum(first, second)[close], np.maximum(first, second)[close]
+    pair, songs = np.unique(low * len(names) + high, return_counts=True)
+    pairs = {f"{names[p // len(names)]}|{names[p % len(names)]}": int(n)
+             for p, n in zip(pair, songs)}
+    least = labelled.take(np.argsort(confidence, kind="stable")[:top_n])
+    confused = np.argsort(margin, kind="stable")[:top_n]
+    figures = {"songs": batch.num_rows, "labelled": labelled.num_rows, "genres": counts,
                "histograms": histograms, "below_threshold": int((confidence < threshold).sum()),
                "errors": {e["values"]: e["counts"] for e in errors}, "pairs": pairs,
-               "least_confident": least, "most_confused": confused}
+               "least_confident": [
+                   {"song_id": r["song_id"], "uri": r["uri"], "genre": r["genre"],
+                    "confidence": float(r["confidence"])} for r in least.to_pylist()],
+               "most_confused": [
+                   {"song_id": r["song_id"], "uri": r["uri"], "first": names[first[i]],
+                    "second": names[second[i]], "margin": float(margin[i])}
+                   for i, r in zip(confused, labelled.take(confused).to_pylist())]}
     return pa.table({"figures": [json.dumps(figures)]})
 
 
-def _top_two(probabilities: pa.ChunkedArray) -> tuple[list[str], list[str], np.ndarray]:
-    """The two most probable genres of each row of a map column, and their margin."""
+def _top_two(probabilities) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+    """(the genres named in a map column of probabilities, and for each row: the index in
+    those names of its most and second most probable genre, and their margin). Every row
+    has the same number of entries (one model's classes)."""
     column = probabilities.combine_chunks() if isinstance(probabilities, pa.ChunkedArray) \
         else probabilities
     if len(column) == 0:
-        return [], [], np.zeros(0)
-    width = len(column[0].as_py() or [])
-    keys = np.asarray(column.keys.to_pylist(), dtype=object).reshape(-1, width)
-    values = column.items.to_numpy(zero_copy_only=False).reshape(-1, width)
+        return [], np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
+    offsets = column.offsets.to_numpy()
+    width = int(offsets[1] - offsets[0])
+    # .keys and .items ignore a slice's offset: cut them to this array's entries
+    keys = column.keys.slice(offsets[0], offsets[-1] - offsets[0])
+    values = column.items.slice(offsets[0], offsets[-1] - offsets[0])
+    keys = pc.dictionary_encode(keys)
+    codes = keys.indices.to_numpy(zero_copy_only=False).reshape(-1, width)
+    values = values.to_numpy(zero_copy_only=False).reshape(-1, width)
     order = np.argsort(-values, axis=1, kind="stable")
     rows = np.arange(len(column))
-    first, second = order[:, 0], order[:, 1] if width > 1 else order[:, 0]
-    margin = values[rows, first] - values[rows, second]
-    return keys[rows, first].tolist(), keys[rows, second].tolist(), margin
+    top, runner = order[:, 0], order[:, 1] if width > 1 else order[:, 0]
+    margin = (values[rows, top] - values[rows, runner]).astype(np.float64)
+    return keys.dictionary.to_pylist(), codes[rows, top], codes[rows, runner], margin
 
 
 def _empty() -> dict:
