@@ -7,6 +7,7 @@ training pipeline computes it inside Ray Data, with no list of songs anywhere.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 
 import numpy as np
@@ -15,6 +16,9 @@ from pipeline.errors import ParameterError
 
 SPLIT_METHODS = ("auto", "manifest", "song", "artist")
 SPLITS = ("train", "valid", "test")
+# A resolved method: the manifest's split, with validation songs taken from its train songs
+# (most published splits name train and test only).
+VALID_FROM_TRAIN = "manifest+valid"
 
 
 def _unit(key: str, seed: int) -> float:
@@ -36,6 +40,22 @@ def resolve_method(method: str, *, any_given: bool) -> str:
     return method
 
 
+@dataclasses.dataclass(frozen=True)
+class SplitRule:
+    """How each row's split is decided: a resolved ``method`` (see :func:`split_rows`),
+    its ``seed``, and the ``valid`` and ``test`` shares it draws."""
+
+    method: str
+    seed: int = 0
+    valid: float = 0.15
+    test: float = 0.2
+
+    def of(self, song_ids, artists, given) -> np.ndarray:
+        """The split of each row (see :func:`split_rows`)."""
+        return split_rows(song_ids, artists, given, self.method, seed=self.seed,
+                          test=self.test, valid=self.valid)
+
+
 def split_rows(song_ids, artists, given, method: str, *, seed: int = 0, test: float = 0.2,
                valid: float = 0.15) -> np.ndarray:
     """The split of each row: ``train``, ``valid``, ``test`` or None (excluded).
@@ -44,11 +64,24 @@ def split_rows(song_ids, artists, given, method: str, *, seed: int = 0, test: fl
     ----------
     song_ids, artists, given : sequences of the same length
         Each row's song_id, artist (or None) and manifest split (or None/"").
-    method : "manifest" (the given split), "song" (a hash of the song_id) or "artist" (a hash
-        of the artist, so no artist is on two sides); see :func:`resolve_method`.
+    method : "manifest" (the given split), "manifest+valid" (the given split, with a
+        ``valid`` share of the train songs moved to ``valid``: by a hash of the artist where
+        the row has one, so an artist's train songs stay together, else of the song_id),
+        "song" (a hash of the song_id) or "artist" (a hash of the artist, so no artist is on
+        two sides); see :func:`resolve_method`.
     """
     if method == "manifest":
         return np.array([g or None for g in given], dtype=object)
+    if method == VALID_FROM_TRAIN:
+        out = np.array([g or None for g in given], dtype=object)
+        moved: dict[str, bool] = {}
+        for i in np.flatnonzero(out == "train"):
+            key = f"artist:{artists[i]}" if artists[i] else f"song:{song_ids[i]}"
+            if key not in moved:
+                moved[key] = _unit("valid-from-train:" + key, seed) < valid
+            if moved[key]:
+                out[i] = "valid"
+        return out
     if method not in ("song", "artist"):
         raise ParameterError(f"split method {method!r} is not resolved; see resolve_method")
     out = np.empty(len(song_ids), dtype=object)

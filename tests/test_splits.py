@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from pipeline.errors import ParameterError
-from pipeline.splits import resolve_method, split_rows
+from pipeline.splits import VALID_FROM_TRAIN, SplitRule, resolve_method, split_rows
 
 
 def _rows(n, artists=7, frames=3):
@@ -50,3 +50,22 @@ def test_manifest_split_is_used_as_given_and_auto_prefers_it():
         resolve_method("random", any_given=False)
     with pytest.raises(ParameterError, match="artist"):
         split_rows(["a"], [None], [None], "artist")
+
+
+def test_validation_songs_are_taken_from_the_manifests_train_songs_by_artist():
+    songs, artists, _ = _rows(400, artists=60)
+    given = ["test" if int(s[4:]) % 4 == 0 else "train" for s in songs]
+    artists = [a if int(s[4:]) % 10 else None for s, a in zip(songs, artists)]  # some without
+    sides = split_rows(songs, artists, given, VALID_FROM_TRAIN, seed=1, valid=0.2)
+    assert list(sides[np.array(given) == "test"]) == ["test"] * given.count("test")
+    moved = {s for s, g, side in zip(songs, given, sides) if g == "train" and side == "valid"}
+    assert 0.1 < len(moved) / 300 < 0.3
+    by_artist = {}
+    for artist, g, side in zip(artists, given, sides):
+        if artist and g == "train":
+            by_artist.setdefault(artist, set()).add(side)
+    assert all(len(s) == 1 for s in by_artist.values())  # an artist's train songs stay together
+    rule = SplitRule(VALID_FROM_TRAIN, seed=1, valid=0.2)
+    assert list(rule.of(songs[::-1], artists[::-1], given[::-1])) == list(sides[::-1])
+    assert list(split_rows(songs, artists, given, VALID_FROM_TRAIN, seed=2, valid=0.2)) != \
+        list(sides)
