@@ -13,8 +13,9 @@ from pipeline.errors import GenresError, ParameterError
 log = logging.getLogger("genres")
 
 
-def _number(kind: type, *, minimum: float, inclusive: bool):
-    """argparse type: a number of ``kind`` above ``minimum`` (or equal, if ``inclusive``)."""
+def _number(kind: type, *, minimum: float, inclusive: bool, most: float | None = None):
+    """argparse type: a number of ``kind`` above ``minimum`` (or equal, if ``inclusive``),
+    and at most ``most`` when given."""
 
     def parse(text: str):
         try:
@@ -24,6 +25,8 @@ def _number(kind: type, *, minimum: float, inclusive: bool):
         if value < minimum or (value == minimum and not inclusive):
             raise argparse.ArgumentTypeError(f"must be {'>=' if inclusive else '>'} {minimum}, "
                                              f"got {text}")
+        if most is not None and value > most:
+            raise argparse.ArgumentTypeError(f"must be <= {most}, got {text}")
         return value
 
     return parse
@@ -32,6 +35,7 @@ def _number(kind: type, *, minimum: float, inclusive: bool):
 _positive_float = _number(float, minimum=0, inclusive=False)
 _nonneg_float = _number(float, minimum=0, inclusive=True)
 _positive_int = _number(int, minimum=0, inclusive=False)
+_fraction = _number(float, minimum=0, inclusive=False, most=0.5)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -117,6 +121,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="frame table: manifest whose split/artist columns are joined on the song")
     p.add_argument("--split", default="auto", choices=["auto", "manifest", "song", "artist"],
                    help="auto: the manifest's split column when present, else by song")
+    p.add_argument("--valid-fraction", type=_fraction, default=0.15,
+                   help="share of the songs held out for validation (early stopping): by song "
+                        "or artist, or, when the manifest names no 'valid' song, of its train "
+                        "songs (by artist where the manifest has one); recorded in the bundle")
+    p.add_argument("--head", default=None, choices=["auto", "logistic", "dense"],
+                   help="embed: a logistic (linear) head, a dense head, or auto (default): "
+                        "fit both and keep the one better on the validation songs")
+    p.add_argument("--class-weights", default="balanced", choices=["balanced", "none"],
+                   help="balanced (default): each class weighs the same in the loss, however "
+                        "many train songs it has")
     p.add_argument("--epochs", type=_positive_int, default=30)
     p.add_argument("--batch-size", type=_positive_int, default=16,
                    help="frames (songs for mil) per optimizer step, over all workers")
@@ -247,7 +261,8 @@ def cmd_train(args) -> dict:
                          bag_frames=args.bag_frames,
                          frame_table=args.frame_table, name_column=args.name_column,
                          song_pattern=args.song_pattern, label_column=args.label_column,
-                         splits=args.splits)
+                         splits=args.splits, valid_fraction=args.valid_fraction,
+                         head=args.head, class_weights=args.class_weights)
     s = run_train(args.features, args.out, config, address=args.address,
                   storage_path=args.storage_path, run_name=args.run_name)
     test = s["metrics"].get("test")
@@ -258,6 +273,12 @@ def cmd_train(args) -> dict:
         quality = f"test: {test['songs']} songs, {frames}song accuracy {songs}"
     else:
         quality = "no test songs in this split"
+    heads = s["metrics"].get("heads") or {}
+    if len(heads) > 1:  # the embed model's head, chosen on the validation songs
+        valid = ", ".join(f"{h} {v['valid_song_accuracy']['mean']:.3f}" for h, v in heads.items())
+        quality += f"; head {s['head']} (validation song accuracy {valid})"
+    elif s.get("head"):
+        quality += f"; head {s['head']}"
     print(f"train: {s['model']} on {s['train_songs']} train / {s['valid_songs']} valid songs, "
           f"{s['epochs']} epochs, {s['seconds']:.1f} s; {quality} -> {s['out']} "
           f"(model_id {s['model_id']})")

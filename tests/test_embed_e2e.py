@@ -18,8 +18,15 @@ pytestmark = [pytest.mark.slow, pytest.mark.ray]
 def catalog(tmp_path_factory):
     root = tmp_path_factory.mktemp("embed-catalog")
     manifest = synthesise_catalog(str(root), songs_per_genre=6, seconds=9.5, seed=2)
-    with open(manifest, "a") as f:
-        f.write("missing.wav,noise,test\n")
+    # as most published splits: train and test only (the validation songs come from train),
+    # and an artist per one or two songs, none on both sides
+    rows = pd.read_csv(manifest)
+    number = rows.uri.str.extract(r"\.(\d+)\.wav$")[0].astype(int)
+    rows["split"] = rows.split.replace({"valid": "train"})
+    rows["artist"] = rows.label + "-" + ((number + 1) // 2).where(rows.split == "train", 0).astype(str)
+    rows = pd.concat([rows, pd.DataFrame([{"uri": "missing.wav", "label": "noise",
+                                           "split": "test", "artist": "nobody"}])])
+    rows.to_csv(manifest, index=False)
     return manifest
 
 
@@ -35,9 +42,21 @@ def test_embeddings_train_embed_and_score(ray_session, catalog, tmp_path):
     assert list(store.read_errors().to_pandas().song_id) == ["missing"]
 
     assert cli.main(["train", features, "--out", model, "--model", "embed", "--epochs", "15",
-                     "--batch-size", "8", "--patience", "5", "--num-workers", "2"]) == 0
-    assert (current(tmp_path / "model") / "musicnn.npz").exists()
-    assert json.loads((current(tmp_path / "model") / "spec.json").read_text())["kind"] == "musicnn"
+                     "--batch-size", "8", "--patience", "5", "--num-workers", "2",
+                     "--valid-fraction", "0.3"]) == 0
+    bundle = current(tmp_path / "model")
+    assert (bundle / "musicnn.npz").exists()
+    assert json.loads((bundle / "spec.json").read_text())["kind"] == "musicnn"
+    # validation songs were taken from the train songs, by artist, and the bundle says so
+    config = json.loads((bundle / "config.json").read_text())
+    assert config["split_method"] == "manifest+valid" and config["valid_fraction"] == 0.3
+    metrics = json.loads((bundle / "metrics.json").read_text())
+    assert metrics["test"]["songs"] == 3 and 1 <= metrics["valid"]["songs"] <= 14
+    # both heads were fitted; the better on the validation songs was kept, the other shown
+    assert config["head_choice"] == "validation" and config["head"] == metrics["head"]
+    assert set(metrics["heads"]) == {"logistic", "dense"} and (bundle / "plots" / "heads.png").exists()
+    kept = metrics["heads"][metrics["head"]]["valid_song_accuracy"]["mean"]
+    assert kept == max(h["valid_song_accuracy"]["mean"] for h in metrics["heads"].values())
 
     assert cli.main(["score", catalog, "--model", model, "--out", labels]) == 0
     out = _labels(labels)

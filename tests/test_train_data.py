@@ -4,6 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from pipeline.errors import ParameterError
 from pipeline.runtime.train import TrainConfig
 from pipeline.storage import shards
 from pipeline.runtime.train_data import open_source, plan_training_data
@@ -55,6 +56,40 @@ def test_artist_split_keeps_every_artist_on_one_side(ray_session, features):
         for sid in _songs(data, split):
             sides.setdefault(artist[sid], set()).add(split)
     assert all(len(s) == 1 for s in sides.values()) and len(sides) == 8
+
+
+@pytest.fixture(scope="module")
+def train_test_only(tmp_path_factory):
+    """30 songs whose manifest split names train and test only; 10 artists, each on one side."""
+    return tiny_features(tmp_path_factory.mktemp("train-test"),
+                         [{"song_id": f"t{i:02d}", "seconds": 1.5, "label": "ab"[i % 2],
+                           "artist": f"r{i % 10}", "split": "test" if i % 10 < 3 else "train"}
+                          for i in range(30)])
+
+
+def test_validation_songs_come_from_the_train_songs_of_a_train_test_manifest(ray_session,
+                                                                             train_test_only):
+    config = TrainConfig(model="dnn", valid_fraction=0.3)  # --split auto: the manifest's
+    data = plan_training_data(open_source(train_test_only, config), config)
+    assert data.method == "manifest+valid" and data.rule.valid == 0.3
+    sides = {split: set(_songs(data, split)) for split in ("train", "valid", "test")}
+    assert sides["test"] == {f"t{i:02d}" for i in range(30) if i % 10 < 3}
+    assert sides["valid"] and sides["train"] and not sides["valid"] & sides["train"]
+    assert len(sides["train"]) + len(sides["valid"]) == 21
+    artists = {split: {f"r{int(s[1:]) % 10}" for s in songs} for split, songs in sides.items()}
+    assert not (artists["train"] & artists["valid"] or artists["valid"] & artists["test"])
+    assert data.counts["valid"].songs == len(sides["valid"])
+    # balanced class weights from the train frames of each label, counted in the same pass
+    frames = {label: n for label, (n, _) in data.train_labels.items()}
+    assert set(frames) == {"a", "b"} and sum(frames.values()) == data.counts["train"].frames
+    weighted = sum(w * frames[c] for w, c in zip(data.class_weights(), data.classes))
+    assert np.isclose(weighted, data.counts["train"].frames)
+
+    # too few train songs for the share: refused, saying how many would do
+    config = TrainConfig(model="dnn", valid_fraction=0.01)
+    with pytest.raises(ParameterError, match=r"no validation songs.*manifest names no 'valid' "
+                                             r"song.*21 train songs.*about 300 are needed"):
+        plan_training_data(open_source(train_test_only, config), config)
 
 
 def test_normalisation_statistics_equal_numpy_on_the_train_frames(ray_session, features):

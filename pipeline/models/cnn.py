@@ -181,9 +181,14 @@ def build_mil(input_shape: tuple[int, int], n_classes: int, *, normalization=Non
     return keras.Model([frames, mask], _genre(layers, x, n_classes, reg), name="mil")
 
 
+HEADS = ("logistic", "dense")  # heads of the embed model; "auto" chooses by validation
+
+
 def build_embed(input_shape: tuple[int], n_classes: int, *, normalization=None,
-                units: int = 128, l2: float = 1e-3, dropout: float = 0.5):
-    """A small dense head on pretrained embeddings.
+                head: str = "dense", units: int = 128, l2: float = 1e-3, dropout: float = 0.5):
+    """A head on pretrained embeddings: ``logistic`` (one softmax layer on the normalised
+    embedding, L2-regularised: a multinomial logistic regression) or ``dense`` (a hidden
+    ReLU layer of ``units`` between dropouts, then the softmax).
 
     Parameters
     ----------
@@ -192,13 +197,16 @@ def build_embed(input_shape: tuple[int], n_classes: int, *, normalization=None,
     n_classes : int
         Softmax outputs, shape (batch, n_classes).
     """
+    if head not in HEADS:
+        raise ParameterError(f"unknown head {head!r}; choose one of {HEADS}")
     keras = tf_keras()
     layers, reg = keras.layers, keras.regularizers.l2(l2)
     inputs, x = _input(keras, input_shape, "embedding", normalization)
-    x = layers.Dropout(0.2)(x)
-    x = layers.Dense(units, activation="relu", kernel_regularizer=reg)(x)
-    x = layers.Dropout(dropout)(x)
-    return keras.Model(inputs, _genre(layers, x, n_classes, reg), name="embed")
+    if head == "dense":
+        x = layers.Dropout(0.2)(x)
+        x = layers.Dense(units, activation="relu", kernel_regularizer=reg)(x)
+        x = layers.Dropout(dropout)(x)
+    return keras.Model(inputs, _genre(layers, x, n_classes, reg), name=f"embed_{head}")
 
 
 # name -> (builder, feature column it reads, "frame" or "song" level output)
@@ -215,10 +223,12 @@ def _entry(name: str):
 
 
 def build_model(name: str, input_shape: tuple[int, ...], n_classes: int, *,
-                normalization=None):
+                normalization=None, head: str | None = None):
     """Build the registered model ``name`` for frames (or embeddings) of ``input_shape``,
-    normalising its input by ``normalization=(mean, std)`` per band when given."""
-    return _entry(name)[0](input_shape, n_classes, normalization=normalization)
+    normalising its input by ``normalization=(mean, std)`` per band when given; ``head``:
+    the embed model's head (see :func:`build_embed`)."""
+    options = {"head": head} if name == "embed" and head else {}
+    return _entry(name)[0](input_shape, n_classes, normalization=normalization, **options)
 
 
 def feature_column(name: str) -> str:

@@ -35,7 +35,7 @@ import numpy as np
 from pipeline.errors import ParameterError
 from pipeline.evaluate import evaluate, evaluate_songs
 from pipeline.features.bags import group_by_song
-from pipeline.models.cnn import build_model, model_level
+from pipeline.models.cnn import HEADS, build_model, model_level
 from pipeline.models.keras import select_legacy_keras
 from pipeline.models.lite import to_tflite
 from pipeline.runtime.session import cluster_cpus, init_ray, runtime_env
@@ -61,7 +61,8 @@ class TrainConfig:
     ``bag_frames`` caps a ``mil`` bag (frames drawn anew per song every epoch). The
     ``frame_table`` fields describe a user's own per-frame feature table (``--frame-table``);
     ``splits`` is then an optional manifest whose ``split``/``artist`` columns are joined on
-    the song name.
+    the song name. ``valid_fraction`` is the share of songs held out for validation (of the
+    train songs when the manifest names no validation song; see :mod:`pipeline.splits`).
     """
 
     model: str = "cnn2d"
@@ -79,6 +80,9 @@ class TrainConfig:
     song_pattern: str = r"^(.+)\.\d+\.\w+$"
     label_column: str = "label"
     splits: str | None = None
+    valid_fraction: float = 0.15
+    head: str | None = None  # embed: "auto" (the better on validation), "logistic", "dense"
+    class_weights: str = "balanced"  # or "none"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,7 +137,7 @@ def train_loop_per_worker(loop: dict) -> None:
                 else tf.distribute.get_strategy())
     with strategy.scope():
         model = build_model(loop["model"], tuple(loop["input_shape"]), loop["n_classes"],
-                            normalization=loop["normalization"])
+                            normalization=loop["normalization"], head=loop["head"])
         model.compile(optimizer=keras.optimizers.Adam(loop["learning_rate"]),
                       loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     state = {"epoch": 0, "best_val_loss": float("inf"), "wait": 0, "history": [], "resumed": 0}
@@ -158,8 +162,10 @@ def train_loop_per_worker(loop: dict) -> None:
     no_autotune = tf.data.Options()
     no_autotune.autotune.enabled = False
 
+    weights = loop["class_weights"]
+
     def per_replica(shard, feed: Feed, *, drop_last: bool = False, shuffle_rows: int = 0,
-                    seed: int = 0):
+                    seed: int = 0, weighted: bool = False):
         # The worker's own shard in whole batches for its replica: Keras neither rebatches
         # nor pads it, so no replica gets an empty batch (see the module docstring). Ray
         # hands over whole blocks; tf.data splits them into rows, shuffles them in its
@@ -170,14 +176,17 @@ def train_loop_per_worker(loop: dict) -> None:
             data = shard.to_tf(inputs, "y", batch_size=None, prefetch_batches=2).unbatch()
             if shuffle_rows:
                 data = data.shuffle(shuffle_rows, seed=seed)
-            return (data.batch(feed.batch, drop_remainder=drop_last)
-                    .prefetch(_PREFETCH).with_options(no_autotune))
+            data = data.batch(feed.batch, drop_remainder=drop_last)
+            if weighted and weights:  # each example weighs its class's weight in the loss
+                data = data.map(lambda x, y: (x, y, tf.gather(tf.constant(weights), y)))
+            return data.prefetch(_PREFETCH).with_options(no_autotune)
 
         return strategy.distribute_datasets_from_function(rows)
 
     for epoch in range(state["epoch"], loop["epochs"]):
         train_tf = per_replica(train_shard, train_feed, drop_last=True,
-                               shuffle_rows=loop["shuffle_rows"], seed=loop["seed"] + epoch)
+                               shuffle_rows=loop["shuffle_rows"], seed=loop["seed"] + epoch,
+                               weighted=True)
         valid_tf = per_replica(valid_shard, valid_feed)
         epoch_started = time.perf_counter()
         fitted = model.fit(train_tf, validation_data=valid_tf, epochs=1, verbose=0,
@@ -260,7 +269,7 @@ def _model(loop: dict, weights: list[np.ndarray]):
 
     tf_keras()
     model = build_model(loop["model"], tuple(loop["input_shape"]), loop["n_classes"],
-                        normalization=loop["normalization"])
+                        normalization=loop["normalization"], head=loop["head"])
     model.set_weights(weights)
     return model
 
@@ -319,8 +328,9 @@ def _claim_run(storage_path: str, name: str, identity: dict) -> None:
 
 def run_train(features: str, out: str, config: TrainConfig, *, address: str | None = None,
               storage_path: str | None = None, run_name: str | None = None) -> dict:
-    """Train ``config.model`` on a feature directory (or frame table) and write the bundle."""
-    import ray
+    """Train ``config.model`` on a feature directory (or frame table) and write the bundle.
+    With ``--model embed --head auto``, a logistic and a dense head are each fitted, and the
+    one better on the validation songs is kept; the other's figures stay in the metrics."""
     from ray.train.constants import DEFAULT_STORAGE_PATH
 
     started = time.perf_counter()
@@ -328,28 +338,80 @@ def run_train(features: str, out: str, config: TrainConfig, *, address: str | No
     if config.frame_table and config.model != "dnn":
         raise ParameterError(f"--frame-table rows are feature vectors; train them with "
                              f"--model dnn, not {config.model}")
+    heads = _heads(config)
     source = open_source(features, config)
     fsio.check_ours(out, "bundle.json", "a model bundle")  # before the work, not after it
     select_legacy_keras()  # before ray.train.tensorflow imports TensorFlow in this process
+    init_ray(address)
+    data = plan_training_data(source, config)
+    storage_path = storage_path or DEFAULT_STORAGE_PATH
+    fits = []
+    for head in heads:
+        fit = _fit(data, dataclasses.replace(config, head=head), out, storage_path=storage_path,
+                   run_name=f"{run_name}-{head}" if run_name and len(heads) > 1 else run_name)
+        fits.append(_evaluate(data, fit))
+    chosen = min(fits, key=_rank)
+    if len(fits) > 1:
+        log.info("train: heads on the validation songs: %s; kept %s", ", ".join(
+            f"{f['head']} {f['metrics']['valid']['song_accuracy']['mean']:.3f}" for f in fits),
+            chosen["head"])
+    metrics = chosen["metrics"]
+    if config.model == "embed":
+        metrics["head"] = chosen["head"]
+        metrics["heads"] = {f["head"]: _head_figures(f) for f in fits}
+    loop, state = chosen["loop"], chosen["state"]
+    model_id = save_bundle(out, model=chosen["model"], lite_model=chosen["lite"],
+                           model_name=config.model, feature=data.source.column,
+                           classes=list(data.classes), spec=data.source.spec,
+                           mean=np.asarray(loop["normalization"][0], np.float32),
+                           std=np.asarray(loop["normalization"][1], np.float32),
+                           config={**dataclasses.asdict(config), "head": chosen["head"],
+                                   "head_choice": "validation" if len(fits) > 1 else "given",
+                                   "features": features, "run": chosen["run"],
+                                   "split_method": data.method},
+                           metrics=metrics, history=state["history"], level=level,
+                           sequence_model=chosen["sequence"])
+    return {"model": config.model, "model_id": model_id, "out": out, "metrics": metrics,
+            "epochs": state["epoch"], "seconds": time.perf_counter() - started,
+            "run": chosen["run"], "head": chosen["head"],
+            "train_songs": data.counts["train"].songs, "valid_songs": data.counts["valid"].songs}
+
+
+def _heads(config: TrainConfig) -> list[str | None]:
+    """The heads to fit: None for models without one, both for the embed model's ``auto``."""
+    if config.model != "embed":
+        if config.head not in (None, "auto"):
+            raise ParameterError(f"--head is for --model embed, not {config.model}")
+        return [None]
+    if config.head in (None, "auto"):
+        return list(HEADS)
+    if config.head not in HEADS:
+        raise ParameterError(f"unknown --head {config.head!r}; choose auto or one of {HEADS}")
+    return [config.head]
+
+
+def _fit(data: TrainingData, config: TrainConfig, out: str, *, storage_path: str,
+         run_name: str | None) -> dict:
+    """One Ray Train run of ``config`` on ``data``: its ``run`` name, ``loop`` settings, last
+    ``state`` and ``best`` weights."""
+    import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer
 
-    init_ray(address)
-    data = plan_training_data(source, config)
-    unit = "songs" if level == "song" else "frames"
+    unit = "songs" if data.level == "song" else "frames"
     feeds = {split: worker_feed(data.examples(split), config.num_workers, config.batch_size,
                                 drop_last=split == "train", split=split, unit=unit)
              for split in ("train", "valid")}
     normalization = [data.stats.mean.tolist(), data.stats.scale().tolist()]
-    name, identity = run_identity(out, config, source.fingerprint)
+    name, identity = run_identity(out, config, data.source.fingerprint)
     name = run_name or name
-    storage_path = storage_path or DEFAULT_STORAGE_PATH
     _claim_run(storage_path, name, identity)
     log.info("train: %d classes, %s train/valid/test = %s; run %s", len(data.classes), unit,
              "/".join(str(data.examples(s)) for s in ("train", "valid", "test")), name)
     loop = {**dataclasses.asdict(config), "input_shape": list(data.source.shape),
             "n_classes": len(data.classes), "inputs": data.inputs,
             "normalization": normalization, "shuffle_rows": data.shuffle_rows(feeds["train"].batch),
+            "class_weights": data.class_weights() if config.class_weights == "balanced" else None,
             **{f"{split}_feed": dataclasses.asdict(feed) for split, feed in feeds.items()}}
     # Train workers leave one CPU to Ray Data, which reads and prepares their batches: with
     # every CPU reserved for training, the read tasks would never be scheduled.
@@ -381,44 +443,59 @@ def run_train(features: str, out: str, config: TrainConfig, *, address: str | No
     with result.checkpoint.as_directory() as folder:
         state = json.load(open(os.path.join(folder, "state.json")))
         best = _load_weights(os.path.join(folder, "best.npz"))
+    return {"head": config.head, "run": name, "loop": loop, "state": state, "best": best,
+            "feeds": feeds}
+
+
+def _evaluate(data: TrainingData, fit: dict) -> dict:
+    """``fit`` with its ``model``, ``lite`` copy, ``sequence`` aggregator and ``metrics`` on
+    the validation and test songs (predicted in the cluster)."""
+    loop, state, feeds = fit["loop"], fit["state"], fit["feeds"]
     classes = list(data.classes)
     metrics = {"classes": classes, "epochs_run": state["epoch"],
                "stopped_early": state["stopped_early"],
                "best_val_loss": state["best_val_loss"], "test": None,
-               "workers": {"count": config.num_workers, "batch_per_worker": feeds["train"].batch,
+               "class_weights": loop["class_weights"],
+               "workers": {"count": loop["num_workers"], "batch_per_worker": feeds["train"].batch,
                            "train_steps": feeds["train"].steps,
                            "valid_steps": feeds["valid"].steps,
                            "onednn_custom_ops": state.get("onednn"),
                            "threads": state.get("threads"),
                            "resumed": state.get("resumed", 0)}}
-    model = _model(loop, best)
-    lite = to_tflite(model) if level == "frame" else None  # what scoring on CPU will run
-    predicted = predict(data, tuple(s for s in ("valid", "test") if data.examples(s)), loop, best,
-                        lite)
+    model = _model(loop, fit["best"])
+    lite = to_tflite(model) if data.level == "frame" else None  # what scoring on CPU will run
+    predicted = predict(data, tuple(s for s in ("valid", "test") if data.examples(s)), loop,
+                        fit["best"], lite)
     sequence = None
-    if level == "frame":  # the learned aggregator, on out-of-sample frame predictions
+    if data.level == "frame":  # the learned aggregator, on out-of-sample frame predictions
         from pipeline.models.sequence import fit_sequence, sequence_scores
 
-        sequence = fit_sequence(*_songs(*predicted["valid"]), len(classes), seed=config.seed)
+        sequence = fit_sequence(*_songs(*predicted["valid"]), len(classes), seed=loop["seed"])
     for split, (probs, y, song_ids) in predicted.items():
-        if level == "song":
+        if data.level == "song":
             metrics[split] = evaluate_songs(probs, y, classes, "mil")
         else:
             # the sequence aggregator was fitted on the validation songs: test songs only
             metrics[split] = evaluate(
                 probs, y, song_ids, classes,
                 sequence=(lambda songs: sequence_scores(sequence, songs)) if split == "test" else None)
-    model_id = save_bundle(out, model=model, lite_model=lite, model_name=config.model,
-                           feature=data.source.column, classes=classes, spec=data.source.spec,
-                           mean=np.asarray(loop["normalization"][0], np.float32),
-                           std=np.asarray(loop["normalization"][1], np.float32),
-                           config={**dataclasses.asdict(config), "features": features,
-                                   "run": name, "split_method": data.method},
-                           metrics=metrics, history=state["history"], level=level,
-                           sequence_model=sequence)
-    return {"model": config.model, "model_id": model_id, "out": out, "metrics": metrics,
-            "epochs": state["epoch"], "seconds": time.perf_counter() - started, "run": name,
-            "train_songs": data.counts["train"].songs, "valid_songs": data.counts["valid"].songs}
+    return {**fit, "model": model, "lite": lite, "sequence": sequence, "metrics": metrics}
+
+
+def _rank(fit: dict) -> tuple:
+    """Sort key of a fit, best first: validation song accuracy (mean aggregation, as scoring
+    does), then validation loss, then the simpler head."""
+    accuracy = fit["metrics"]["valid"]["song_accuracy"]
+    return (-accuracy.get("mean", max(accuracy.values())), fit["state"]["best_val_loss"],
+            HEADS.index(fit["head"]) if fit["head"] in HEADS else 0)
+
+
+def _head_figures(fit: dict) -> dict:
+    """What metrics.json shows of each head: its song accuracies and loss."""
+    m = fit["metrics"]
+    return {"valid_song_accuracy": m["valid"]["song_accuracy"],
+            "test_song_accuracy": (m["test"] or {}).get("song_accuracy"),
+            "best_val_loss": m["best_val_loss"], "epochs_run": m["epochs_run"]}
 
 
 def _songs(probs: np.ndarray, y: np.ndarray, song_ids: np.ndarray):

@@ -29,7 +29,7 @@ from pipeline.errors import CatalogError, ParameterError
 from pipeline.features.bags import group_by_song, song_bag
 from pipeline.features.stats import BandStats
 from pipeline.models.cnn import feature_column, model_level
-from pipeline.splits import SPLIT_METHODS, SPLITS, resolve_method, split_rows
+from pipeline.splits import SPLIT_METHODS, SPLITS, VALID_FROM_TRAIN, SplitRule, resolve_method
 from pipeline.storage import fs as fsio
 from pipeline.storage.shards import FeatureStore, tensor_array, tensor_rows, tensor_values
 
@@ -183,12 +183,20 @@ class TrainingData:
 
     source: Source
     level: str  # "frame" or "song" (bags, mil)
-    method: str  # resolved split method
-    seed: int
+    rule: SplitRule  # how each row's split is decided (its method resolved)
     classes: tuple[str, ...]
     counts: dict[str, SplitCounts]
     stats: BandStats  # of the train frames
     bag_frames: int  # frames per bag (song-level models)
+    train_labels: dict  # {label: [train frames, train songs]}
+
+    @property
+    def method(self) -> str:
+        return self.rule.method
+
+    @property
+    def seed(self) -> int:
+        return self.rule.seed
 
     @property
     def inputs(self) -> list[str]:
@@ -199,6 +207,13 @@ class TrainingData:
         """Training examples of a split: frames, or songs for bags."""
         counts = self.counts[split]
         return counts.songs if self.level == "song" else counts.frames
+
+    def class_weights(self) -> list[float]:
+        """Balanced class weights, in class order: train examples / (classes x the class's
+        examples), so every class weighs as much in the loss (1 for an absent class)."""
+        i = 1 if self.level == "song" else 0
+        n = [self.train_labels.get(c, [0, 0])[i] for c in self.classes]
+        return [sum(n) / (len(n) * k) if k else 1.0 for k in n]
 
     def input_bytes(self, *splits: str) -> int:
         """Bytes of the model inputs of ``splits`` (float32)."""
@@ -213,12 +228,11 @@ class TrainingData:
         ``song_id`` and ``split``. ``shuffle``: parts in a new random order every epoch (and
         bags draw their frames anew). ``cache`` (frame rows only): read once into the object
         store, so later epochs iterate those blocks instead of reading the parts again."""
-        select = {"splits": list(splits), "method": self.method, "seed": self.seed,
-                  "classes": list(self.classes), "column": self.source.column}
+        select = {"splits": list(splits), "rule": self.rule, "classes": list(self.classes),
+                  "column": self.source.column}
         # Reads skip the row groups (songs) of other splits: the validation pass decodes
         # about its own share of the features, not every part again.
-        where = functools.partial(in_splits, splits=list(splits), method=self.method,
-                                  seed=self.seed)
+        where = functools.partial(in_splits, splits=list(splits), rule=self.rule)
         if self.level == "song":
             return self.source.parts_dataset(shuffle=shuffle, seed=self.seed).map_batches(
                 part_bags, batch_size=None,
@@ -240,72 +254,93 @@ class TrainingData:
 def plan_training_data(source: Source, config) -> TrainingData:
     """One pass over the rows in the cluster: classes, split sizes and train statistics.
 
-    ``--split auto`` tallies both methods it may resolve to (the manifest's split, or by
-    song), since which one applies is known only once every row has been seen.
+    Every method the split may resolve to is tallied in that pass (``--split auto``: the
+    manifest's split, that split with validation songs taken from its train songs, or by
+    song), since which one applies is known only once every row has been seen. A manifest
+    that names no ``valid`` song gets a ``--valid-fraction`` of its train songs as such.
     """
-    methods = ("manifest", "song") if config.split == "auto" else (config.split,)
+    candidates = {"auto": ("manifest", VALID_FROM_TRAIN, "song"),
+                  "manifest": ("manifest", VALID_FROM_TRAIN)}.get(config.split, (config.split,))
     if config.split not in ("auto", *SPLIT_METHODS):
         resolve_method(config.split, any_given=False)  # refuses it by name
+    rules = tuple(SplitRule(m, seed=config.seed, valid=config.valid_fraction) for m in candidates)
     rows = source.rows(KEYS + [source.column])
     # One small global aggregate: the task-based shuffle takes ~2 s on 2 CPUs, the default
     # hash shuffle's aggregator actors ~8 s.
     rows.context.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
     facts = rows.aggregate(Unique("label", ignore_nulls=True),
-                           plan_aggregate(source.column, methods, config.seed,
-                                          bands=source.shape[0]))
+                           plan_aggregate(source.column, rules, bands=source.shape[0]),
+                           label_aggregate(rules))
     classes = tuple(sorted(facts["unique(label)"]))
     if not classes:
         raise ParameterError(f"{source.root or 'the table'} has no labelled songs; extract with "
                              f"--labels-from-folders or a manifest 'label' column")
-    tally = SplitTally.from_list(methods, facts["split_tally"])
+    tally = SplitTally.from_list(rules, facts["split_tally"])
     method = resolve_method(config.split, any_given=tally.given > 0)
     if method == "artist" and tally.no_artist:
         raise ParameterError(f"--split artist needs an artist for every song; "
                              f"{tally.no_artist} labelled frames have none")
-    i = methods.index(method)
-    counts = {split: SplitCounts(*map(int, tally.rows[i, j])) for j, split in enumerate(SPLITS)}
+    counts = tally.counts(candidates.index(method))
+    if method == "manifest" and not counts["valid"].frames:
+        method = VALID_FROM_TRAIN  # the manifest names train and test songs only
+        counts = tally.counts(candidates.index(method))
     if not counts["train"].frames:
         raise ParameterError("the split leaves no train songs")
     if not counts["valid"].frames:
-        raise ParameterError("the split leaves no validation songs (needed for early stopping)")
+        raise ParameterError(_no_validation(method, config.valid_fraction,
+                                            counts["train"].songs))
+    i = candidates.index(method)
     longest = max(c.longest for c in counts.values())
-    return TrainingData(source=source, level=model_level(config.model), method=method,
-                        seed=config.seed, classes=classes, counts=counts, stats=tally.stats[i],
-                        bag_frames=min(config.bag_frames, longest))
+    return TrainingData(source=source, level=model_level(config.model), rule=rules[i],
+                        classes=classes, counts=counts, stats=tally.stats[i],
+                        bag_frames=min(config.bag_frames, longest),
+                        train_labels=json.loads(facts["train_labels"]).get(str(i), {}))
+
+
+def _no_validation(method: str, fraction: float, train_songs: int) -> str:
+    """Why a split has no validation songs (needed for early stopping), and what to do."""
+    import math
+
+    needed = math.ceil(3 / fraction)  # then a draw of none is unlikely (< 5 %)
+    where = ("the manifest names no 'valid' song, and" if method == VALID_FROM_TRAIN else
+             "by " + method + ",")
+    return (f"the split leaves no validation songs (needed for early stopping): {where} "
+            f"--valid-fraction {fraction:g} of {train_songs} train songs drew none; "
+            f"about {needed} are needed, or raise --valid-fraction")
 
 
 @dataclasses.dataclass(frozen=True)
 class SplitTally:
-    """What a pass over training rows tells the plan, per candidate split method: frames,
-    songs and longest song of each split (``rows`` [methods, 3 splits, 3]) and the per-band
+    """What a pass over training rows tells the plan, per candidate split rule: frames,
+    songs and longest song of each split (``rows`` [rules, 3 splits, 3]) and the per-band
     statistics of the train frames; plus the labelled frames with a manifest split
     (``given``) and without an artist. Parts combine in any order (pure numpy)."""
 
-    methods: tuple[str, ...]
+    rules: tuple[SplitRule, ...]
     given: int
     no_artist: int
     rows: np.ndarray
     stats: tuple[BandStats, ...]
 
     @classmethod
-    def of(cls, batch: dict, *, methods, seed: int, column: str) -> "SplitTally":
+    def of(cls, batch: dict, *, rules, column: str) -> "SplitTally":
         labelled = np.array([label is not None for label in batch["label"]], bool)
         x, frame = np.asarray(batch[column]), np.asarray(batch["frame"])
-        rows, stats = np.zeros((len(methods), len(SPLITS), 3), np.int64), []
-        for i, method in enumerate(methods):
-            _, splits = _in_splits(batch, method, seed)
+        rows, stats = np.zeros((len(rules), len(SPLITS), 3), np.int64), []
+        for i, rule in enumerate(rules):
+            _, splits = _in_splits(batch, rule)
             for j, split in enumerate(SPLITS):
                 chosen = splits == split
                 if chosen.any():
                     rows[i, j] = chosen.sum(), (chosen & (frame == 0)).sum(), frame[chosen].max() + 1
             stats.append(BandStats.of(x[splits == "train"]))
-        return cls(tuple(methods), int(sum(bool(s) for s in batch["split"][labelled])),
+        return cls(tuple(rules), int(sum(bool(s) for s in batch["split"][labelled])),
                    int(sum(not a for a in batch["artist"][labelled])), rows, tuple(stats))
 
     def combine(self, other: "SplitTally") -> "SplitTally":
         rows = self.rows + other.rows
         rows[..., 2] = np.maximum(self.rows[..., 2], other.rows[..., 2])  # longest, not a sum
-        return SplitTally(self.methods, self.given + other.given,
+        return SplitTally(self.rules, self.given + other.given,
                           self.no_artist + other.no_artist, rows,
                           tuple(a.combine(b) for a, b in zip(self.stats, other.stats)))
 
@@ -315,43 +350,46 @@ class SplitTally:
                 *(v for s in self.stats for v in s.to_list())]
 
     @classmethod
-    def from_list(cls, methods, value: list[float]) -> "SplitTally":
-        methods, value = tuple(methods), np.asarray(value, np.float64)
-        head = 2 + len(methods) * len(SPLITS) * 3
-        rows = value[2:head].astype(np.int64).reshape(len(methods), len(SPLITS), 3)
-        stats = [BandStats.from_list(v) for v in np.split(value[head:], len(methods))]
-        return cls(methods, int(value[0]), int(value[1]), rows, tuple(stats))
+    def from_list(cls, rules, value: list[float]) -> "SplitTally":
+        rules, value = tuple(rules), np.asarray(value, np.float64)
+        head = 2 + len(rules) * len(SPLITS) * 3
+        rows = value[2:head].astype(np.int64).reshape(len(rules), len(SPLITS), 3)
+        stats = [BandStats.from_list(v) for v in np.split(value[head:], len(rules))]
+        return cls(rules, int(value[0]), int(value[1]), rows, tuple(stats))
 
     @classmethod
-    def empty(cls, methods, bands: int) -> "SplitTally":
+    def empty(cls, rules, bands: int) -> "SplitTally":
         zero = BandStats(0, np.zeros(bands), np.zeros(bands))
-        return cls(tuple(methods), 0, 0, np.zeros((len(methods), len(SPLITS), 3), np.int64),
-                   (zero,) * len(methods))
+        return cls(tuple(rules), 0, 0, np.zeros((len(rules), len(SPLITS), 3), np.int64),
+                   (zero,) * len(rules))
+
+    def counts(self, i: int) -> dict[str, "SplitCounts"]:
+        """Frames, songs and longest song of each split under the ``i``-th rule."""
+        return {split: SplitCounts(*map(int, self.rows[i, j])) for j, split in enumerate(SPLITS)}
 
 
-def plan_aggregate(column: str, methods, seed: int, *, bands: int) -> AggregateFn:
+def plan_aggregate(column: str, rules, *, bands: int) -> AggregateFn:
     """A Ray Data aggregate: the :class:`SplitTally` of the rows, combined in the cluster.
 
     A generic ``AggregateFn`` on purpose: it reads several columns, and Ray Data prunes a
     block to the one column an ``AggregateFnV2`` declares.
     """
-    zero = SplitTally.empty(methods, bands).to_list()
+    zero = SplitTally.empty(rules, bands).to_list()
 
     def combine(current: list[float], new: list[float]) -> list[float]:
-        return SplitTally.from_list(methods, current).combine(
-            SplitTally.from_list(methods, new)).to_list()
+        return SplitTally.from_list(rules, current).combine(
+            SplitTally.from_list(rules, new)).to_list()
 
     def accumulate_block(current: list[float], block) -> list[float]:
         batch = BlockAccessor.for_block(block).to_batch_format("numpy")
-        return combine(current, SplitTally.of(batch, methods=methods, seed=seed,
-                                              column=column).to_list())
+        return combine(current, SplitTally.of(batch, rules=rules, column=column).to_list())
 
     return AggregateFn(init=lambda _: list(zero), merge=combine,
                        accumulate_block=accumulate_block, name="split_tally")
 
 
-def split_frames(batch: pa.Table, *, splits: list[str], method: str, seed: int,
-                 classes: list[str], column: str):
+def split_frames(batch: pa.Table, *, splits: list[str], rule: SplitRule, classes: list[str],
+                 column: str):
     """Ray Data map_batches fn (pyarrow): the rows of ``splits`` as model input ``x``, ``y``,
     ``song_id`` and ``split``. A batch without such a row yields nothing: Ray Data stores an
     empty tensor column as pickled objects, with a warning in every task.
@@ -363,7 +401,7 @@ def split_frames(batch: pa.Table, *, splits: list[str], method: str, seed: int,
     ``to_tf`` can read; it cannot read Arrow's canonical one.
     """
     keys = {k: batch.column(k).to_numpy(zero_copy_only=False) for k in SPLIT_KEYS}
-    keep, split = _in_splits(keys, method, seed)
+    keep, split = _in_splits(keys, rule)
     keep &= np.isin(split, splits)
     if not keep.any():
         return
@@ -375,7 +413,35 @@ def split_frames(batch: pa.Table, *, splits: list[str], method: str, seed: int,
                     "y": np.array([index[label] for label in keys["label"][keep]], np.int64)})
 
 
-def part_bags(batch: dict, *, root: str, splits: list[str], method: str, seed: int,
+def label_aggregate(rules) -> AggregateFn:
+    """A Ray Data aggregate: the train frames and songs of each label under each rule, as
+    JSON ``{rule index: {label: [frames, songs]}}`` (labels are known only once it is done)."""
+
+    def merge(current: str, new: str) -> str:
+        total = json.loads(current)
+        for i, labels in json.loads(new).items():
+            for label, counts in labels.items():
+                have = total.setdefault(i, {}).setdefault(label, [0, 0])
+                total[i][label] = [a + b for a, b in zip(have, counts)]
+        return json.dumps(total)
+
+    def accumulate_block(current: str, block) -> str:
+        batch = BlockAccessor.for_block(block).to_batch_format("numpy")
+        labels, first = np.asarray(batch["label"], dtype=object), np.asarray(batch["frame"]) == 0
+        part = {}
+        for i, rule in enumerate(rules):
+            keep, splits = _in_splits(batch, rule)
+            train = keep & (splits == "train")
+            part[str(i)] = {label: [int((train & (labels == label)).sum()),
+                                    int((train & first & (labels == label)).sum())]
+                            for label in set(labels[train])}
+        return merge(current, json.dumps(part))
+
+    return AggregateFn(init=lambda _: "{}", merge=merge, accumulate_block=accumulate_block,
+                       name="train_labels")
+
+
+def part_bags(batch: dict, *, root: str, splits: list[str], rule: SplitRule,
               classes: list[str], column: str, n: int, sample: bool, where=None):
     """Ray Data map_batches fn: committed parts -> one bag per song of ``splits``
     (``frames`` [n, ...], ``mask`` [n], ``y``, ``song_id``, ``split``); ``sample`` draws long
@@ -388,7 +454,7 @@ def part_bags(batch: dict, *, root: str, splits: list[str], method: str, seed: i
     for part in batch["part"]:
         table = store.read_part(part, KEYS + [column], where=where, where_columns=SPLIT_KEYS)
         rows = {k: table.column(k).to_numpy(zero_copy_only=False) for k in KEYS}
-        keep, split = _in_splits(rows, method, seed)
+        keep, split = _in_splits(rows, rule)
         keep &= np.isin(split, splits)
         values = tensor_values(table.column(column))
         for song_id, found in group_by_song(rows["song_id"][keep]).items():
@@ -404,22 +470,21 @@ def part_bags(batch: dict, *, root: str, splits: list[str], method: str, seed: i
                "mask": np.stack(out["mask"]), "y": np.array(out["y"], np.int64)}
 
 
-def in_splits(keys: pa.Table, *, splits: list[str], method: str, seed: int) -> np.ndarray:
+def in_splits(keys: pa.Table, *, splits: list[str], rule: SplitRule) -> np.ndarray:
     """Whether each row of ``keys`` (a table of :data:`SPLIT_KEYS`) is in one of ``splits``."""
     keep, split = _in_splits({k: keys.column(k).to_numpy(zero_copy_only=False)
-                              for k in SPLIT_KEYS}, method, seed)
+                              for k in SPLIT_KEYS}, rule)
     return keep & np.isin(split, splits)
 
 
-def _in_splits(batch: dict, method: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _in_splits(batch: dict, rule: SplitRule) -> tuple[np.ndarray, np.ndarray]:
     """(in a split, split of each row): unlabelled rows, and rows without an artist under
     ``artist`` (which the plan refuses), are in none."""
     usable = np.array([label is not None for label in batch["label"]], bool)
-    if method == "artist":
+    if rule.method == "artist":
         usable &= np.array([bool(a) for a in batch["artist"]], bool)
     splits = np.full(len(usable), None, dtype=object)
     if usable.any():
-        splits[usable] = split_rows(*(np.asarray(batch[k], dtype=object)[usable]
-                                      for k in ("song_id", "artist", "split")),
-                                    method, seed=seed)
+        splits[usable] = rule.of(*(np.asarray(batch[k], dtype=object)[usable]
+                                   for k in ("song_id", "artist", "split")))
     return usable & np.isin(splits, SPLITS), splits

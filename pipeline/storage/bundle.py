@@ -144,6 +144,8 @@ def save_bundle(out: str, *, model, lite_model: bytes | None = None, model_name:
             _plot_confusion(np.array(metrics["test"]["confusion"][best]), classes,
                             f"song-level confusion ({best}), test split",
                             os.path.join(tmp, "plots", "confusion.png"))
+        if len(metrics.get("heads") or {}) > 1:
+            _plot_heads(metrics["heads"], metrics["head"], os.path.join(tmp, "plots", "heads.png"))
         fsio.check_ours(out, BUNDLE_FILE, "a model bundle")
         _publish(tmp, out, model_id)
     return model_id
@@ -304,6 +306,30 @@ def _plot_history(history: list[dict], path: str) -> None:
         ax.set_xlabel("epoch")
         ax.set_title(metric)
         ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _plot_heads(heads: dict, chosen: str, path: str) -> None:
+    """Song accuracy (mean aggregation) of each head fitted, validation and test side by side:
+    the logistic head is the linear baseline the network has to beat."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(2.2 * len(heads) + 2, 4))
+    for k, (split, key) in enumerate((("validation", "valid_song_accuracy"),
+                                      ("test", "test_song_accuracy"))):
+        values = [(figures.get(key) or {}).get("mean", 0.0) for figures in heads.values()]
+        bars = ax.bar(np.arange(len(heads)) + (k - 0.5) * 0.4, values, 0.4, label=split)
+        ax.bar_label(bars, fmt="%.3f")
+    ax.set_xticks(range(len(heads)), [f"{h}{' (kept)' if h == chosen else ''}" for h in heads])
+    ax.set_ylim(0, 1.1)
+    ax.set_ylabel("song accuracy (mean)")
+    ax.set_title("embed heads: logistic baseline vs dense")
+    ax.legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
