@@ -41,8 +41,8 @@ def test_embeddings_train_embed_and_score(ray_session, catalog, tmp_path):
     assert tensor_values(table.column("taggram")).shape == (18 * 3, 50)
     assert list(store.read_errors().to_pandas().song_id) == ["missing"]
 
-    assert cli.main(["train", features, "--out", model, "--model", "embed", "--epochs", "15",
-                     "--batch-size", "8", "--patience", "5", "--num-workers", "2",
+    assert cli.main(["train", features, "--out", model, "--model", "embed", "--epochs", "10",
+                     "--batch-size", "8", "--patience", "4", "--num-workers", "2",
                      "--valid-fraction", "0.3"]) == 0
     bundle = current(tmp_path / "model")
     assert (bundle / "musicnn.npz").exists()
