@@ -109,7 +109,8 @@ def changes_since(table: LabelTable, model: str, since: int | str, *, now=None) 
     from pipeline.runtime.catalog import partitions
     from pipeline.runtime.labels import _labels_only, latest_labels
 
-    version = table.log.table(since).version()
+    # a version number is taken as it is: a date is resolved from the table's history
+    version = since if isinstance(since, int) else table.log.table(since).version()
     if now is None:
         now = latest_labels(table.root, model_id=model, with_errors=True)
     before = latest_labels(table.root, model_id=model, as_of=version)
@@ -123,7 +124,7 @@ def changes_since(table: LabelTable, model: str, since: int | str, *, now=None) 
             before = before.select_columns(["song_id", "genre"]).rename_columns(
                 {"genre": "before"})
             joined = now.join(before, join_type="left_outer", on=("song_id",),
-                              num_partitions=partitions(1))
+                              num_partitions=partitions(table.log.rows(model_id=model)))
             for batch in joined.map_batches(_moves, batch_format="pyarrow",
                                             batch_size=None).iter_rows():
                 if batch["before"] is None:
