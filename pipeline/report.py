@@ -11,6 +11,8 @@ import json
 
 import numpy as np
 
+from pipeline.plots import confusion_figure, pyplot
+
 REVIEW_LISTS = ("least_confident", "most_confused")
 
 
@@ -101,12 +103,12 @@ def _bundle(bundle: dict) -> str:
     out += f" ({test.get('songs', 0)} test songs).</p>"
     classes = bundle.get("classes") or []
     for name, matrix in (test.get("confusion") or {}).items():
-        out += f"<h3>Confusion ({_e(name)}; rows: truth)</h3>" + _svg(_confusion(matrix, classes))
+        out += f"<h3>Confusion ({_e(name)}; rows: truth)</h3>" + _svg(confusion_figure(matrix, classes))
     return out
 
 
 def _genre_bars(models: dict):
-    plt = _pyplot()
+    plt = pyplot()
 
     genres = sorted({g for d in models.values() for g in d["genres"]})
     fig, ax = plt.subplots(figsize=(8, 3))
@@ -121,7 +123,7 @@ def _genre_bars(models: dict):
 
 
 def _histograms(histograms: dict, threshold: float):
-    plt = _pyplot()
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(8, 3))
     for genre, counts in sorted(histograms.items()):
@@ -134,31 +136,9 @@ def _histograms(histograms: dict, threshold: float):
     return fig
 
 
-def _confusion(matrix: list, classes: list):
-    plt = _pyplot()
-
-    values = np.asarray(matrix)
-    fig, ax = plt.subplots(figsize=(4, 4))
-    ax.imshow(values, cmap="Blues")
-    ax.set_xticks(range(len(classes)), classes, rotation=45)
-    ax.set_yticks(range(len(classes)), classes)
-    for (i, j), n in np.ndenumerate(values):
-        ax.text(j, i, str(n), ha="center", va="center")
-    return fig
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, no display
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _svg(fig) -> str:
     """A matplotlib figure as inline SVG, closed."""
-    plt = _pyplot()
+    plt = pyplot()
 
     buffer = io.StringIO()
     fig.tight_layout()

@@ -40,6 +40,7 @@ import numpy as np
 
 from pipeline.errors import BundleError
 from pipeline.features.spec import FeatureSpec, spec_from_record
+from pipeline.plots import confusion_figure, pyplot, save
 from pipeline.storage import fs as fsio
 
 log = logging.getLogger(__name__)
@@ -141,9 +142,9 @@ def save_bundle(out: str, *, model, lite_model: bytes | None = None, model_name:
             # the aggregator shown is chosen on validation songs, never on the test split
             chosen = (metrics.get("valid") or metrics["test"])["song_accuracy"]
             best = max(chosen, key=chosen.get)
-            _plot_confusion(np.array(metrics["test"]["confusion"][best]), classes,
-                            f"song-level confusion ({best}), test split",
-                            os.path.join(tmp, "plots", "confusion.png"))
+            save(confusion_figure(metrics["test"]["confusion"][best], classes,
+                                  f"song-level confusion ({best}), test split"),
+                 os.path.join(tmp, "plots", "confusion.png"))
         if len(metrics.get("heads") or {}) > 1:
             _plot_heads(metrics["heads"], metrics["head"], os.path.join(tmp, "plots", "heads.png"))
         fsio.check_ours(out, BUNDLE_FILE, "a model bundle")
@@ -291,11 +292,7 @@ def _write_history(path: str, history: list[dict]) -> None:
 
 
 def _plot_history(history: list[dict], path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     epochs = [row["epoch"] for row in history]
     for ax, metric in zip(axes, ("loss", "accuracy")):
@@ -306,19 +303,13 @@ def _plot_history(history: list[dict], path: str) -> None:
         ax.set_xlabel("epoch")
         ax.set_title(metric)
         ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save(fig, path)
 
 
 def _plot_heads(heads: dict, chosen: str, path: str) -> None:
     """Song accuracy (mean aggregation) of each head fitted, validation and test side by side:
     the logistic head is the linear baseline the network has to beat."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(2.2 * len(heads) + 2, 4))
     for k, (split, key) in enumerate((("validation", "valid_song_accuracy"),
                                       ("test", "test_song_accuracy"))):
@@ -330,26 +321,4 @@ def _plot_heads(heads: dict, chosen: str, path: str) -> None:
     ax.set_ylabel("song accuracy (mean)")
     ax.set_title("embed heads: logistic baseline vs dense")
     ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def _plot_confusion(matrix: np.ndarray, classes: list[str], title: str, path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(1.2 * len(classes) + 2, 1.2 * len(classes) + 1.5))
-    ax.imshow(matplotlib.colors.Normalize()(matrix), cmap="Blues")
-    for (i, j), count in np.ndenumerate(matrix):
-        ax.text(j, i, str(count), ha="center", va="center")
-    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
-    ax.set_yticks(range(len(classes)), classes)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save(fig, path)

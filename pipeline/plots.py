@@ -1,0 +1,42 @@
+"""Figures shared by a model bundle's plots and the catalog report (matplotlib, files only)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def pyplot():
+    """matplotlib.pyplot on the Agg backend: files only, no display."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def confusion_figure(matrix, classes: list[str], title: str | None = None):
+    """A confusion matrix [n_classes, n_classes] (rows: truth, columns: predicted) with its
+    counts written in the cells."""
+    import matplotlib
+
+    plt = pyplot()
+    values = np.asarray(matrix)
+    fig, ax = plt.subplots(figsize=(1.2 * len(classes) + 2, 1.2 * len(classes) + 1.5))
+    ax.imshow(matplotlib.colors.Normalize()(values), cmap="Blues")
+    for (i, j), count in np.ndenumerate(values):
+        ax.text(j, i, str(count), ha="center", va="center")
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if title:
+        ax.set_title(title)
+    return fig
+
+
+def save(fig, path: str) -> None:
+    """Write ``fig`` as a PNG to ``path`` and close it."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    pyplot().close(fig)
