@@ -51,37 +51,20 @@ def features(name: str, work: pathlib.Path) -> str:
 
 def baseline(root: str) -> dict:
     """Test song accuracy of logistic regressions on the train songs' embeddings."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
+    from layers_bench import accuracy
 
     from pipeline.storage.shards import FeatureStore, tensor_values
 
     rows = FeatureStore(root).read_frames(["song_id", "label", "split", "embedding"])
-    x = tensor_values(rows.column("embedding")).astype(np.float64)
-    song = np.asarray(rows.column("song_id").to_pylist())
-    label = np.asarray(rows.column("label").to_pylist())
-    split = np.asarray(rows.column("split").to_pylist())
-    train, test = split == "train", split == "test"
-    out = {}
-    patches = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000))
-    patches.fit(x[train], label[train])
-    probs = patches.predict_proba(x[test])
-    songs = sorted(set(song[test]))
-    truth = {s: label[test][song[test] == s][0] for s in songs}
-    mean = [patches.classes_[probs[song[test] == s].mean(0).argmax()] for s in songs]
-    out["patches, mean"] = float(np.mean([m == truth[s] for m, s in zip(mean, songs)]))
-    # song-pooled: mean and std of each song's patch embeddings
-    ids = sorted(set(song))
-    pooled = np.stack([np.concatenate([x[song == s].mean(0), x[song == s].std(0)]) for s in ids])
-    y = np.array([label[song == s][0] for s in ids])
-    side = np.array([split[song == s][0] for s in ids])
-    pool = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000))
-    pool.fit(pooled[side == "train"], y[side == "train"])
-    out["pooled"] = float((pool.predict(pooled[side == "test"]) == y[side == "test"]).mean())
-    out["train songs"] = int((side == "train").sum())
-    out["test songs"] = int((side == "test").sum())
-    return out
+    d = {"song": np.asarray(rows.column("song_id").to_pylist()),
+         "label": np.asarray(rows.column("label").to_pylist()),
+         "split": np.asarray(rows.column("split").to_pylist()),
+         "embedding": tensor_values(rows.column("embedding"))}
+    first = {s: side for s, side in zip(d["song"], d["split"])}  # a song's split
+    return {"patches, mean": accuracy(d, ["embedding"], pooled=False, c=1.0),
+            "pooled": accuracy(d, ["embedding"], pooled=True, c=1.0),
+            "train songs": sum(side == "train" for side in first.values()),
+            "test songs": sum(side == "test" for side in first.values())}
 
 
 def head(root: str, work: pathlib.Path, name: str, choice: str) -> dict:
