@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=["frames", "musicnn", "musicnn:MSD", "musicnn:MTT"],
                    help="frames: MFCC + log-mel per frame; musicnn[:MSD|MTT]: pretrained "
                         "embeddings per 3 s patch (default MSD)")
+    p.add_argument("--pools", action="store_true",
+                   help="musicnn: also keep the mid-end's mean and max pools (1,506 values a "
+                        "patch, ~7x the storage) for transfer learning (train --feature pools)")
     p.add_argument("--frame-seconds", type=_positive_float, default=5.0)
     p.add_argument("--hop-seconds", type=_positive_float, default=None,
                    help="seconds between frame starts (default: frame length, no overlap)")
@@ -125,9 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="share of the songs held out for validation (early stopping): by song "
                         "or artist, or, when the manifest names no 'valid' song, of its train "
                         "songs (by artist where the manifest has one); recorded in the bundle")
-    p.add_argument("--head", default=None, choices=["auto", "logistic", "dense"],
-                   help="embed: a logistic (linear) head, a dense head, or auto (default): "
-                        "fit both and keep the one better on the validation songs")
+    p.add_argument("--head", default=None, choices=["auto", "logistic", "pooled", "dense"],
+                   help="embed: logistic (a linear model of each patch), pooled (a linear "
+                        "model of each song's patch mean and std), dense (a hidden layer), or "
+                        "auto (default): fit each and keep the best on the validation songs")
+    p.add_argument("--feature", default=None, choices=["embedding", "pools", "taggram"],
+                   help="embed: the musicnn column to train on (default embedding; pools "
+                        "needs features extracted with --pools)")
     p.add_argument("--class-weights", default="balanced", choices=["balanced", "none"],
                    help="balanced (default): each class weighs the same in the loss, however "
                         "many train songs it has")
@@ -227,7 +234,9 @@ def _spec_from(args):
         model = args.features.split(":")[1] if ":" in args.features else "MSD"
         return EmbeddingSpec(model=model, weights=weights_hash(),
                              offset_seconds=args.offset_seconds, max_seconds=args.max_seconds,
-                             dtype=args.dtype)
+                             dtype=args.dtype, pools=args.pools)
+    if args.pools:
+        raise ParameterError("--pools is for --features musicnn")
     return FeatureSpec(sample_rate=args.sample_rate, n_fft=args.n_fft, hop_length=args.hop_length,
                        n_mels=args.n_mels, n_mfcc=args.n_mfcc, frame_seconds=args.frame_seconds,
                        hop_seconds=args.hop_seconds, offset_seconds=args.offset_seconds,
@@ -262,7 +271,8 @@ def cmd_train(args) -> dict:
                          frame_table=args.frame_table, name_column=args.name_column,
                          song_pattern=args.song_pattern, label_column=args.label_column,
                          splits=args.splits, valid_fraction=args.valid_fraction,
-                         head=args.head, class_weights=args.class_weights)
+                         head=args.head, class_weights=args.class_weights,
+                         feature=args.feature)
     s = run_train(args.features, args.out, config, address=args.address,
                   storage_path=args.storage_path, run_name=args.run_name)
     test = s["metrics"].get("test")
@@ -275,7 +285,10 @@ def cmd_train(args) -> dict:
         quality = "no test songs in this split"
     heads = s["metrics"].get("heads") or {}
     if len(heads) > 1:  # the embed model's head, chosen on the validation songs
-        valid = ", ".join(f"{h} {v['valid_song_accuracy']['mean']:.3f}" for h, v in heads.items())
+        from pipeline.evaluate import scored_accuracy
+
+        valid = ", ".join(f"{h} {scored_accuracy(v['valid_song_accuracy']):.3f}"
+                          for h, v in heads.items())
         quality += f"; head {s['head']} (validation song accuracy {valid})"
     elif s.get("head"):
         quality += f"; head {s['head']}"

@@ -52,3 +52,9 @@ def evaluate_songs(probs: np.ndarray, y: np.ndarray, classes: list[str], name: s
     return {"frames": None, "frame_accuracy": None, "songs": int(len(y)),
             "song_accuracy": {name: float((pred == y).mean())},
             "confusion": {name: confusion(y, pred, len(classes)).tolist()}}
+
+
+def scored_accuracy(song_accuracy: dict) -> float:
+    """The song accuracy scoring's default gives: the ``mean`` aggregator's for frame models,
+    a song-level model's own (its only entry) otherwise."""
+    return song_accuracy.get("mean", max(song_accuracy.values()))

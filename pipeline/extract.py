@@ -69,11 +69,20 @@ def pretrained_musicnn(name: str):
 
 
 def embed_song(song: Song, spec: EmbeddingSpec) -> dict:
-    """musicnn ``embedding`` [n, 200] and ``taggram`` [n, 50] of each 3 s patch of a song."""
+    """musicnn ``embedding`` [n, 200] and ``taggram`` [n, 50] (and ``pools`` [n, 1506]) of
+    each 3 s patch of a song."""
     feats = musicnn_input(song, spec)
     out = pretrained_musicnn(spec.model).predict(feats.pop("patches"), batch_size=32, verbose=0)
-    return {**feats, "embedding": out["penultimate"].astype(spec.dtype),
-            "taggram": out["taggram"].astype(spec.dtype)}
+    return {**feats, **{name: musicnn_column(out, name).astype(spec.dtype)
+                        for name in spec.columns()}}
+
+
+def musicnn_column(outputs: dict, name: str) -> np.ndarray:
+    """Feature column ``name`` of an :class:`EmbeddingSpec` from musicnn's outputs [n, ...]:
+    ``embedding`` is the penultimate layer, ``pools`` the mean_pool and max_pool layers."""
+    if name == "pools":
+        return np.concatenate([outputs["mean_pool"], outputs["max_pool"]], axis=1)
+    return outputs["penultimate" if name == "embedding" else name]
 
 
 def frame_song(song: Song, spec: FeatureSpec) -> dict:

@@ -50,8 +50,8 @@ def make_corpus(root: pathlib.Path, seed: int = 0) -> tuple[pathlib.Path, dict[s
 
 
 def tiny_features(root: pathlib.Path, songs: list[dict], *, songs_per_part: int = 10,
-                  seed: int = 0) -> str:
-    """A feature directory of 1 s frames from noise songs, written without Ray.
+                  seed: int = 0, spec=None) -> str:
+    """A feature directory of 1 s frames (or of ``spec``'s) from noise songs, without Ray.
 
     ``songs``: dicts with ``song_id``, ``seconds`` and optional ``label``, ``split``,
     ``artist``; a label's noise is louder the later it sorts, so the labels can be learnt.
@@ -62,7 +62,7 @@ def tiny_features(root: pathlib.Path, songs: list[dict], *, songs_per_part: int 
     from pipeline.storage.shards import FeatureStore
 
     rng = np.random.default_rng(seed)
-    spec = FeatureSpec(frame_seconds=1.0)
+    spec = spec or FeatureSpec(frame_seconds=1.0)
     out = str(root / "features")
     FeatureStore(out).prepare(spec)
     labels = sorted({s["label"] for s in songs if s.get("label")})

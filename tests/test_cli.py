@@ -29,6 +29,20 @@ def test_bad_arguments_exit_2_with_one_line(args, needle):
     assert needle in lines[0]
 
 
+def test_a_feature_the_directory_lacks_exits_2_with_the_fix(tmp_path):
+    from corpus import tiny_features
+
+    features = tiny_features(tmp_path, [{"song_id": "s", "seconds": 1.5, "label": "a"}])
+    for args, needle in ((["--model", "cnn2d", "--feature", "pools"],
+                          "--feature chooses the musicnn column of --model embed"),
+                         (["--model", "embed", "--feature", "pools"],
+                          "extract the matching --features musicnn --pools"),
+                         (["--model", "dnn", "--head", "pooled"], "--head is for --model embed")):
+        result = _genres("train", features, "--out", str(tmp_path / "m"), *args)
+        lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+        assert result.returncode == 2 and len(lines) == 1 and needle in lines[0], result.stderr
+
+
 def test_jobs_route_to_their_subcommand(tmp_path, capsys):
     from jobs import extract, score, tag, train
 

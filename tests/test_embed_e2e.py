@@ -9,6 +9,7 @@ from corpus import current
 
 from pipeline import cli
 from pipeline.demo import synthesise_catalog
+from pipeline.evaluate import scored_accuracy
 from pipeline.storage.shards import FeatureStore, tensor_values
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
@@ -32,18 +33,20 @@ def catalog(tmp_path_factory):
 
 def test_embeddings_train_embed_and_score(ray_session, catalog, tmp_path):
     features, model, labels = (str(tmp_path / n) for n in ("emb", "model", "labels"))
-    assert cli.main(["extract", catalog, "--out", features, "--features", "musicnn"]) == 0
+    assert cli.main(["extract", catalog, "--out", features, "--features", "musicnn",
+                     "--pools"]) == 0
     store = FeatureStore(features)
     spec = store.read_spec()
-    assert spec.kind == "musicnn" and spec.model == "MSD" and spec.weights
+    assert spec.kind == "musicnn" and spec.model == "MSD" and spec.weights and spec.pools
     table = store.read_frames()
     assert tensor_values(table.column("embedding")).shape == (18 * 3, 200)  # 9.5 s: 3 patches
     assert tensor_values(table.column("taggram")).shape == (18 * 3, 50)
+    assert tensor_values(table.column("pools")).shape == (18 * 3, 1506)  # mean, max pools
     assert list(store.read_errors().to_pandas().song_id) == ["missing"]
 
-    assert cli.main(["train", features, "--out", model, "--model", "embed", "--epochs", "10",
-                     "--batch-size", "8", "--patience", "4", "--num-workers", "2",
-                     "--valid-fraction", "0.3"]) == 0
+    train = ["train", features, "--model", "embed", "--feature", "pools", "--epochs", "6",
+             "--batch-size", "8", "--patience", "3", "--valid-fraction", "0.3"]
+    assert cli.main([*train, "--out", model, "--num-workers", "1"]) == 0
     bundle = current(tmp_path / "model")
     assert (bundle / "musicnn.npz").exists()
     assert json.loads((bundle / "spec.json").read_text())["kind"] == "musicnn"
@@ -52,20 +55,39 @@ def test_embeddings_train_embed_and_score(ray_session, catalog, tmp_path):
     assert config["split_method"] == "manifest+valid" and config["valid_fraction"] == 0.3
     metrics = json.loads((bundle / "metrics.json").read_text())
     assert metrics["test"]["songs"] == 3 and 1 <= metrics["valid"]["songs"] <= 14
-    # both heads were fitted; the better on the validation songs was kept, the other shown
+    # every head was fitted; the best on the validation songs was kept, the others shown
     assert config["head_choice"] == "validation" and config["head"] == metrics["head"]
-    assert set(metrics["heads"]) == {"logistic", "dense"} and (bundle / "plots" / "heads.png").exists()
-    kept = metrics["heads"][metrics["head"]]["valid_song_accuracy"]["mean"]
-    assert kept == max(h["valid_song_accuracy"]["mean"] for h in metrics["heads"].values())
+    assert set(metrics["heads"]) == {"logistic", "pooled", "dense"}
+    assert (bundle / "plots" / "heads.png").exists()
+    valid = {h: scored_accuracy(v["valid_song_accuracy"]) for h, v in metrics["heads"].items()}
+    assert valid[metrics["head"]] == max(valid.values())
+    assert list(metrics["heads"]["pooled"]["valid_song_accuracy"]) == ["pooled"]  # songs
+    assert json.loads((bundle / "bundle.json").read_text())["feature"] == "pools"
+    # the kept head scores the feature directory as it scored its test songs
+    assert cli.main(["score", features, "--model", model, "--out", labels]) == 0
+    test = _merged(labels, catalog).query("split == 'test'")
+    assert len(test) == 3 and (test.genre == test.label).mean() == scored_accuracy(
+        metrics["test"]["song_accuracy"])
 
-    assert cli.main(["score", catalog, "--model", model, "--out", labels]) == 0
-    out = _labels(labels)
-    truth = pd.read_csv(catalog)
-    truth["song_id"] = truth["uri"].str.rsplit(".", n=1).str[0]
-    merged = out.merge(truth, on="song_id")
+    # the pooled head on 2 workers, then scoring from audio: musicnn's pools, one bag a song
+    pooled, audio_labels = str(tmp_path / "pooled"), str(tmp_path / "audio-labels")
+    assert cli.main([*train, "--out", pooled, "--num-workers", "2", "--head", "pooled"]) == 0
+    bundle = current(tmp_path / "pooled")
+    assert json.loads((bundle / "config.json").read_text())["head_choice"] == "given"
+    assert json.loads((bundle / "bundle.json").read_text())["level"] == "song"
+    assert cli.main(["score", catalog, "--model", pooled, "--out", audio_labels]) == 0
+    merged = _merged(audio_labels, catalog)
     assert len(merged) == 18 and (merged.n_frames == 3).all()
+    assert (merged.aggregator == "pooled").all()
     test = merged[merged.split == "test"]
     assert (test.genre == test.label).mean() >= 2 / 3
+
+
+def _merged(labels: str, catalog: str) -> pd.DataFrame:
+    """The label rows of a labels table beside the catalog's manifest rows."""
+    truth = pd.read_csv(catalog)
+    truth["song_id"] = truth["uri"].str.rsplit(".", n=1).str[0]
+    return _labels(labels).merge(truth, on="song_id")
 
 
 def _labels(path: str) -> pd.DataFrame:

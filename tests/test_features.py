@@ -61,6 +61,22 @@ def test_spec_round_trips_and_fingerprints():
     assert FeatureSpec().fingerprint() != spec.fingerprint()
 
 
+def test_musicnn_pools_are_a_new_column_and_old_specs_keep_their_fingerprint():
+    from pipeline.features.spec import EmbeddingSpec, spec_from_record
+
+    spec = EmbeddingSpec(model="MSD", weights="abc", offset_seconds=30.0, max_seconds=60.0)
+    # fingerprints computed before the setting existed: directories and bundles still match
+    assert spec.fingerprint() == "96a798289e0195c9"
+    assert EmbeddingSpec().fingerprint() == "6adadb147c0164d6"
+    old = spec.to_record()
+    del old["spec"]["pools"]  # a record written before the setting existed
+    assert spec_from_record(old) == spec and "pools" not in spec.columns()
+    pools = EmbeddingSpec(model="MSD", weights="abc", offset_seconds=30.0, max_seconds=60.0,
+                          pools=True)
+    assert pools.fingerprint() != spec.fingerprint()
+    assert pools.columns()["pools"] == (1506,) and spec_from_record(pools.to_record()) == pools
+
+
 @pytest.mark.parametrize("bad", [{"frame_seconds": 0}, {"hop_seconds": -1}, {"dtype": "int8"},
                                  {"n_mfcc": 200}])
 def test_spec_rejects_bad_settings(bad):

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from pipeline.features.bags import song_bag
+from pipeline.features.bags import make_bags, pool_bags, song_bag
 from pipeline.features.stats import BandStats
 
 
@@ -37,3 +37,12 @@ def test_a_bag_samples_long_songs_and_pads_short_ones(rng):
     assert all(list(d) == sorted(set(d)) for d in drawn) and len(set(drawn)) > 1  # anew, in order
     bag, mask = song_bag(frames[:3], 5)
     assert bag[:, 0].tolist() == [0, 1, 2, 0, 1] and mask.tolist() == [1, 1, 1, 0, 0]
+
+
+def test_pooled_bags_are_the_mean_and_std_of_each_songs_real_frames(rng):
+    x = rng.normal(size=(9, 4))
+    songs = np.array(["a"] * 5 + ["b"] * 3 + ["c"])
+    frames, mask, rows = make_bags(x, songs)  # padded with repeats to 5 frames
+    pooled = pool_bags(frames, mask)
+    for i, r in enumerate(rows):
+        assert np.allclose(pooled[i], np.concatenate([x[r].mean(0), np.sqrt(x[r].var(0) + 1e-6)]))

@@ -104,6 +104,29 @@ def test_normalisation_statistics_equal_numpy_on_the_train_frames(ray_session, f
     assert np.allclose(data.stats.std(), x.std(axis=(0, 2)), rtol=1e-6)
 
 
+def test_pooled_song_statistics_equal_numpy_on_the_train_bags(ray_session, tmp_path):
+    from pipeline.features.bags import pool_bags
+    from pipeline.features.spec import EmbeddingSpec
+    from pipeline.runtime.train_data import song_stats
+
+    # musicnn's pools of 12 noise songs of 1-4 patches, in 3 parts
+    features = tiny_features(tmp_path, [{"song_id": f"s{i:02d}", "seconds": 3.0 * (1 + i % 4),
+                                         "label": "ab"[i % 2]} for i in range(12)],
+                             songs_per_part=4, spec=EmbeddingSpec(pools=True))
+    config = TrainConfig(model="embed", head="pooled", feature="pools", split="song",
+                         valid_fraction=0.25)
+    data = plan_training_data(open_source(features, config), config)
+    assert data.level == "song" and data.source.column == "pools"
+    stats = song_stats(data)
+    bags = data.dataset("train").take_all()
+    frames = np.stack([b["frames"] for b in bags])
+    pooled = pool_bags((frames - data.stats.mean) / data.stats.scale(),
+                       np.stack([b["mask"] for b in bags]))
+    assert stats.count == len(bags) == data.counts["train"].songs and pooled.shape[1] == 3012
+    assert np.allclose(stats.mean, pooled.mean(0), atol=1e-6)
+    assert np.allclose(stats.std(), pooled.std(0), rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("cache", [False, True])
 def test_streamed_frames_are_the_parts_frames_of_their_song(ray_session, features, cache):
     config = TrainConfig(split="song")

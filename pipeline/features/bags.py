@@ -44,3 +44,13 @@ def make_bags(x: np.ndarray, song_ids: np.ndarray) -> tuple[np.ndarray, np.ndarr
     for i, r in enumerate(rows):
         frames[i], mask[i] = song_bag(x[r], n)
     return frames, mask, rows
+
+
+def pool_bags(frames: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Bags [b, n, d] with masks [b, n] -> [b, 2d]: the mean and standard deviation of each
+    bag's real rows (as the embed model's ``pooled`` head computes them in Keras)."""
+    w = mask[..., None].astype(np.float64)
+    n = np.maximum(w.sum(axis=1), 1.0)
+    mean = (frames * w).sum(axis=1) / n
+    var = (np.square(frames - mean[:, None]) * w).sum(axis=1) / n
+    return np.concatenate([mean, np.sqrt(var + 1e-6)], axis=1)

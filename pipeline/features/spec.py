@@ -37,9 +37,13 @@ class _SpecIO:
         return cls.from_dict(json.loads(text))
 
     def fingerprint(self) -> str:
-        """Stable 16-hex-digit hash of the settings (and the kind, for non-frame specs)."""
+        """Stable 16-hex-digit hash of the settings (and the kind, for non-frame specs).
+
+        A setting added later (``_ADDED``) counts only away from its default, so directories
+        and bundles made before it existed keep their fingerprint."""
+        added = getattr(self, "_ADDED", {})
         canonical = {k: (float(v) if isinstance(v, float) and math.isfinite(v) else v)
-                     for k, v in self.to_dict().items()}
+                     for k, v in self.to_dict().items() if k not in added or v != added[k]}
         if self.kind != "frames":
             canonical["kind"] = self.kind
         blob = json.dumps(canonical, sort_keys=True).encode()
@@ -121,17 +125,21 @@ class EmbeddingSpec(_SpecIO):
     """Pretrained musicnn embeddings, one row per 3 s patch (16 kHz, 96-band log-mel input).
 
     ``weights`` names the weights (a hash of the musicnn wheel); ``model`` is "MSD" (Million
-    Song Dataset, 50 tags) or "MTT" (MagnaTagATune, 50 tags).
+    Song Dataset, 50 tags) or "MTT" (MagnaTagATune, 50 tags). ``pools`` also keeps the
+    network's mid-end features pooled over the patch (mean and max, 753 each), which the
+    musicnn authors use for transfer learning: 1,506 more values a patch.
     """
 
     kind: ClassVar[str] = "musicnn"
     sample_rate: ClassVar[int] = 16000
+    _ADDED: ClassVar[dict] = {"pools": False}
 
     model: str = "MSD"
     weights: str = ""
     offset_seconds: float = 0.0
     max_seconds: float | None = None
     dtype: str = "float32"
+    pools: bool = False
 
     def __post_init__(self):
         if self.model not in ("MSD", "MTT"):
@@ -142,8 +150,10 @@ class EmbeddingSpec(_SpecIO):
             raise ParameterError(f"offset_seconds must be >= 0, got {self.offset_seconds}")
 
     def columns(self) -> dict[str, tuple[int, ...]]:
-        """``embedding``: the 200-unit penultimate layer; ``taggram``: the 50 tag probabilities."""
-        return {"embedding": (200,), "taggram": (50,)}
+        """``embedding``: the 200-unit penultimate layer; ``taggram``: the 50 tag probabilities;
+        with ``pools``, ``pools``: the mid-end's mean_pool then max_pool (753 + 753)."""
+        pools = {"pools": (1506,)} if self.pools else {}
+        return {"embedding": (200,), "taggram": (50,), **pools}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 
 from pipeline.errors import (AudioError, BundleError, CatalogError, ParameterError,
                              SpecMismatchError)
-from pipeline.extract import model_input
+from pipeline.extract import model_input, musicnn_column
 from pipeline.features.bags import make_bags
 from pipeline.features.musicnn import N_MELS as MUSICNN_MELS, PATCH_FRAMES
 from pipeline.models.aggregate import aggregate, decide
@@ -178,9 +178,9 @@ class SongScorer:
                 songs = [self.musicnn.predict(x, batch_size=32, verbose=0)["taggram"]
                          for x in songs]
             return self._aggregate(songs)
-        if self.musicnn is not None:
-            songs = [self.musicnn.predict(x, batch_size=32, verbose=0)["penultimate"]
-                     for x in songs]
+        if self.musicnn is not None:  # the bundle's column of the network's outputs
+            songs = [musicnn_column(self.musicnn.predict(x, batch_size=32, verbose=0),
+                                    self.bundle.feature) for x in songs]
         songs = [self.bundle.normalize(x) for x in songs]
         if self.bundle.level == "song":  # bags: the model pools the frames of each song itself
             n = np.array([len(x) for x in songs])

@@ -33,13 +33,14 @@ import time
 import numpy as np
 
 from pipeline.errors import ParameterError
-from pipeline.evaluate import evaluate, evaluate_songs
+from pipeline.evaluate import evaluate, evaluate_songs, scored_accuracy
 from pipeline.features.bags import group_by_song
-from pipeline.models.cnn import HEADS, build_model, model_level
+from pipeline.models.cnn import HEADS, build_model, model_level, pooled_l2, song_pooling
 from pipeline.models.keras import select_legacy_keras
 from pipeline.models.lite import to_tflite
 from pipeline.runtime.session import cluster_cpus, init_ray, runtime_env
-from pipeline.runtime.train_data import TrainingData, open_source, plan_training_data
+from pipeline.runtime.train_data import (TrainingData, open_source, plan_training_data,
+                                         song_stats)
 from pipeline.storage import fs as fsio
 from pipeline.storage.bundle import save_bundle
 
@@ -81,8 +82,9 @@ class TrainConfig:
     label_column: str = "label"
     splits: str | None = None
     valid_fraction: float = 0.15
-    head: str | None = None  # embed: "auto" (the better on validation), "logistic", "dense"
+    head: str | None = None  # embed: "auto" (the best on validation) or one of HEADS
     class_weights: str = "balanced"  # or "none"
+    feature: str | None = None  # embed: the musicnn column (default embedding)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,8 +138,7 @@ def train_loop_per_worker(loop: dict) -> None:
     strategy = (tf.distribute.MultiWorkerMirroredStrategy() if loop["num_workers"] > 1
                 else tf.distribute.get_strategy())
     with strategy.scope():
-        model = build_model(loop["model"], tuple(loop["input_shape"]), loop["n_classes"],
-                            normalization=loop["normalization"], head=loop["head"])
+        model = _build(loop)
         model.compile(optimizer=keras.optimizers.Adam(loop["learning_rate"]),
                       loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     state = {"epoch": 0, "best_val_loss": float("inf"), "wait": 0, "history": [], "resumed": 0}
@@ -268,10 +269,16 @@ def _model(loop: dict, weights: list[np.ndarray]):
     from pipeline.models.keras import tf_keras
 
     tf_keras()
-    model = build_model(loop["model"], tuple(loop["input_shape"]), loop["n_classes"],
-                        normalization=loop["normalization"], head=loop["head"])
+    model = _build(loop)
     model.set_weights(weights)
     return model
+
+
+def _build(loop: dict):
+    """The model of a run's ``loop`` settings (in a Train worker or an actor)."""
+    return build_model(loop["model"], tuple(loop["input_shape"]), loop["n_classes"],
+                       normalization=loop["normalization"], head=loop["head"],
+                       **loop["head_options"])
 
 
 def predict(data: TrainingData, splits: tuple[str, ...], loop: dict, weights: list[np.ndarray],
@@ -334,7 +341,6 @@ def run_train(features: str, out: str, config: TrainConfig, *, address: str | No
     from ray.train.constants import DEFAULT_STORAGE_PATH
 
     started = time.perf_counter()
-    level = model_level(config.model)
     if config.frame_table and config.model != "dnn":
         raise ParameterError(f"--frame-table rows are feature vectors; train them with "
                              f"--model dnn, not {config.model}")
@@ -346,14 +352,17 @@ def run_train(features: str, out: str, config: TrainConfig, *, address: str | No
     data = plan_training_data(source, config)
     storage_path = storage_path or DEFAULT_STORAGE_PATH
     fits = []
-    for head in heads:
-        fit = _fit(data, dataclasses.replace(config, head=head), out, storage_path=storage_path,
+    for head in heads:  # the pooled head takes songs where the others take patches
+        at_level = dataclasses.replace(data, level=model_level(config.model, head))
+        fit = _fit(at_level, dataclasses.replace(config, head=head), out,
+                   storage_path=storage_path,
                    run_name=f"{run_name}-{head}" if run_name and len(heads) > 1 else run_name)
-        fits.append(_evaluate(data, fit))
+        fits.append(_evaluate(at_level, fit))
     chosen = min(fits, key=_rank)
     if len(fits) > 1:
         log.info("train: heads on the validation songs: %s; kept %s", ", ".join(
-            f"{f['head']} {f['metrics']['valid']['song_accuracy']['mean']:.3f}" for f in fits),
+            f"{f['head']} {scored_accuracy(f['metrics']['valid']['song_accuracy']):.3f}"
+            for f in fits),
             chosen["head"])
     metrics = chosen["metrics"]
     if config.model == "embed":
@@ -369,8 +378,9 @@ def run_train(features: str, out: str, config: TrainConfig, *, address: str | No
                                    "head_choice": "validation" if len(fits) > 1 else "given",
                                    "features": features, "run": chosen["run"],
                                    "split_method": data.method},
-                           metrics=metrics, history=state["history"], level=level,
-                           sequence_model=chosen["sequence"])
+                           metrics=metrics, history=state["history"],
+                           level=model_level(config.model, chosen["head"]),
+                           pooling=song_pooling(config.model), sequence_model=chosen["sequence"])
     return {"model": config.model, "model_id": model_id, "out": out, "metrics": metrics,
             "epochs": state["epoch"], "seconds": time.perf_counter() - started,
             "run": chosen["run"], "head": chosen["head"],
@@ -410,7 +420,8 @@ def _fit(data: TrainingData, config: TrainConfig, out: str, *, storage_path: str
              "/".join(str(data.examples(s)) for s in ("train", "valid", "test")), name)
     loop = {**dataclasses.asdict(config), "input_shape": list(data.source.shape),
             "n_classes": len(data.classes), "inputs": data.inputs,
-            "normalization": normalization, "shuffle_rows": data.shuffle_rows(feeds["train"].batch),
+            "normalization": normalization, "head_options": _head_options(data, config),
+            "shuffle_rows": data.shuffle_rows(feeds["train"].batch),
             "class_weights": data.class_weights() if config.class_weights == "balanced" else None,
             **{f"{split}_feed": dataclasses.asdict(feed) for split, feed in feeds.items()}}
     # Train workers leave one CPU to Ray Data, which reads and prepares their batches: with
@@ -447,6 +458,16 @@ def _fit(data: TrainingData, config: TrainConfig, out: str, *, storage_path: str
             "feeds": feeds}
 
 
+def _head_options(data: TrainingData, config: TrainConfig) -> dict:
+    """The pooled head's settings: the statistics of the train songs' pooled vectors (a pass
+    over them in the cluster) and an L2 weight for their number."""
+    if config.head != "pooled":
+        return {}
+    stats = song_stats(data)
+    return {"song_normalization": [stats.mean.tolist(), stats.scale().tolist()],
+            "pooled_l2": pooled_l2(data.counts["train"].songs)}
+
+
 def _evaluate(data: TrainingData, fit: dict) -> dict:
     """``fit`` with its ``model``, ``lite`` copy, ``sequence`` aggregator and ``metrics`` on
     the validation and test songs (predicted in the cluster)."""
@@ -473,7 +494,7 @@ def _evaluate(data: TrainingData, fit: dict) -> dict:
         sequence = fit_sequence(*_songs(*predicted["valid"]), len(classes), seed=loop["seed"])
     for split, (probs, y, song_ids) in predicted.items():
         if data.level == "song":
-            metrics[split] = evaluate_songs(probs, y, classes, "mil")
+            metrics[split] = evaluate_songs(probs, y, classes, song_pooling(loop["model"]))
         else:
             # the sequence aggregator was fitted on the validation songs: test songs only
             metrics[split] = evaluate(
@@ -483,11 +504,10 @@ def _evaluate(data: TrainingData, fit: dict) -> dict:
 
 
 def _rank(fit: dict) -> tuple:
-    """Sort key of a fit, best first: validation song accuracy (mean aggregation, as scoring
-    does), then validation loss, then the simpler head."""
-    accuracy = fit["metrics"]["valid"]["song_accuracy"]
-    return (-accuracy.get("mean", max(accuracy.values())), fit["state"]["best_val_loss"],
-            HEADS.index(fit["head"]) if fit["head"] in HEADS else 0)
+    """Sort key of a fit, best first: validation song accuracy (aggregated as scoring does),
+    then validation loss, then the simpler head."""
+    return (-scored_accuracy(fit["metrics"]["valid"]["song_accuracy"]),
+            fit["state"]["best_val_loss"], HEADS.index(fit["head"]) if fit["head"] in HEADS else 0)
 
 
 def _head_figures(fit: dict) -> dict:

@@ -26,7 +26,7 @@ from ray.data.block import BlockAccessor
 from ray.data.extensions import ArrowTensorArray
 
 from pipeline.errors import CatalogError, ParameterError
-from pipeline.features.bags import group_by_song, song_bag
+from pipeline.features.bags import group_by_song, pool_bags, song_bag
 from pipeline.features.stats import BandStats
 from pipeline.models.cnn import feature_column, model_level
 from pipeline.splits import SPLIT_METHODS, SPLITS, VALID_FROM_TRAIN, SplitRule, resolve_method
@@ -117,9 +117,15 @@ def open_source(features: str, config) -> Source:
     store = FeatureStore(features)
     spec = store.read_spec()
     column = feature_column(config.model)
+    if config.feature and config.feature != column:
+        if config.model != "embed":
+            raise ParameterError(f"--feature chooses the musicnn column of --model embed; "
+                                 f"model {config.model} reads {column!r}")
+        column = config.feature
     if column not in spec.columns():
         raise ParameterError(f"model {config.model} reads {column!r}, but {features} holds "
-                             f"{sorted(spec.columns())}; extract the matching --features")
+                             f"{sorted(spec.columns())}; extract the matching " +
+                             ("--features musicnn --pools" if column == "pools" else "--features"))
     parts = tuple(store.parts())
     if not parts:
         raise CatalogError(f"{store.root} has no committed feature rows")
@@ -291,8 +297,8 @@ def plan_training_data(source: Source, config) -> TrainingData:
                                             counts["train"].songs))
     i = candidates.index(method)
     longest = max(c.longest for c in counts.values())
-    return TrainingData(source=source, level=model_level(config.model), rule=rules[i],
-                        classes=classes, counts=counts, stats=tally.stats[i],
+    return TrainingData(source=source, level=model_level(config.model, config.head),
+                        rule=rules[i], classes=classes, counts=counts, stats=tally.stats[i],
                         bag_frames=min(config.bag_frames, longest),
                         train_labels=json.loads(facts["train_labels"]).get(str(i), {}))
 
@@ -439,6 +445,34 @@ def label_aggregate(rules) -> AggregateFn:
 
     return AggregateFn(init=lambda _: "{}", merge=merge, accumulate_block=accumulate_block,
                        name="train_labels")
+
+
+def song_stats(data: TrainingData) -> BandStats:
+    """The statistics of the train songs' pooled vectors (mean and std over each song's
+    bag of normalised frames, [2 bands]), aggregated in one pass over the train bags."""
+    def pooled(batch: dict, *, mean: np.ndarray, scale: np.ndarray) -> dict:
+        frames = (batch["frames"] - mean) / scale
+        return {"pooled": pool_bags(frames, batch["mask"])}
+
+    songs = dataclasses.replace(data, level="song").dataset("train").map_batches(
+        pooled, batch_format="numpy", fn_kwargs={"mean": data.stats.mean,
+                                                 "scale": data.stats.scale()})
+    bands = 2 * data.source.shape[0]
+    return BandStats.from_list(songs.aggregate(stats_aggregate("pooled", bands))["pooled"])
+
+
+def stats_aggregate(column: str, bands: int) -> AggregateFn:
+    """A Ray Data aggregate: the :class:`BandStats` of a column of vectors [bands]."""
+    def merge(current: list[float], new: list[float]) -> list[float]:
+        return BandStats.from_list(current).combine(BandStats.from_list(new)).to_list()
+
+    def accumulate_block(current: list[float], block) -> list[float]:
+        values = BlockAccessor.for_block(block).to_batch_format("numpy")[column]
+        return merge(current, BandStats.of(np.asarray(values)).to_list())
+
+    zero = BandStats(0, np.zeros(bands), np.zeros(bands)).to_list()
+    return AggregateFn(init=lambda _: list(zero), merge=merge,
+                       accumulate_block=accumulate_block, name=column)
 
 
 def part_bags(batch: dict, *, root: str, splits: list[str], rule: SplitRule,

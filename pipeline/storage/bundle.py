@@ -39,6 +39,7 @@ import tempfile
 import numpy as np
 
 from pipeline.errors import BundleError
+from pipeline.evaluate import scored_accuracy
 from pipeline.features.spec import FeatureSpec, spec_from_record
 from pipeline.plots import confusion_figure, pyplot, save
 from pipeline.storage import fs as fsio
@@ -95,15 +96,16 @@ def save_bundle(out: str, *, model, lite_model: bytes | None = None, model_name:
                 feature: str, classes: list[str],
                 spec: FeatureSpec, mean: np.ndarray, std: np.ndarray, config: dict,
                 metrics: dict, history: list[dict], level: str = "frame",
-                sequence_model=None) -> str:
+                pooling: str | None = None, sequence_model=None) -> str:
     """Write a bundle version to ``out`` (local or URI) and make it the current one; returns
     its model_id. Versions already there stay (runs may be using them).
 
     ``model`` normalises its own input (``mean``/``std`` are recorded for reference);
-    ``lite_model`` is a frame model's LiteRT copy (:func:`pipeline.models.lite.to_tflite`)."""
+    ``lite_model`` is a frame model's LiteRT copy (:func:`pipeline.models.lite.to_tflite`);
+    ``pooling`` names a song-level model's own aggregation (default: the model's name)."""
     with tempfile.TemporaryDirectory(prefix="genres-bundle-") as tmp:
         model.save(os.path.join(tmp, MODEL_FILE))
-        aggregators = [model_name] if level == "song" else ["majority", "mean", "logodds"]
+        aggregators = [pooling or model_name] if level == "song" else ["majority", "mean", "logodds"]
         docs = {
             "labels.json": list(classes),
             "spec.json": spec.to_record(),
@@ -307,18 +309,19 @@ def _plot_history(history: list[dict], path: str) -> None:
 
 
 def _plot_heads(heads: dict, chosen: str, path: str) -> None:
-    """Song accuracy (mean aggregation) of each head fitted, validation and test side by side:
+    """Song accuracy (as scoring aggregates) of each head fitted, validation and test side by side:
     the logistic head is the linear baseline the network has to beat."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(2.2 * len(heads) + 2, 4))
     for k, (split, key) in enumerate((("validation", "valid_song_accuracy"),
                                       ("test", "test_song_accuracy"))):
-        values = [(figures.get(key) or {}).get("mean", 0.0) for figures in heads.values()]
+        values = [scored_accuracy(figures[key]) if figures.get(key) else 0.0
+                  for figures in heads.values()]
         bars = ax.bar(np.arange(len(heads)) + (k - 0.5) * 0.4, values, 0.4, label=split)
         ax.bar_label(bars, fmt="%.3f")
     ax.set_xticks(range(len(heads)), [f"{h}{' (kept)' if h == chosen else ''}" for h in heads])
     ax.set_ylim(0, 1.1)
-    ax.set_ylabel("song accuracy (mean)")
-    ax.set_title("embed heads: logistic baseline vs dense")
+    ax.set_ylabel("song accuracy (as scored)")
+    ax.set_title("embed heads: the logistic baseline vs the others")
     ax.legend(loc="lower right")
     save(fig, path)
