@@ -1,18 +1,21 @@
-"""Transfer learning on musicnn embeddings: each embed head against a logistic baseline.
+"""Transfer learning on musicnn features: each embed head and feature against a logistic baseline.
 
 Run quietly:  .venv/bin/python benchmarks/transfer_bench.py [--catalogs gtzan3 games]
 
 For each catalog (GTZAN-3's artist-filtered manifest; the game-music catalog that
 ``benchmarks/game_music.py`` builds from Debian's packages, 60 s per track from 30 s in):
-`genres extract --features musicnn` (MSD), then in the same run
+`genres extract --features musicnn --pools` (MSD), then in the same run
 
-- the baseline: scikit-learn's logistic regression on the standardised 200-unit patch
-  embeddings of the manifest's train songs (a song = the mean of its patches' probabilities),
-  and the same on song-pooled embeddings (mean and std over a song's patches);
-- `genres train --model embed` with ``--head logistic``, ``--head dense`` and ``--head auto``
-  (validation songs from the manifest's, or taken from its train songs when it names none).
+- the baseline the issue defines: scikit-learn's logistic regression (C=1) on the
+  standardised 200-unit penultimate embeddings of the manifest's train songs' patches, a song
+  = the mean of its patches' probabilities; for reference also the same on song-pooled
+  vectors (mean and std over a song's patches, C=0.01) of the embedding and of the pools;
+- `genres train --model embed --head auto` on ``--feature embedding`` and on ``--feature
+  pools``: each fits the logistic, pooled and dense heads (validation songs from the
+  manifest's, or from its train songs when it names none) and keeps the best on validation.
 
-It prints test song accuracy per aggregator and the chosen head's margin over the baseline.
+It prints every head's validation and test song accuracy (per aggregator), which one was kept,
+and the kept head's margin over the baseline.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 GENRES = str(pathlib.Path(sys.executable).parent / "genres")
 CATALOGS = {"gtzan3": (ROOT.parent / "shared" / "data" / "gtzan3" / "manifest.csv", []),
             "games": (None, ["--offset-seconds", "30", "--max-seconds", "60"])}
+FEATURES = ("embedding", "pools")
 
 
 def features(name: str, work: pathlib.Path) -> str:
@@ -40,40 +44,41 @@ def features(name: str, work: pathlib.Path) -> str:
         from game_music import build
 
         manifest = build(work / "game-music")
-    out = work / f"{name}-musicnn"
-    if not (out / "spec.json").exists():
+    out = work / f"{name}-musicnn-pools"
+    if not (out / "_spec.json").exists():
         started = time.perf_counter()
         subprocess.run([GENRES, "extract", str(manifest), "--out", str(out), "--features",
-                        "musicnn", *options], check=True)
+                        "musicnn", "--pools", *options], check=True)
         print(f"{name}: extract {time.perf_counter() - started:.0f} s", flush=True)
     return str(out)
 
 
 def baseline(root: str) -> dict:
-    """Test song accuracy of logistic regressions on the train songs' embeddings."""
+    """Test song accuracy of logistic regressions on the train songs' features."""
     from layers_bench import accuracy
 
     from pipeline.storage.shards import FeatureStore, tensor_values
 
-    rows = FeatureStore(root).read_frames(["song_id", "label", "split", "embedding"])
+    rows = FeatureStore(root).read_frames(["song_id", "label", "split", *FEATURES])
     d = {"song": np.asarray(rows.column("song_id").to_pylist()),
          "label": np.asarray(rows.column("label").to_pylist()),
          "split": np.asarray(rows.column("split").to_pylist()),
-         "embedding": tensor_values(rows.column("embedding"))}
+         **{f: tensor_values(rows.column(f)) for f in FEATURES}}
     first = {s: side for s, side in zip(d["song"], d["split"])}  # a song's split
     return {"patches, mean": accuracy(d, ["embedding"], pooled=False, c=1.0),
-            "pooled": accuracy(d, ["embedding"], pooled=True, c=1.0),
+            **{f"{f} pooled": accuracy(d, [f], pooled=True, c=0.01) for f in FEATURES},
             "train songs": sum(side == "train" for side in first.values()),
             "test songs": sum(side == "test" for side in first.values())}
 
 
-def head(root: str, work: pathlib.Path, name: str, choice: str) -> dict:
-    """`genres train --model embed --head choice`: its metrics.json."""
-    out = work / f"{name}-embed-{choice}"
+def train(root: str, work: pathlib.Path, name: str, feature: str) -> dict:
+    """`genres train --model embed --head auto --feature feature`: its metrics.json."""
+    out = work / f"{name}-embed-{feature}"
     started = time.perf_counter()
     subprocess.run([GENRES, "train", root, "--out", str(out), "--model", "embed", "--head",
-                    choice, "--epochs", "60", "--patience", "10", "--batch-size", "32",
-                    "--storage-path", str(work / "ray-results")], check=True)
+                    "auto", "--feature", feature, "--epochs", "100", "--patience", "15",
+                    "--batch-size", "16", "--storage-path", str(work / "ray-results")],
+                   check=True)
     from pipeline.storage.bundle import read_bundle
 
     metrics = json.loads((pathlib.Path(read_bundle(str(out)).root) / "metrics.json").read_text())
@@ -86,28 +91,33 @@ def main(argv=None):
     parser.add_argument("--catalogs", nargs="+", default=list(CATALOGS), choices=list(CATALOGS))
     parser.add_argument("--work", type=pathlib.Path, default=pathlib.Path("/tmp/genres-bench"))
     args = parser.parse_args(argv)
+    from pipeline.evaluate import scored_accuracy
+
     rows = []
     for name in args.catalogs:
         root = features(name, args.work)
         base = baseline(root)
         print(f"{name}: baseline {base}", flush=True)
-        for choice in ("logistic", "dense", "auto"):
-            m = head(root, args.work, name, choice)
-            accuracy = m["test"]["song_accuracy"]
-            rows.append((name, base, choice, m.get("head"), accuracy, m["valid"]["songs"],
-                         m["seconds"]))
-            print(f"{name}: --head {choice} -> {m.get('head')}: test {accuracy}, "
-                  f"{m['valid']['songs']} validation songs, {m['seconds']:.0f} s", flush=True)
-    print("\n| catalog | train/test songs | baseline LR (patches, mean) | baseline LR (pooled) "
-          "| --head | kept | majority | mean | logodds | sequence | mean - baseline |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for name, base, choice, kept, accuracy, _, _ in rows:
-        cells = " | ".join(f"{accuracy.get(k, float('nan')):.3f}"
-                           for k in ("majority", "mean", "logodds", "sequence"))
+        for feature in FEATURES:
+            m = train(root, args.work, name, feature)
+            print(f"{name}: --feature {feature}: kept {m['head']}, {m['valid']['songs']} "
+                  f"validation songs, {m['seconds']:.0f} s", flush=True)
+            for head, figures in m["heads"].items():
+                rows.append((name, base, feature, head, head == m["head"], figures))
+    print("\n| catalog | train/test songs | baseline | feature | head | kept | valid | majority "
+          "| mean | logodds | sequence | pooled | as scored - baseline |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for name, base, feature, head, kept, figures in rows:
+        test = figures["test_song_accuracy"]
+        cells = " | ".join(f"{test[k]:.3f}" if k in test else "" for k in
+                           ("majority", "mean", "logodds", "sequence", "pooled"))
         print(f"| {name} | {base['train songs']}/{base['test songs']} | "
-              f"{base['patches, mean']:.3f} | {base['pooled']:.3f} | {choice} | {kept} | {cells} "
-              f"| {accuracy['mean'] - base['patches, mean']:+.3f} |")
-
+              f"{base['patches, mean']:.3f} | {feature} | {head} | {'**kept**' if kept else ''} "
+              f"| {scored_accuracy(figures['valid_song_accuracy']):.3f} | {cells} "
+              f"| {scored_accuracy(test) - base['patches, mean']:+.3f} |")
+    for name, base in dict((r[0], r[1]) for r in rows).items():
+        pooled = ", ".join(f"{f} {base[f'{f} pooled']:.3f}" for f in FEATURES)
+        print(f"{name}: scikit-learn on song-pooled vectors (C=0.01): {pooled}")
 
 if __name__ == "__main__":
     main()

@@ -290,6 +290,9 @@ def cmd_train(args) -> dict:
         valid = ", ".join(f"{h} {scored_accuracy(v['valid_song_accuracy']):.3f}"
                           for h, v in heads.items())
         quality += f"; head {s['head']} (validation song accuracy {valid})"
+        margin = (s["metrics"].get("baseline") or {}).get("test")
+        if margin:
+            quality += f", {margin['margin']:+.3f} over the logistic baseline on test"
     elif s.get("head"):
         quality += f"; head {s['head']}"
     print(f"train: {s['model']} on {s['train_songs']} train / {s['valid_songs']} valid songs, "

@@ -61,6 +61,10 @@ def test_embeddings_train_embed_and_score(ray_session, catalog, tmp_path):
     assert (bundle / "plots" / "heads.png").exists()
     valid = {h: scored_accuracy(v["valid_song_accuracy"]) for h, v in metrics["heads"].items()}
     assert valid[metrics["head"]] == max(valid.values())
+    base = metrics["baseline"]  # the logistic head, beside the kept one
+    assert base["head"] == "logistic" and base["valid"]["baseline"] == valid["logistic"]
+    assert base["test"]["margin"] == pytest.approx(
+        scored_accuracy(metrics["test"]["song_accuracy"]) - base["test"]["baseline"])
     assert list(metrics["heads"]["pooled"]["valid_song_accuracy"]) == ["pooled"]  # songs
     assert json.loads((bundle / "bundle.json").read_text())["feature"] == "pools"
     # the kept head scores the feature directory as it scored its test songs

@@ -368,6 +368,8 @@ def run_train(features: str, out: str, config: TrainConfig, *, address: str | No
     if config.model == "embed":
         metrics["head"] = chosen["head"]
         metrics["heads"] = {f["head"]: _head_figures(f) for f in fits}
+        if "logistic" in metrics["heads"]:  # the linear baseline the kept head has to beat
+            metrics["baseline"] = _baseline(metrics["heads"], chosen["head"])
     loop, state = chosen["loop"], chosen["state"]
     model_id = save_bundle(out, model=chosen["model"], lite_model=chosen["lite"],
                            model_name=config.model, feature=data.source.column,
@@ -516,6 +518,18 @@ def _head_figures(fit: dict) -> dict:
     return {"valid_song_accuracy": m["valid"]["song_accuracy"],
             "test_song_accuracy": (m["test"] or {}).get("song_accuracy"),
             "best_val_loss": m["best_val_loss"], "epochs_run": m["epochs_run"]}
+
+
+def _baseline(heads: dict, kept: str) -> dict:
+    """The logistic head's song accuracies (as scored) beside the kept head's, per split."""
+    out = {"head": "logistic"}
+    for split in ("valid", "test"):
+        key = f"{split}_song_accuracy"
+        if heads["logistic"].get(key) and heads[kept].get(key):
+            base = scored_accuracy(heads["logistic"][key])
+            out[split] = {"baseline": base, "kept": scored_accuracy(heads[kept][key]),
+                          "margin": scored_accuracy(heads[kept][key]) - base}
+    return out
 
 
 def _songs(probs: np.ndarray, y: np.ndarray, song_ids: np.ndarray):
