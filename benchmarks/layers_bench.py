@@ -1,6 +1,8 @@
 """Which musicnn layers a linear model can use on a catalog: logistic regressions per layer.
 
 Run quietly:  .venv/bin/python benchmarks/layers_bench.py [--manifest M] [--offset 30 --seconds 60]
+                 [--cache FILE]   (GTZAN-3: --manifest ../shared/data/gtzan3/manifest.csv
+                                   --offset 0 --seconds 30 --cache /tmp/genres-bench/gtzan3.npz)
 
 Runs musicnn's MSD and MTT networks over every song of a manifest (default: the game-music
 catalog of ``benchmarks/game_music.py``) in this process, one thread, and keeps each patch's
@@ -94,12 +96,15 @@ def main(argv=None):
                         default=pathlib.Path("/tmp/genres-bench/game-music/manifest.csv"))
     parser.add_argument("--offset", type=float, default=30.0)
     parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--cache", type=pathlib.Path, default=None,
+                        help="the networks' outputs (default: layers.npz beside the manifest)")
     args = parser.parse_args(argv)
     if not args.manifest.exists():
         from game_music import build
 
         args.manifest = build(args.manifest.parent)
-    d = outputs(args.manifest, args.manifest.with_name("layers.npz"), args.offset, args.seconds)
+    d = outputs(args.manifest, args.cache or args.manifest.with_name("layers.npz"), args.offset,
+                args.seconds)
     print("| layers | patches C=1 | patches C=0.01 | pooled C=1 | pooled C=0.01 |")
     print("|---|---|---|---|---|")
     for keys in SETS:

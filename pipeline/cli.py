@@ -129,9 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "or artist, or, when the manifest names no 'valid' song, of its train "
                         "songs (by artist where the manifest has one); recorded in the bundle")
     p.add_argument("--head", default=None, choices=["auto", "logistic", "pooled", "dense"],
-                   help="embed: logistic (a linear model of each patch), pooled (a linear "
-                        "model of each song's patch mean and std), dense (a hidden layer), or "
-                        "auto (default): fit each and keep the best on the validation songs")
+                   help="embed: pooled (a linear model of each song's patch mean and std), "
+                        "logistic (a linear model of each patch), dense (a hidden layer), or "
+                        "auto (default): fit each and keep the simplest within one standard "
+                        "error of the best on the validation songs")
     p.add_argument("--feature", default=None, choices=["embedding", "pools", "taggram"],
                    help="embed: the musicnn column to train on (default embedding; pools "
                         "needs features extracted with --pools)")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from pipeline.features.bags import group_by_song
@@ -58,3 +60,15 @@ def scored_accuracy(song_accuracy: dict) -> float:
     """The song accuracy scoring's default gives: the ``mean`` aggregator's for frame models,
     a song-level model's own (its only entry) otherwise."""
     return song_accuracy.get("mean", max(song_accuracy.values()))
+
+
+def simplest_within_one_se(accuracy: dict[str, float], songs: int) -> str:
+    """The first key of ``accuracy`` (models, simplest first) whose validation song accuracy
+    is within one standard error, ``sqrt(p (1 - p) / songs)`` at the best ``p``, of the best.
+
+    The one-standard-error rule of model selection (Breiman et al. 1984): on a few dozen
+    validation songs a lead of a song or two is noise, not evidence for a more flexible model.
+    """
+    best = max(accuracy.values())
+    margin = math.sqrt(best * (1.0 - best) / max(songs, 1))
+    return next(name for name, a in accuracy.items() if a >= best - margin - 1e-9)

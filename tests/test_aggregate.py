@@ -71,3 +71,16 @@ def test_bags_pad_with_the_songs_own_frames_and_mask_them():
     assert frames[0, :, 0].tolist() == [0, 2, 0]  # song a: frames 0, 2, then a repeat of 0
     assert frames[1, :, 0].tolist() == [1, 3, 4]
     assert [r.tolist() for r in rows] == [[0, 2], [1, 3, 4]]
+
+
+def test_the_simplest_head_within_one_standard_error_of_the_best_is_kept():
+    from pipeline.evaluate import simplest_within_one_se
+
+    # 18 songs at p = 0.722: one standard error is 0.106, so 0.667 (one song less) is as good
+    choose = simplest_within_one_se
+    assert choose({"pooled": 0.667, "logistic": 0.667, "dense": 0.722}, 18) == "pooled"
+    # 61 songs at p = 0.967: one standard error is 0.023; 0.934 is two songs and out
+    assert choose({"pooled": 0.934, "logistic": 0.967, "dense": 0.967}, 61) == "logistic"
+    # a perfect best has no error: only equals stay
+    assert choose({"pooled": 0.9, "logistic": 1.0, "dense": 1.0}, 10) == "logistic"
+    assert choose({"dense": 0.5}, 4) == "dense"

@@ -33,7 +33,8 @@ import time
 import numpy as np
 
 from pipeline.errors import ParameterError
-from pipeline.evaluate import evaluate, evaluate_songs, scored_accuracy
+from pipeline.evaluate import (evaluate, evaluate_songs, scored_accuracy,
+                               simplest_within_one_se)
 from pipeline.features.bags import group_by_song
 from pipeline.models.cnn import HEADS, build_model, model_level, pooled_l2, song_pooling
 from pipeline.models.keras import select_legacy_keras
@@ -82,7 +83,7 @@ class TrainConfig:
     label_column: str = "label"
     splits: str | None = None
     valid_fraction: float = 0.15
-    head: str | None = None  # embed: "auto" (the best on validation) or one of HEADS
+    head: str | None = None  # embed: "auto" (chosen on validation) or one of HEADS
     class_weights: str = "balanced"  # or "none"
     feature: str | None = None  # embed: the musicnn column (default embedding)
 
@@ -336,8 +337,9 @@ def _claim_run(storage_path: str, name: str, identity: dict) -> None:
 def run_train(features: str, out: str, config: TrainConfig, *, address: str | None = None,
               storage_path: str | None = None, run_name: str | None = None) -> dict:
     """Train ``config.model`` on a feature directory (or frame table) and write the bundle.
-    With ``--model embed --head auto``, a logistic and a dense head are each fitted, and the
-    one better on the validation songs is kept; the other's figures stay in the metrics."""
+    With ``--model embed --head auto``, every head is fitted and the simplest within one
+    standard error of the best on the validation songs is kept; the others' figures stay in
+    the metrics."""
     from ray.train.constants import DEFAULT_STORAGE_PATH
 
     started = time.perf_counter()
@@ -358,12 +360,13 @@ def run_train(features: str, out: str, config: TrainConfig, *, address: str | No
                    storage_path=storage_path,
                    run_name=f"{run_name}-{head}" if run_name and len(heads) > 1 else run_name)
         fits.append(_evaluate(at_level, fit))
-    chosen = min(fits, key=_rank)
+    valid = {f["head"]: scored_accuracy(f["metrics"]["valid"]["song_accuracy"]) for f in fits}
+    kept = simplest_within_one_se(valid, data.counts["valid"].songs)
+    chosen = next(f for f in fits if f["head"] == kept)
     if len(fits) > 1:
-        log.info("train: heads on the validation songs: %s; kept %s", ", ".join(
-            f"{f['head']} {scored_accuracy(f['metrics']['valid']['song_accuracy']):.3f}"
-            for f in fits),
-            chosen["head"])
+        log.info("train: heads on the %d validation songs: %s; kept %s (the simplest within "
+                 "one standard error of the best)", data.counts["valid"].songs,
+                 ", ".join(f"{h} {a:.3f}" for h, a in valid.items()), kept)
     metrics = chosen["metrics"]
     if config.model == "embed":
         metrics["head"] = chosen["head"]
@@ -503,13 +506,6 @@ def _evaluate(data: TrainingData, fit: dict) -> dict:
                 probs, y, song_ids, classes,
                 sequence=(lambda songs: sequence_scores(sequence, songs)) if split == "test" else None)
     return {**fit, "model": model, "lite": lite, "sequence": sequence, "metrics": metrics}
-
-
-def _rank(fit: dict) -> tuple:
-    """Sort key of a fit, best first: validation song accuracy (aggregated as scoring does),
-    then validation loss, then the simpler head."""
-    return (-scored_accuracy(fit["metrics"]["valid"]["song_accuracy"]),
-            fit["state"]["best_val_loss"], HEADS.index(fit["head"]) if fit["head"] in HEADS else 0)
 
 
 def _head_figures(fit: dict) -> dict:
