@@ -12,10 +12,11 @@ For each catalog (GTZAN-3's artist-filtered manifest; the game-music catalog tha
   vectors (mean and std over a song's patches, C=0.01) of the embedding and of the pools;
 - `genres train --model embed --head auto` on ``--feature embedding`` and on ``--feature
   pools``: each fits the logistic, pooled and dense heads (validation songs from the
-  manifest's, or from its train songs when it names none) and keeps the best on validation.
+  manifest's, or from its train songs when it names none) and keeps the simplest whose
+  validation song log-loss is within one standard error of the best.
 
-It prints every head's validation and test song accuracy (per aggregator), which one was kept,
-and the kept head's margin over the baseline.
+It prints every head's validation log-loss and validation and test song accuracy (per
+aggregator), which one was kept, and the kept head's margin over the baseline.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
+import shutil
 import subprocess
 import sys
 import time
@@ -74,6 +76,9 @@ def baseline(root: str) -> dict:
 def train(root: str, work: pathlib.Path, name: str, feature: str) -> dict:
     """`genres train --model embed --head auto --feature feature`: its metrics.json."""
     out = work / f"{name}-embed-{feature}"
+    # fresh fits: the same out and run name would resume the finished run of an earlier bench
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.rmtree(work / "ray-results", ignore_errors=True)
     started = time.perf_counter()
     subprocess.run([GENRES, "train", root, "--out", str(out), "--model", "embed", "--head",
                     "auto", "--feature", feature, "--epochs", "100", "--patience", "15",
@@ -104,15 +109,16 @@ def main(argv=None):
                   f"validation songs, {m['seconds']:.0f} s", flush=True)
             for head, figures in m["heads"].items():
                 rows.append((name, base, feature, head, head == m["head"], figures))
-    print("\n| catalog | train/test songs | baseline | feature | head | kept | valid | majority "
-          "| mean | logodds | sequence | pooled | as scored - baseline |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("\n| catalog | train/test songs | baseline | feature | head | kept | valid log-loss "
+          "| valid | majority | mean | logodds | sequence | pooled | as scored - baseline |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, base, feature, head, kept, figures in rows:
         test = figures["test_song_accuracy"]
         cells = " | ".join(f"{test[k]:.3f}" if k in test else "" for k in
                            ("majority", "mean", "logodds", "sequence", "pooled"))
         print(f"| {name} | {base['train songs']}/{base['test songs']} | "
               f"{base['patches, mean']:.3f} | {feature} | {head} | {'**kept**' if kept else ''} "
+              f"| {figures['valid_song_log_loss']:.3f}±{figures['valid_song_log_loss_se']:.3f} "
               f"| {scored_accuracy(figures['valid_song_accuracy']):.3f} | {cells} "
               f"| {scored_accuracy(test) - base['patches, mean']:+.3f} |")
     for name, base in dict((r[0], r[1]) for r in rows).items():

@@ -286,11 +286,8 @@ def cmd_train(args) -> dict:
         quality = "no test songs in this split"
     heads = s["metrics"].get("heads") or {}
     if len(heads) > 1:  # the embed model's head, chosen on the validation songs
-        from pipeline.evaluate import scored_accuracy
-
-        valid = ", ".join(f"{h} {scored_accuracy(v['valid_song_accuracy']):.3f}"
-                          for h, v in heads.items())
-        quality += f"; head {s['head']} (validation song accuracy {valid})"
+        valid = ", ".join(f"{h} {v['valid_song_log_loss']:.3f}" for h, v in heads.items())
+        quality += f"; head {s['head']} (validation song log-loss {valid})"
         margin = (s["metrics"].get("baseline") or {}).get("test")
         if margin:
             quality += f", {margin['margin']:+.3f} over the logistic baseline on test"

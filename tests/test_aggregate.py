@@ -74,13 +74,26 @@ def test_bags_pad_with_the_songs_own_frames_and_mask_them():
 
 
 def test_the_simplest_head_within_one_standard_error_of_the_best_is_kept():
-    from pipeline.evaluate import simplest_within_one_se
+    from pipeline.evaluate import simplest_within_one_se as choose
 
-    # 18 songs at p = 0.722: one standard error is 0.106, so 0.667 (one song less) is as good
-    choose = simplest_within_one_se
-    assert choose({"pooled": 0.667, "logistic": 0.667, "dense": 0.722}, 18) == "pooled"
-    # 61 songs at p = 0.967: one standard error is 0.023; 0.934 is two songs and out
-    assert choose({"pooled": 0.934, "logistic": 0.967, "dense": 0.967}, 61) == "logistic"
-    # a perfect best has no error: only equals stay
-    assert choose({"pooled": 0.9, "logistic": 1.0, "dense": 1.0}, 10) == "logistic"
-    assert choose({"dense": 0.5}, 4) == "dense"
+    # (validation song log-loss, its standard error), simplest head first
+    assert choose({"pooled": (0.922, 0.197), "logistic": (1.049, 0.196),
+                   "dense": (0.920, 0.220)}) == "pooled"  # level with the best: kept
+    assert choose({"pooled": (0.30, 0.05), "logistic": (0.14, 0.04),
+                   "dense": (0.16, 0.05)}) == "logistic"  # the best's error is 0.04: out
+    assert choose({"pooled": (0.5, 0.1), "logistic": (0.2, 0.0), "dense": (0.2, 0.0)}) \
+        == "logistic"  # no error: only equals stay
+    assert choose({"dense": (1.0, 0.5)}) == "dense"
+
+
+def test_song_log_loss_is_the_mean_cross_entropy_of_songs_mean_probabilities():
+    from pipeline.evaluate import evaluate, evaluate_songs
+
+    probs = np.array([[0.8, 0.2], [0.6, 0.4], [0.3, 0.7], [0.1, 0.9]])
+    y, songs = np.array([0, 0, 0, 0]), np.array(["a", "a", "b", "b"])
+    losses = -np.log([0.7, 0.2])  # song a's mean is (0.7, 0.3), b's (0.2, 0.8)
+    m = evaluate(probs, y, songs, ["x", "z"])
+    assert m["song_log_loss"] == pytest.approx(losses.mean())
+    assert m["song_log_loss_se"] == pytest.approx(losses.std(ddof=1) / np.sqrt(2))
+    m = evaluate_songs(np.array([[0.7, 0.3], [0.2, 0.8]]), np.array([0, 0]), ["x", "z"], "pooled")
+    assert m["song_log_loss"] == pytest.approx(losses.mean())

@@ -60,10 +60,12 @@ def test_embeddings_train_embed_and_score(ray_session, catalog, tmp_path):
     assert config["head_choice"] == "validation" and config["head"] == metrics["head"]
     assert list(metrics["heads"]) == ["pooled", "logistic", "dense"]  # simplest first
     assert (bundle / "plots" / "heads.png").exists()
-    valid = {h: scored_accuracy(v["valid_song_accuracy"]) for h, v in metrics["heads"].items()}
-    assert metrics["head"] == simplest_within_one_se(valid, metrics["valid"]["songs"])
+    losses = {h: (v["valid_song_log_loss"], v["valid_song_log_loss_se"])
+              for h, v in metrics["heads"].items()}
+    assert metrics["head"] == simplest_within_one_se(losses)
     base = metrics["baseline"]  # the logistic head, beside the kept one
-    assert base["head"] == "logistic" and base["valid"]["baseline"] == valid["logistic"]
+    assert base["head"] == "logistic" and base["valid"]["baseline"] == scored_accuracy(
+        metrics["heads"]["logistic"]["valid_song_accuracy"])
     assert base["test"]["margin"] == pytest.approx(
         scored_accuracy(metrics["test"]["song_accuracy"]) - base["test"]["baseline"])
     assert list(metrics["heads"]["pooled"]["valid_song_accuracy"]) == ["pooled"]  # songs

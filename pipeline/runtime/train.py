@@ -337,9 +337,9 @@ def _claim_run(storage_path: str, name: str, identity: dict) -> None:
 def run_train(features: str, out: str, config: TrainConfig, *, address: str | None = None,
               storage_path: str | None = None, run_name: str | None = None) -> dict:
     """Train ``config.model`` on a feature directory (or frame table) and write the bundle.
-    With ``--model embed --head auto``, every head is fitted and the simplest within one
-    standard error of the best on the validation songs is kept; the others' figures stay in
-    the metrics."""
+    With ``--model embed --head auto``, every head is fitted and the simplest whose song
+    log-loss on the validation songs is within one standard error of the best is kept; the
+    others' figures stay in the metrics."""
     from ray.train.constants import DEFAULT_STORAGE_PATH
 
     started = time.perf_counter()
@@ -360,13 +360,14 @@ def run_train(features: str, out: str, config: TrainConfig, *, address: str | No
                    storage_path=storage_path,
                    run_name=f"{run_name}-{head}" if run_name and len(heads) > 1 else run_name)
         fits.append(_evaluate(at_level, fit))
-    valid = {f["head"]: scored_accuracy(f["metrics"]["valid"]["song_accuracy"]) for f in fits}
-    kept = simplest_within_one_se(valid, data.counts["valid"].songs)
+    valid = {f["head"]: (f["metrics"]["valid"]["song_log_loss"],
+                         f["metrics"]["valid"]["song_log_loss_se"]) for f in fits}
+    kept = simplest_within_one_se(valid)
     chosen = next(f for f in fits if f["head"] == kept)
     if len(fits) > 1:
-        log.info("train: heads on the %d validation songs: %s; kept %s (the simplest within "
-                 "one standard error of the best)", data.counts["valid"].songs,
-                 ", ".join(f"{h} {a:.3f}" for h, a in valid.items()), kept)
+        log.info("train: heads' song log-loss on the %d validation songs: %s; kept %s (the "
+                 "simplest within one standard error of the best)", data.counts["valid"].songs,
+                 ", ".join(f"{h} {loss:.3f}±{se:.3f}" for h, (loss, se) in valid.items()), kept)
     metrics = chosen["metrics"]
     if config.model == "embed":
         metrics["head"] = chosen["head"]
@@ -513,6 +514,9 @@ def _head_figures(fit: dict) -> dict:
     m = fit["metrics"]
     return {"valid_song_accuracy": m["valid"]["song_accuracy"],
             "test_song_accuracy": (m["test"] or {}).get("song_accuracy"),
+            "valid_song_log_loss": m["valid"]["song_log_loss"],
+            "valid_song_log_loss_se": m["valid"]["song_log_loss_se"],
+            "test_song_log_loss": (m["test"] or {}).get("song_log_loss"),
             "best_val_loss": m["best_val_loss"], "epochs_run": m["epochs_run"]}
 
 

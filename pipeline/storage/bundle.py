@@ -319,7 +319,11 @@ def _plot_heads(heads: dict, chosen: str, path: str) -> None:
                   for figures in heads.values()]
         bars = ax.bar(np.arange(len(heads)) + (k - 0.5) * 0.4, values, 0.4, label=split)
         ax.bar_label(bars, fmt="%.3f")
-    ax.set_xticks(range(len(heads)), [f"{h}{' (kept)' if h == chosen else ''}" for h in heads])
+    # the choice is made on the validation song log-loss: shown under each head's name
+    ax.set_xticks(range(len(heads)), [
+        f"{h}{' (kept)' if h == chosen else ''}\nvalid log-loss "
+        f"{f['valid_song_log_loss']:.3f}±{f['valid_song_log_loss_se']:.3f}"
+        if f.get("valid_song_log_loss") is not None else h for h, f in heads.items()])
     ax.set_ylim(0, 1.1)
     ax.set_ylabel("song accuracy (as scored)")
     ax.set_title("embed heads: the logistic baseline vs the others")
