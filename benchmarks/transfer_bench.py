@@ -76,9 +76,8 @@ def baseline(root: str) -> dict:
 def train(root: str, work: pathlib.Path, name: str, feature: str) -> dict:
     """`genres train --model embed --head auto --feature feature`: its metrics.json."""
     out = work / f"{name}-embed-{feature}"
-    # fresh fits: the same out and run name would resume the finished run of an earlier bench
+    # a fresh fit: the same out and run name would resume an earlier bench's finished run
     shutil.rmtree(out, ignore_errors=True)
-    shutil.rmtree(work / "ray-results", ignore_errors=True)
     started = time.perf_counter()
     subprocess.run([GENRES, "train", root, "--out", str(out), "--model", "embed", "--head",
                     "auto", "--feature", feature, "--epochs", "100", "--patience", "15",
@@ -98,6 +97,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     from pipeline.evaluate import scored_accuracy
 
+    shutil.rmtree(args.work / "ray-results", ignore_errors=True)  # earlier benches' runs
     rows = []
     for name in args.catalogs:
         root = features(name, args.work)

@@ -36,11 +36,11 @@ def evaluate(probs: np.ndarray, y: np.ndarray, song_ids: np.ndarray, classes: li
     groups = group_by_song(song_ids)
     result["songs"] = len(groups)
     truth = np.array([y[rows[0]] for rows in groups.values()])
-    means = np.stack([probs[rows].mean(0) for rows in groups.values()]) if groups else probs
-    result.update(song_log_loss(means, truth))
     for name in AGGREGATORS:
-        pred = np.array([decide(aggregate(probs[rows], name), probs[rows])
-                         for rows in groups.values()])
+        scores = [aggregate(probs[rows], name) for rows in groups.values()]
+        pred = np.array([decide(s, probs[rows]) for s, rows in zip(scores, groups.values())])
+        if name == "mean":  # the song probabilities scoring gives: their cross-entropy
+            result.update(song_log_loss(np.array(scores), truth))
         result["song_accuracy"][name] = float((pred == truth).mean())
         result["confusion"][name] = confusion(truth, pred, n).tolist()
     if sequence is not None:

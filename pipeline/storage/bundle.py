@@ -323,7 +323,7 @@ def _plot_heads(heads: dict, chosen: str, path: str) -> None:
     ax.set_xticks(range(len(heads)), [
         f"{h}{' (kept)' if h == chosen else ''}\nvalid log-loss "
         f"{f['valid_song_log_loss']:.3f}±{f['valid_song_log_loss_se']:.3f}"
-        if f.get("valid_song_log_loss") is not None else h for h, f in heads.items()])
+        for h, f in heads.items()])
     ax.set_ylim(0, 1.1)
     ax.set_ylabel("song accuracy (as scored)")
     ax.set_title("embed heads: the logistic baseline vs the others")
