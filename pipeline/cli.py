@@ -35,6 +35,7 @@ def _number(kind: type, *, minimum: float, inclusive: bool, most: float | None =
 _positive_float = _number(float, minimum=0, inclusive=False)
 _nonneg_float = _number(float, minimum=0, inclusive=True)
 _positive_int = _number(int, minimum=0, inclusive=False)
+_nonneg_int = _number(int, minimum=0, inclusive=True)
 _fraction = _number(float, minimum=0, inclusive=False, most=0.5)
 
 
@@ -63,6 +64,18 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--retry-errors", action="store_true",
                        help="try again every song whose last try failed (by default only "
                             "transient failures are: missing, io, timeout)")
+
+    def cluster_bounds(p, *, gpus: str):
+        p.add_argument("--max-cpus", type=_positive_int, default=None,
+                       help="most CPUs the job's work may use (default: what the cluster's "
+                            "autoscaler may bring up, else what is up); its actors start at "
+                            "what the work needs, and the autoscaler launches their nodes")
+        p.add_argument("--max-gpus", type=_nonneg_int, default=None,
+                       help=f"most GPUs {gpus} (default: as --max-cpus)")
+        p.add_argument("--wait-for-nodes", type=_positive_float, default=900.0,
+                       metavar="SECONDS",
+                       help="how long to wait for the nodes a stage cannot start without "
+                            "(GPUs, Train's workers) before giving up (default 900)")
 
     def commit_every(p):
         p.add_argument("--commit-every", type=_nonneg_float,
@@ -97,7 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--songs-per-task", type=_positive_int, default=None,
                    help="songs per Ray task and shard (default: ~4 tasks per CPU, at most 32)")
     p.add_argument("--use-gpu", action="store_true",
-                   help="musicnn features: each task takes a GPU (TensorFlow runs there)")
+                   help="musicnn features: each extract actor takes a GPU (TensorFlow runs "
+                        "there; the autoscaler brings GPU nodes)")
+    cluster_bounds(p, gpus="extract --use-gpu may use (an actor per GPU)")
     commit_every(p)
     p.add_argument("--overwrite", action="store_true",
                    help="delete OUT and start fresh (only a feature directory: a folder "
@@ -145,7 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patience", type=_positive_int, default=6,
                    help="early stopping: epochs without validation-loss improvement")
     p.add_argument("--num-workers", type=_positive_int, default=1)
-    p.add_argument("--use-gpu", action="store_true")
+    p.add_argument("--use-gpu", action="store_true",
+                   help="one GPU per Train worker (the autoscaler brings GPU nodes)")
+    cluster_bounds(p, gpus="the cluster may give (--use-gpu needs --num-workers of them)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--bag-frames", type=_positive_int, default=16,
                    help="mil: at most this many frames per song in a bag (drawn anew each epoch)")
@@ -176,7 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="classes/tags listed in top_tags")
         p.add_argument("--batch-size", type=_positive_int, default=8, help="songs per model call")
         p.add_argument("--use-gpu", action="store_true",
-                       help="one GPU per model actor (as many actors as the cluster has GPUs)")
+                       help="one GPU per model actor (up to --max-gpus; the autoscaler brings "
+                            "GPU nodes)")
+        cluster_bounds(p, gpus="score --use-gpu may use (a model actor per GPU)")
         commit_every(p)
         retry_errors(p)
         allow_http(p)
@@ -244,6 +263,12 @@ def _spec_from(args):
                        max_seconds=args.max_seconds, dtype=args.dtype)
 
 
+def _bounds(args):
+    from pipeline.runtime.cluster import Bounds
+
+    return Bounds(max_cpus=args.max_cpus, max_gpus=args.max_gpus, wait_s=args.wait_for_nodes)
+
+
 def cmd_extract(args) -> dict:
     from pipeline.runtime.extract import run_extract
 
@@ -251,14 +276,14 @@ def cmd_extract(args) -> dict:
                     labels_from_folders=args.labels_from_folders, overwrite=args.overwrite,
                     address=args.address, songs_per_task=args.songs_per_task,
                     use_gpu=args.use_gpu, commit_every_s=args.commit_every,
-                    retry_errors=args.retry_errors)
+                    retry_errors=args.retry_errors, bounds=_bounds(args))
     failed = sum(s["errors"].values())
     kinds = ", ".join(f"{k}={v}" for k, v in sorted(s["errors"].items())) or "none"
     rtf = s["audio_seconds"] / s["seconds"] if s["seconds"] else 0.0
     print(f"extract: {s['songs']} songs in, {s['skipped']} already done, {s['ok']} ok, "
           f"{failed} failed ({kinds}), {s['frames']} frames, "
           f"{s['audio_seconds'] / 3600:.2f} h audio, {s['seconds']:.1f} s, {rtf:.0f}x realtime "
-          f"-> {s['out']}")
+          f"-> {s['out']} (cluster: {s['limits']})")
     return s
 
 
@@ -275,7 +300,7 @@ def cmd_train(args) -> dict:
                          head=args.head, class_weights=args.class_weights,
                          feature=args.feature)
     s = run_train(args.features, args.out, config, address=args.address,
-                  storage_path=args.storage_path, run_name=args.run_name)
+                  storage_path=args.storage_path, run_name=args.run_name, bounds=_bounds(args))
     test = s["metrics"].get("test")
     if test:
         songs = ", ".join(f"{k} {v:.3f}" for k, v in test["song_accuracy"].items())
@@ -295,7 +320,7 @@ def cmd_train(args) -> dict:
         quality += f"; head {s['head']}"
     print(f"train: {s['model']} on {s['train_songs']} train / {s['valid_songs']} valid songs, "
           f"{s['epochs']} epochs, {s['seconds']:.1f} s; {quality} -> {s['out']} "
-          f"(model_id {s['model_id']})")
+          f"(model_id {s['model_id']}; cluster: {s['limits']})")
     return s
 
 
@@ -305,11 +330,11 @@ def cmd_score(args, *, tag: bool = False) -> dict:
     s = run_score(args.catalog, args.model, args.out, aggregate=args.aggregate,
                   batch_size=args.batch_size, address=args.address, zero_shot=args.tags,
                   top_k=args.top_k, use_gpu=args.use_gpu, commit_every_s=args.commit_every,
-                  retry_errors=args.retry_errors)
+                  retry_errors=args.retry_errors, bounds=_bounds(args))
     kinds = ", ".join(f"{k}={v}" for k, v in sorted(s["errors"].items())) or "none"
     print(f"{'tag' if tag else 'score'}: {s['songs']} songs in, {s['skipped']} already labelled, "
           f"{s['labelled']} labelled, {s['failed']} failed ({kinds}), {s['frames']} frames, "
-          f"{s['seconds']:.1f} s -> {s['out']}")
+          f"{s['seconds']:.1f} s -> {s['out']} (cluster: {s['limits']})")
     return s
 
 

@@ -86,3 +86,7 @@ class SongInternalError(AudioError):
     """An unexpected exception (a bug, not the file) while decoding the song."""
 
     kind = "internal"
+
+
+class ClusterError(GenresError):
+    """The Ray cluster cannot provide what the job asks for (GPUs, nodes) in time."""

@@ -467,3 +467,20 @@ def test_a_secret_in_the_environment_or_a_signed_uri_is_in_no_output_and_no_file
         leaked = [str(p) for p in written if secret.encode() in p.read_bytes()]
         assert not leaked, leaked
     shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def test_use_gpu_on_a_cluster_that_can_have_no_gpu_is_refused_in_one_line(catalog, features,
+                                                                          two_models, tmp_path,
+                                                                          capsys):
+    # no GPU up, no autoscaler that could bring one: refused before any work, with the fix
+    out = tmp_path / "labels"
+    assert cli.main(["score", catalog, "--model", two_models[0], "--out", str(out),
+                     "--use-gpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert "score --use-gpu needs 1 GPU(s) and this cluster can have 0 (the nodes up now)" in err
+    assert "add a GPU worker type" in err and "drop --use-gpu" in err
+    assert cli.main(["train", features, "--out", str(tmp_path / "m"), "--model", "dnn",
+                     "--use-gpu", "--num-workers", "2", "--max-gpus", "1"]) == 2
+    assert "train --use-gpu needs 2 GPU(s) and this cluster can have 1 (--max-gpus, else the " \
+           "nodes up now)" in capsys.readouterr().err

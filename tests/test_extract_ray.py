@@ -93,3 +93,27 @@ def test_kill_9_then_resume_gives_exactly_the_uninterrupted_rows(ray_session, tm
     assert sorted(index.song_id) == sorted(FeatureStore(reference).read_index().column(
         "song_id").to_pylist())  # every song once: the killed run's committed parts kept
     assert index.run_id.nunique() == 2
+
+
+def test_without_an_autoscaler_a_job_is_bounded_by_the_nodes_up_or_by_its_flags(ray_session):
+    from pipeline.errors import ClusterError
+    from pipeline.runtime.cluster import cluster_limits, wait_for
+
+    ray = ray_session
+    up = int(ray.cluster_resources()["CPU"])
+    assert cluster_limits().describe() == f"up to {up} CPU(s) and 0 GPU(s) (the nodes up now)"
+    given = cluster_limits(max_cpus=64, max_gpus=2)
+    assert (given.cpus, given.gpus, given.source) == (64, 2, "--max-cpus and --max-gpus")
+    # a GPU the bound has not: refused at once; one it has but the cluster never brings:
+    # refused after the wait, its placement group removed
+    with pytest.raises(ClusterError, match=r"needs 1 GPU\(s\) and this cluster can have 0"):
+        wait_for([{"GPU": 1}], purpose="score --use-gpu", timeout_s=60, limits=cluster_limits())
+    started = time.monotonic()
+    with pytest.raises(ClusterError, match=r"did not provide 2 x \{GPU 1\} within 1 s"):
+        wait_for([{"GPU": 1}] * 2, purpose="train", timeout_s=1, limits=given)
+    assert time.monotonic() - started < 10
+    groups = ray.util.placement_group_table().values()
+    assert all(g["state"] == "REMOVED" for g in groups)
+    # what it can hold is waited for and given back at once
+    assert wait_for([{"CPU": 1}], purpose="train", timeout_s=30)["waited_s"] < 30
+    assert all(g["state"] == "REMOVED" for g in ray.util.placement_group_table().values())

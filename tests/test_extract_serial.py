@@ -183,6 +183,6 @@ def test_tensor_rows_copies_the_chosen_rows_of_every_chunk(rng):
 @pytest.mark.parametrize("n,cpus,size", [(300, 2, 30), (128, 2, 16), (1, 2, 1), (5, 4, 1),
                                          (10_000, 100, 25), (100_000, 2, 32)])
 def test_tasks_fill_every_cpu_in_each_round(n, cpus, size):
-    from pipeline.runtime.extract import plan_batches
+    from pipeline.runtime.cluster import plan_batches
 
     assert plan_batches(n, cpus) == size

@@ -21,9 +21,9 @@ def actors(b, *, cpus=8, gpus=0, use_gpu=False, precomputed=False, aggregator="m
 
 def test_a_litert_frame_model_gets_one_actor_per_cpu_shaped_like_a_decode_task():
     # one CPU and no other key: these actors decode their songs themselves
-    assert actors(bundle()) == (8, 8, {"num_cpus": 1})
-    assert actors(bundle(kind="musicnn"), precomputed=True) == (8, 8, {"num_cpus": 1})
-    assert actors(bundle(), cpus=1) == (1, 1, {"num_cpus": 1})
+    assert actors(bundle()) == (8, {"num_cpus": 1})
+    assert actors(bundle(kind="musicnn"), precomputed=True) == (8, {"num_cpus": 1})
+    assert actors(bundle(), cpus=1) == (1, {"num_cpus": 1})
 
 
 @pytest.mark.parametrize("case", [
@@ -33,12 +33,12 @@ def test_a_litert_frame_model_gets_one_actor_per_cpu_shaped_like_a_decode_task()
 ])
 def test_tensorflow_actors_reserve_memory_and_leave_decoding_to_tasks(case):
     b = case.pop("b")
-    assert actors(b, **case) == (1, 4, {"num_cpus": 1, "memory": _TF_ACTOR_MEMORY})
+    assert actors(b, **case) == (4, {"num_cpus": 1, "memory": _TF_ACTOR_MEMORY})
 
 
 def test_on_gpus_there_is_one_actor_per_gpu():
     assert actors(bundle(), gpus=2, use_gpu=True) == (
-        1, 2, {"num_cpus": 1, "num_gpus": 1, "memory": _TF_ACTOR_MEMORY})
+        2, {"num_cpus": 1, "num_gpus": 1, "memory": _TF_ACTOR_MEMORY})
 
 
 @pytest.mark.parametrize("content", [b"", b"PK\x03\x04 not a flatbuffer"])

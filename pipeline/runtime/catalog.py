@@ -18,12 +18,13 @@ from pipeline.storage.catalog import (CatalogSource, as_strings, check_unique,
 log = logging.getLogger(__name__)
 
 
-def catalog_dataset(source: str, *, labels_from_folders: bool = False):
+def catalog_dataset(source: str, *, labels_from_folders: bool = False,
+                    cpus: int | None = None):
     """(the catalog's rows as a materialized Ray Dataset of ``CATALOG_SCHEMA``, their number).
 
     Its rows stay in the object store, spread over the nodes that made them; the driver holds
     block references. A bad manifest cell or a duplicate song_id stops here, before any work,
-    with a CatalogError that names it.
+    with a CatalogError that names it. ``cpus``: what the job may use (see :func:`partitions`).
     """
     import ray
 
@@ -45,7 +46,7 @@ def catalog_dataset(source: str, *, labels_from_folders: bool = False):
     if not n:
         raise CatalogError(f"catalog {catalog.source} contains no audio files")
     if not small:
-        _check_unique(rows, catalog.source, n=n, partitions=partitions(n))
+        _check_unique(rows, catalog.source, n=n, partitions=partitions(n, cpus))
     return rows, n
 
 
@@ -65,16 +66,18 @@ def _small_manifest(catalog: CatalogSource) -> pa.Table:
     return rows
 
 
-def partitions(n: int) -> int:
+def partitions(n: int, cpus: int | None = None) -> int:
     """Partitions of a shuffle (groupby, join) over ``n`` catalog rows: ~250k rows each, at
-    least one per CPU, at most 16 per CPU (each is held in memory by one of Ray Data's
+    least one per CPU the job may use (``cpus``; default: :func:`cluster_limits`'s) where
+    each still gets ~10k rows, at most 16 per CPU (each is held in memory by one of Ray Data's
     aggregator actors)."""
     import math
 
-    from pipeline.runtime.session import cluster_cpus
+    from pipeline.runtime.cluster import cluster_limits, plan_size
 
-    cpus = cluster_cpus()
-    return max(cpus, min(16 * cpus, math.ceil(n / 250_000)))
+    cpus = cpus or plan_size(cluster_limits())
+    most = min(16 * cpus, max(1, math.ceil(n / 10_000)))
+    return max(1, min(most, max(cpus, math.ceil(n / 250_000))))
 
 
 def without(rows, done, *, partitions: int, key: str = "song_id"):

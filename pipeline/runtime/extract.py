@@ -1,11 +1,10 @@
-"""Extraction on Ray Data: catalog -> songs not yet done (anti-join) -> extract tasks that
+"""Extraction on Ray Data: catalog -> songs not yet done (anti-join) -> extract actors that
 write parts -> the driver commits their index files as they finish."""
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import sys
 import time
 import uuid
@@ -18,7 +17,9 @@ from pipeline.extract import extract_shard
 from pipeline.features import FeatureSpec
 from pipeline.runtime.catalog import catalog_dataset, partitions, without
 from pipeline.runtime.commit import commit_stream, final, resolver
-from pipeline.runtime.session import cluster_cpus, init_ray
+from pipeline.runtime.cluster import (Bounds, Limits, actor_pool, apply_to_data, check_gpus,
+                                      gpus_seen_here, plan_batches, plan_size, wait_for)
+from pipeline.runtime.session import init_ray
 from pipeline.storage.catalog import Song, describe_catalog
 from pipeline.storage.delta import ADD_SCHEMA, Committer, new_run_id
 from pipeline.storage.shards import FeatureStore
@@ -26,23 +27,17 @@ from pipeline.storage.shards import FeatureStore
 log = logging.getLogger(__name__)
 
 
-def plan_batches(n_songs: int, n_cpus: int, *, max_batch: int = 32) -> int:
-    """Songs per task: at least 4 tasks per CPU for balance, at most ``max_batch`` songs
-    each, in a number of tasks that fills every CPU in each round (300 songs on 2 CPUs: 10
-    tasks of 30, not 9 of 32 and a last one of 12 that runs alone)."""
-    tasks = max(4 * n_cpus, math.ceil(n_songs / max_batch))
-    tasks = math.ceil(tasks / n_cpus) * n_cpus
-    return max(1, math.ceil(n_songs / tasks))
-
-
 def run_extract(catalog: str, out: str, spec: FeatureSpec, *, labels_from_folders: bool = False,
                 overwrite: bool = False, address: str | None = None,
                 songs_per_task: int | None = None, use_gpu: bool = False,
-                commit_every_s: float = 60.0, retry_errors: bool = False) -> dict:
+                commit_every_s: float = 60.0, retry_errors: bool = False,
+                bounds: Bounds = Bounds()) -> dict:
     """Extract every song of ``catalog`` not yet in the feature directory ``out``; a summary.
 
     A song whose last try failed with a transient error (``missing``, ``io``, ``timeout``) is
-    tried again; with ``retry_errors`` every song with an error is."""
+    tried again; with ``retry_errors`` every song with an error is. ``bounds``: the most of
+    the cluster the run may use (its actor pool starts at what the songs need, up to that).
+    """
     started = time.perf_counter()
     if use_gpu and spec.kind != "musicnn":
         raise ParameterError("--use-gpu applies to --features musicnn (frames run on CPU)")
@@ -50,30 +45,28 @@ def run_extract(catalog: str, out: str, spec: FeatureSpec, *, labels_from_folder
     store = FeatureStore(out)
     store.prepare(spec, overwrite=overwrite)
     init_ray(address)
-    summary = {"ray_start_s": time.perf_counter() - started, "out": out}
+    limits = bounds.limits()
+    if use_gpu:  # a cluster that can never have one stops the run before any work
+        check_gpus(limits, 1, purpose="extract --use-gpu")
+    apply_to_data(limits)
+    log.info("extract: %s", limits.describe())
+    summary = {"ray_start_s": time.perf_counter() - started, "out": out,
+               "limits": limits.describe()}
     version = store.index.version()
-    songs, n = catalog_dataset(catalog, labels_from_folders=labels_from_folders)
-    cpus = cluster_cpus()
+    cpus = plan_size(limits)
+    songs, n = catalog_dataset(catalog, labels_from_folders=labels_from_folders, cpus=cpus)
     done = _done_songs(store, version, retry_errors=retry_errors)
-    todo = without(songs, done, partitions=partitions(n)).materialize()
+    todo = without(songs, done, partitions=partitions(n, cpus)).materialize()
     n_todo = todo.count()
     summary.update(songs=n, skipped=n - n_todo, ok=0, frames=0, audio_seconds=0.0, errors={})
     if n_todo:
+        if use_gpu:  # before any work: a cluster that cannot bring a GPU stops the run here
+            wait_for([{"GPU": 1}], purpose="extract --use-gpu", timeout_s=bounds.wait_s,
+                     limits=limits)
         run_id = new_run_id()
         size = songs_per_task or plan_batches(n_todo, cpus)
-        # a task per block of `size` songs (the catalog's blocks are far larger); a task
-        # whose worker died or whose storage failed runs again, 3 times at most (its part
-        # gets a new name; the files of a failed try are never committed)
-        with warnings.catch_warnings():  # Ray 2.60 has no named parameter for task retries
-            warnings.simplefilter("ignore", DeprecationWarning)
-            written = todo.repartition(target_num_rows_per_block=size, strict=True).map_batches(
-                extract_batch, batch_size=size, batch_format="pyarrow",
-                fn_kwargs={"spec": spec, "out": out, "run_id": run_id}, num_cpus=1,
-                num_gpus=1 if use_gpu else 0, max_retries=3, retry_exceptions=[OSError])
-        # Ray Data reserves part of the CPUs for each operator of a pipeline; this one has a
-        # single operator that needs CPUs, and with the reservation it ran one task at a time
-        # until the first finished (2 CPUs: 10 one-second tasks took 6.6 s, without 5.1 s)
-        written.context.op_resource_reservation_enabled = False
+        written = _extracted(todo, size, limits, spec=spec, out=out, run_id=run_id,
+                             use_gpu=use_gpu)
         committer = Committer(
             store.index, run_id=run_id, version=version, every_s=commit_every_s,
             resolve=resolver(_Rewrite(out, run_id), key_columns=["song_id", "error"],
@@ -89,6 +82,54 @@ def run_extract(catalog: str, out: str, spec: FeatureSpec, *, labels_from_folder
         summary["commits"] = committer.commits
     summary["seconds"] = time.perf_counter() - started
     return summary
+
+
+def _extracted(todo, size: int, limits: Limits, *, spec, out: str, run_id: str,
+               use_gpu: bool):
+    """The add rows of the parts written from ``todo``, ``size`` songs each: one per block.
+
+    A cluster that must grow to give the job its bound (or ``use_gpu``: an actor per GPU)
+    gets actors, an actor per CPU the job may use, started at what the songs need: the pending
+    actors are the demand the autoscaler brings nodes for at once, where Ray Data's tasks
+    would grow the cluster a round at a time. Otherwise tasks, on Ray's warm workers (an actor
+    pool costs every run ~3 s more to start on 2 CPUs). A batch whose worker died or whose
+    storage failed (OSError) runs again, 3 times at most (its part gets a new name; a failed
+    try's files are never committed). The blocks are cut before the actors start: they may
+    hold every CPU.
+    """
+    kwargs = {"spec": spec, "out": out, "run_id": run_id}
+    blocks = todo.repartition(target_num_rows_per_block=size, strict=True)
+    if use_gpu or limits.grows:
+        blocks = blocks.materialize()
+        run = {"fn": ExtractWorker, "fn_constructor_kwargs": {**kwargs, "use_gpu": use_gpu},
+               "compute": actor_pool(limits.gpus if use_gpu else limits.cpus,
+                                     blocks.num_blocks()),
+               "max_restarts": 3, "max_task_retries": 3}
+    else:
+        run = {"fn": extract_batch, "fn_kwargs": kwargs, "max_retries": 3,
+               "retry_exceptions": [OSError]}
+    with warnings.catch_warnings():  # Ray 2.60 has no named parameter for retries
+        warnings.simplefilter("ignore", DeprecationWarning)
+        written = blocks.map_batches(batch_size=size, batch_format="pyarrow", num_cpus=1,
+                                     num_gpus=1 if use_gpu else 0, **run)
+    written.context.actor_task_retry_on_errors = [OSError]
+    # Ray Data reserves part of the CPUs for each operator of a pipeline; this one has a
+    # single operator that needs CPUs, and with the reservation it ran one task at a time
+    # until the first finished (2 CPUs: 10 one-second tasks took 6.6 s, without 5.1 s)
+    written.context.op_resource_reservation_enabled = False
+    return written
+
+
+class ExtractWorker:
+    """Ray Data actor: :func:`extract_batch` over its batches."""
+
+    def __init__(self, *, spec, out: str, run_id: str, use_gpu: bool = False):
+        if use_gpu:
+            gpus_seen_here("extract --use-gpu")
+        self.kwargs = {"spec": spec, "out": out, "run_id": run_id}
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return extract_batch(batch, **self.kwargs)
 
 
 def extract_batch(batch: pa.Table, *, spec, out: str, run_id: str) -> pa.Table:

@@ -30,7 +30,9 @@ from pipeline.models.aggregate import aggregate, decide
 from pipeline.runtime.catalog import (arrow_fs, catalog_dataset, done_ids, latest_per_song,
                                       partitions, without)
 from pipeline.runtime.commit import aggregator_is, commit_stream, resolver
-from pipeline.runtime.session import cluster_cpus, init_ray
+from pipeline.runtime.cluster import (Bounds, actor_pool, apply_to_data, check_gpus,
+                                      gpus_seen_here, plan_batches, plan_size, wait_for)
+from pipeline.runtime.session import init_ray
 from pipeline.sandbox import sandbox
 from pipeline.storage import fs as fsio
 from pipeline.storage.bundle import read_bundle, read_lite_model, verify_bundle
@@ -132,15 +134,10 @@ class SongScorer:
         ``prepare``: (fn, kwargs) the actor applies to its batches first: :func:`decode_batch`
         (catalog rows: decoded here) or :func:`read_feature_songs` (index rows: their parts
         read here); None: batches come ready."""
-        from pipeline.models.keras import tf_keras
         from pipeline.storage.bundle import SEQUENCE_FILE, load_keras_model, zero_shot_bundle
 
         if use_gpu:  # before any model is built: memory growth cannot change afterwards
-            tf_keras()
-            import tensorflow as tf
-
-            for gpu in tf.config.list_physical_devices("GPU"):
-                tf.config.experimental.set_memory_growth(gpu, True)
+            gpus_seen_here("score --use-gpu")
         self.aggregator, self.prepare = aggregator, prepare
         self.musicnn = self.model = self.sequence = None
         if zero_shot:  # musicnn's own tags, no trained head
@@ -223,7 +220,8 @@ class SongScorer:
 def run_score(source: str, model: str | None, out: str, *, aggregate: str | None = None,
               batch_size: int = 8, address: str | None = None, use_gpu: bool = False,
               zero_shot: str | None = None, top_k: int = 3, songs_per_file: int = _FILE_SONGS,
-              commit_every_s: float = 60.0, retry_errors: bool = False) -> dict:
+              commit_every_s: float = 60.0, retry_errors: bool = False,
+              bounds: Bounds = Bounds()) -> dict:
     """Label every song of ``source`` not yet labelled in ``out`` by this model + aggregator.
 
     A song whose last try failed with a transient error (``missing``, ``io``, ``timeout``) is
@@ -232,8 +230,10 @@ def run_score(source: str, model: str | None, out: str, *, aggregate: str | None
     ``source`` is a catalog (audio) or a feature directory from ``genres extract`` whose spec
     fingerprint equals the bundle's. ``zero_shot="MSD"|"MTT"`` labels with musicnn's own tags
     instead of a trained bundle. ``aggregate`` defaults to ``mean`` (frame models) or the
-    bundle's own pooling (``mil``). ``use_gpu`` gives each model actor one GPU. Label files of
-    ``songs_per_file`` songs are committed every ``commit_every_s`` seconds (and at the end).
+    bundle's own pooling (``mil``). ``use_gpu`` gives each model actor one GPU, waiting for the
+    autoscaler to bring one. Label files of ``songs_per_file`` songs are committed every
+    ``commit_every_s`` seconds (and at the end). ``bounds``: the most of the cluster the run
+    may use.
     """
     started = time.perf_counter()
     if zero_shot:
@@ -260,35 +260,39 @@ def run_score(source: str, model: str | None, out: str, *, aggregate: str | None
     # file stops the run before Ray starts, and the actors never touch TensorFlow for it.
     lite = read_lite_model(bundle) if not zero_shot and runs_lite(bundle, use_gpu) else None
     init_ray(address)
-    import ray
-
-    cpus = cluster_cpus()
-    gpus = int(ray.cluster_resources().get("GPU", 0))
-    if use_gpu and not gpus:
-        raise ParameterError("--use-gpu: the Ray cluster has no GPUs")
+    limits = bounds.limits()
+    if use_gpu:  # a cluster that can never have one stops the run before any work
+        check_gpus(limits, 1, purpose="score --use-gpu")
+    apply_to_data(limits)
+    log.info("score: %s", limits.describe())
+    cpus = plan_size(limits)
     version = labels.log.version()
     if features is not None:
         songs, n = _feature_songs(features)
     else:
-        songs, n = catalog_dataset(source)
+        songs, n = catalog_dataset(source, cpus=cpus)
     # errors carried from a feature directory stay until it is re-extracted
     retry = "all" if retry_errors else "none" if features is not None else "transient"
     done = _labelled(labels, bundle.model_id, aggregate, version, retry=retry)
-    todo = without(songs, done, partitions=partitions(n)).materialize()
+    todo = without(songs, done, partitions=partitions(n, cpus)).materialize()
     summary = {"songs": n, "labelled": 0, "failed": 0, "frames": 0, "errors": {}, "commits": 0,
-               "out": out, "model_id": bundle.model_id, "plan": ""}
+               "out": out, "model_id": bundle.model_id, "plan": "",
+               "limits": limits.describe()}
     if todo.count():
+        if use_gpu:
+            wait_for([{"GPU": 1}], purpose="score --use-gpu", timeout_s=bounds.wait_s,
+                     limits=limits)
         summary.update(_label(todo, features, bundle, labels, version=version,
                               aggregate=aggregate, top_k=top_k, songs_per_file=songs_per_file,
-                              commit_every_s=commit_every_s, batch_size=batch_size, cpus=cpus,
-                              gpus=gpus, use_gpu=use_gpu, zero_shot=zero_shot, lite=lite))
+                              commit_every_s=commit_every_s, batch_size=batch_size,
+                              limits=limits, use_gpu=use_gpu, zero_shot=zero_shot, lite=lite))
     summary["skipped"] = n - summary["labelled"] - summary["failed"]
     summary["seconds"] = time.perf_counter() - started
     return summary
 
 
 def _label(todo, features, bundle, labels, *, version: int, aggregate: str, top_k: int,
-           songs_per_file: int, commit_every_s: float, **scoring) -> dict:
+           songs_per_file: int, commit_every_s: float, limits, **scoring) -> dict:
     """Score the songs ``todo`` into label files and commit them; the run's figures."""
     run_id = new_run_id()
     write = functools.partial(
@@ -304,7 +308,7 @@ def _label(todo, features, bundle, labels, *, version: int, aggregate: str, top_
     if features is not None:  # songs that failed extraction become error rows as they are
         ok = todo.map_batches(_where_error, batch_format="pyarrow", batch_size=None,
                               fn_kwargs={"failed": False}).materialize()
-        failed = _last_errors(todo, ok)
+        failed = _last_errors(todo, ok, plan_size(limits))
         if failed is not None:
             commit_stream(write(failed.map_batches(
                 carried_errors, batch_format="pyarrow", batch_size=None,
@@ -313,8 +317,8 @@ def _label(todo, features, bundle, labels, *, version: int, aggregate: str, top_
         todo = ok.sort("part").materialize()
     plan = ""
     if todo.count():
-        written = write(_scored(work_blocks(todo), features, bundle, aggregate=aggregate,
-                                **scoring))
+        written = write(_scored(work_blocks(todo, plan_size(limits)), features, bundle,
+                                aggregate=aggregate, limits=limits, **scoring))
         commit_stream(written, committer)
         plan = _executed_plan(written)
     totals = committer.totals
@@ -324,13 +328,16 @@ def _label(todo, features, bundle, labels, *, version: int, aggregate: str, top_
             "resolved": committer.resolved, "run_id": run_id, "plan": plan}
 
 
-def work_blocks(todo):
-    """``todo`` (materialized) in blocks of ``_BLOCK_SONGS`` songs (more for a catalog of over ~100 blocks
-    per CPU), materialized: enough blocks to keep every CPU busy, a retried block redoes
-    seconds of work, and the last blocks spread evenly over the actors (at 200 songs a block,
-    600 songs made 8 blocks of ~7 s each on 2 actors). Made before any model actor starts:
-    the actors may hold every CPU, and a repartition task waiting for one would stall them."""
-    rows = max(_BLOCK_SONGS, math.ceil(todo.count() / (100 * cluster_cpus())))  # materialized
+def work_blocks(todo, cpus: int):
+    """``todo`` (materialized) in blocks of at most ``_BLOCK_SONGS`` songs, at least 4 per CPU
+    of the ``cpus`` the job may use (:func:`plan_batches`; more songs a block for a catalog of
+    over ~100 blocks per CPU), materialized: enough blocks for every actor the pool starts
+    with, a retried block redoes seconds of work, and the last blocks spread evenly over the
+    actors (at 200 songs a block, 600 songs made 8 blocks of ~7 s each on 2 actors). Made
+    before any model actor starts: the actors may hold every CPU, and a repartition task
+    waiting for one would stall them."""
+    n = todo.count()  # materialized
+    rows = max(plan_batches(n, cpus, max_batch=_BLOCK_SONGS), math.ceil(n / (100 * cpus)))
     return todo.repartition(target_num_rows_per_block=rows).materialize()
 
 
@@ -343,15 +350,12 @@ def _write(scored, **kwargs):
                               max_retries=_RETRIES, fn_kwargs=kwargs)
 
 
-def _scored(todo, features, bundle, *, aggregate: str, batch_size: int, cpus: int, gpus: int,
+def _scored(todo, features, bundle, *, aggregate: str, batch_size: int, limits,
             use_gpu: bool, zero_shot: str | None, lite: bytes | None):
     """The dataset of scorer rows (one per song) of the songs ``todo`` (catalog rows, or
-    index rows of a feature directory in part order)."""
-    import ray
-
-    least, most, resources = _model_actors(bundle, cpus, gpus, use_gpu=use_gpu,
-                                           precomputed=features is not None,
-                                           aggregator=aggregate)
+    index rows of a feature directory in part order, in blocks: :func:`work_blocks`)."""
+    most, resources = _model_actors(bundle, limits.cpus, limits.gpus, use_gpu=use_gpu,
+                                    precomputed=features is not None, aggregator=aggregate)
     # light actors read or decode their songs themselves (no task waits for a CPU they
     # hold, frames never cross the object store); heavy ones leave it to tasks
     if features is not None:
@@ -378,8 +382,7 @@ def _scored(todo, features, bundle, *, aggregate: str, batch_size: int, cpus: in
                                                     "use_gpu": use_gpu, "lite_model": lite,
                                                     "model_id": bundle.model_id,
                                                     "prepare": prepare},
-                             compute=ray.data.ActorPoolStrategy(min_size=least, max_size=most),
-                             **resources)
+                             compute=actor_pool(most, todo.num_blocks()), **resources)
 
 
 def write_labels(batch: dict, *, root: str, model_id: str, classes: list[str], top_k: int,
@@ -409,14 +412,14 @@ def _where_error(batch: pa.Table, *, failed: bool) -> pa.Table:
     return batch.filter(pc.is_valid(error) if failed else pc.is_null(error))
 
 
-def _last_errors(index, ok):
+def _last_errors(index, ok, cpus: int):
     """The index rows of songs that failed extraction and never got frames, the latest of
     each (a song tried again after a transient error has a row per try); None when none."""
     failed = index.map_batches(_where_error, batch_format="pyarrow", batch_size=None,
                                fn_kwargs={"failed": True}).materialize()
     if not failed.count():
         return None
-    n = partitions(failed.count())
+    n = partitions(failed.count(), cpus)
     if ok.count():
         failed = without(failed, ok, partitions=n)
     return latest_per_song(failed, latest_rows, partitions=n)
@@ -455,24 +458,24 @@ def _of_aggregator(batch: pa.Table, *, aggregator: str) -> pa.Table:
 
 
 def _model_actors(bundle, cpus: int, gpus: int, *, use_gpu: bool, precomputed: bool,
-                  aggregator: str) -> tuple[int, int, dict]:
-    """(fewest model actors, most, the Ray remote args of each) for scoring ``bundle``.
+                  aggregator: str) -> tuple[int, dict]:
+    """(most model actors, the Ray remote args of each) for scoring ``bundle`` with at most
+    ``cpus`` CPUs and ``gpus`` GPUs; the pool starts at what the songs need (:func:`actor_pool`).
 
     On CPU a frame model runs in LiteRT on one thread and costs about a third of the decoding
     that feeds it (cnn2d, 600 songs: 10.6 core-s of inference, 25 core-s of decode + features)
     in a few MB. Its actors (``num_cpus=1`` and no other resource) decode their songs
     themselves: one actor per CPU decodes, featurises and scores its songs, and frames never
-    cross the object store. They start in a second and do all the work, so the pool
-    starts full (autoscaled from 1, the second actor came ~10 s into a 20 s run). TensorFlow
-    in the actor (on a GPU, musicnn's network, ``mil``, the ``sequence`` aggregator's GRU) is
-    ~1 GB per actor: fewer actors, ``_TF_ACTOR_MEMORY`` each, and decoding stays in tasks.
+    cross the object store. TensorFlow in the actor (on a GPU, musicnn's network, ``mil``, the
+    ``sequence`` aggregator's GRU) is ~1 GB per actor: fewer actors, ``_TF_ACTOR_MEMORY``
+    each, and decoding stays in tasks.
     """
     if use_gpu:
-        return 1, gpus, {"num_cpus": 1, "num_gpus": 1, "memory": _TF_ACTOR_MEMORY}
+        return gpus, {"num_cpus": 1, "num_gpus": 1, "memory": _TF_ACTOR_MEMORY}
     if (runs_lite(bundle, use_gpu) and aggregator != "sequence"
             and (bundle.spec.kind != "musicnn" or precomputed)):
-        return cpus, cpus, {"num_cpus": 1}
-    return 1, max(1, cpus // 2), {"num_cpus": 1, "memory": _TF_ACTOR_MEMORY}
+        return cpus, {"num_cpus": 1}
+    return max(1, cpus // 2), {"num_cpus": 1, "memory": _TF_ACTOR_MEMORY}
 
 
 def _check_features(features: FeatureStore, bundle) -> None:

@@ -49,8 +49,3 @@ def init_ray(address: str | None = None) -> None:
         logging.getLogger("ray.data").setLevel(os.environ["RAY_DATA_LOG_LEVEL"])
     ray.init(address=address, **kwargs)
 
-
-def cluster_cpus() -> int:
-    import ray
-
-    return max(1, int(ray.cluster_resources().get("CPU", 1)))

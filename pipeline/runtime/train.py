@@ -39,7 +39,9 @@ from pipeline.features.bags import group_by_song
 from pipeline.models.cnn import HEADS, build_model, model_level, pooled_l2, song_pooling
 from pipeline.models.keras import select_legacy_keras
 from pipeline.models.lite import to_tflite
-from pipeline.runtime.session import cluster_cpus, init_ray, runtime_env
+from pipeline.runtime.cluster import (Bounds, Limits, actor_pool, apply_to_data, check_gpus,
+                                      gpus_seen_here, plan_size, wait_for)
+from pipeline.runtime.session import init_ray, runtime_env
 from pipeline.runtime.train_data import (TrainingData, open_source, plan_training_data,
                                          song_stats)
 from pipeline.storage import fs as fsio
@@ -131,9 +133,7 @@ def train_loop_per_worker(loop: dict) -> None:
     tf.get_logger().setLevel("WARNING")  # MWMS logs every collective at INFO
     tf.config.threading.set_intra_op_parallelism_threads(worker_threads())
     tf.keras.utils.set_random_seed(loop["seed"])
-    if loop["use_gpu"]:
-        for gpu in tf.config.list_physical_devices("GPU"):
-            tf.config.experimental.set_memory_growth(gpu, True)
+    gpus = gpus_seen_here("train --use-gpu") if loop["use_gpu"] else 0
     # One worker has nothing to all-reduce: the default strategy runs its epochs ~25 % faster
     # (measured 40 s against 54-82 s) than MultiWorkerMirroredStrategy's collectives would.
     strategy = (tf.distribute.MultiWorkerMirroredStrategy() if loop["num_workers"] > 1
@@ -215,7 +215,7 @@ def train_loop_per_worker(loop: dict) -> None:
                 _save_weights(os.path.join(folder, "best.npz"), best_weights)
                 with open(os.path.join(folder, "state.json"), "w") as f:
                     json.dump({**state, "stopped_early": stop, "onednn": onednn_enabled(),
-                               "threads": worker_threads()}, f)
+                               "threads": worker_threads(), "gpus_seen": gpus}, f)
                 ckpt = ray.train.Checkpoint.from_directory(folder)
             ray.train.report({**row, "best_val_loss": state["best_val_loss"]}, checkpoint=ckpt)
         if stop:
@@ -283,18 +283,18 @@ def _build(loop: dict):
 
 
 def predict(data: TrainingData, splits: tuple[str, ...], loop: dict, weights: list[np.ndarray],
-            lite_model: bytes | None) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+            lite_model: bytes | None, limits: Limits) -> dict[str, tuple[np.ndarray, ...]]:
     """Per split, (probs [n, n_classes], y [n], song_ids [n]) of its frames (songs for bags),
     predicted by actors in one pass; only these small arrays reach the driver."""
-    import ray
-
-    # LiteRT actors are light (one CPU each); TensorFlow ones take ~1 GB: one per 2 CPUs
-    most = cluster_cpus() if lite_model is not None else max(1, cluster_cpus() // 2)
+    # LiteRT actors are light (one CPU each); TensorFlow ones take ~1 GB: one per 2 CPUs, or
+    # one per GPU
+    gpu = loop["use_gpu"] and lite_model is None
+    most = limits.gpus if gpu else limits.cpus if lite_model is not None else limits.cpus // 2
     predicted = data.dataset(*splits).map_batches(
         Predictor, fn_constructor_kwargs={"loop": loop, "weights": weights,
                                           "inputs": data.inputs, "lite_model": lite_model},
-        batch_size=64, num_gpus=1 if loop["use_gpu"] and lite_model is None else 0,
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=most))
+        batch_size=64, num_gpus=1 if gpu else 0,
+        compute=actor_pool(most, len(data.source.parts) or most))
     columns = {"probs": [], "y": [], "song_id": [], "split": []}
     for batch in predicted.iter_batches(batch_size=None, batch_format="numpy"):
         for key in columns:
@@ -335,11 +335,13 @@ def _claim_run(storage_path: str, name: str, identity: dict) -> None:
 
 
 def run_train(features: str, out: str, config: TrainConfig, *, address: str | None = None,
-              storage_path: str | None = None, run_name: str | None = None) -> dict:
+              storage_path: str | None = None, run_name: str | None = None,
+              bounds: Bounds = Bounds()) -> dict:
     """Train ``config.model`` on a feature directory (or frame table) and write the bundle.
     With ``--model embed --head auto``, every head is fitted and the simplest whose song
     log-loss on the validation songs is within one standard error of the best is kept; the
-    others' figures stay in the metrics."""
+    others' figures stay in the metrics. ``bounds``: the most of the cluster the run may use
+    (Train's workers are waited for, up to ``bounds.wait_s``)."""
     from ray.train.constants import DEFAULT_STORAGE_PATH
 
     started = time.perf_counter()
@@ -351,15 +353,21 @@ def run_train(features: str, out: str, config: TrainConfig, *, address: str | No
     fsio.check_ours(out, "bundle.json", "a model bundle")  # before the work, not after it
     select_legacy_keras()  # before ray.train.tensorflow imports TensorFlow in this process
     init_ray(address)
+    limits = bounds.limits()
+    if config.use_gpu:  # a cluster that can never have them stops the run before any work
+        check_gpus(limits, config.num_workers, purpose="train --use-gpu")
+    apply_to_data(limits)
+    log.info("train: %s", limits.describe())
+    source = dataclasses.replace(source, cpus=plan_size(limits))
     data = plan_training_data(source, config)
     storage_path = storage_path or DEFAULT_STORAGE_PATH
     fits = []
     for head in heads:  # the pooled head takes songs where the others take patches
         at_level = dataclasses.replace(data, level=model_level(config.model, head))
         fit = _fit(at_level, dataclasses.replace(config, head=head), out,
-                   storage_path=storage_path,
+                   storage_path=storage_path, limits=limits, wait_s=bounds.wait_s,
                    run_name=f"{run_name}-{head}" if run_name and len(heads) > 1 else run_name)
-        fits.append(_evaluate(at_level, fit))
+        fits.append(_evaluate(at_level, fit, limits))
     valid = {f["head"]: (f["metrics"]["valid"]["song_log_loss"],
                          f["metrics"]["valid"]["song_log_loss_se"]) for f in fits}
     kept = simplest_within_one_se(valid)
@@ -389,7 +397,7 @@ def run_train(features: str, out: str, config: TrainConfig, *, address: str | No
                            pooling=song_pooling(config.model), sequence_model=chosen["sequence"])
     return {"model": config.model, "model_id": model_id, "out": out, "metrics": metrics,
             "epochs": state["epoch"], "seconds": time.perf_counter() - started,
-            "run": chosen["run"], "head": chosen["head"],
+            "run": chosen["run"], "head": chosen["head"], "limits": limits.describe(),
             "train_songs": data.counts["train"].songs, "valid_songs": data.counts["valid"].songs}
 
 
@@ -407,9 +415,11 @@ def _heads(config: TrainConfig) -> list[str | None]:
 
 
 def _fit(data: TrainingData, config: TrainConfig, out: str, *, storage_path: str,
-         run_name: str | None) -> dict:
+         run_name: str | None, limits: Limits, wait_s: float) -> dict:
     """One Ray Train run of ``config`` on ``data``: its ``run`` name, ``loop`` settings, last
-    ``state`` and ``best`` weights."""
+    ``state`` and ``best`` weights. Its worker group is waited for first (up to ``wait_s``):
+    Ray Train gives a group 60 s to be placed, less than an autoscaler takes to bring a
+    node."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer
@@ -430,11 +440,14 @@ def _fit(data: TrainingData, config: TrainConfig, out: str, *, storage_path: str
             "shuffle_rows": data.shuffle_rows(feeds["train"].batch),
             "class_weights": data.class_weights() if config.class_weights == "balanced" else None,
             **{f"{split}_feed": dataclasses.asdict(feed) for split, feed in feeds.items()}}
-    # Train workers leave one CPU to Ray Data, which reads and prepares their batches: with
-    # every CPU reserved for training, the read tasks would never be scheduled.
-    worker = {"CPU": min(1.0, max(0.0, cluster_cpus() - 1) / config.num_workers)}
+    # Train workers leave one CPU of those the job may use to Ray Data, which reads and
+    # prepares their batches: with every CPU reserved for training, the read tasks would never
+    # be scheduled.
+    worker = {"CPU": min(1.0, max(0.0, limits.cpus - 1) / config.num_workers)}
     if config.use_gpu:
         worker["GPU"] = 1
+    wait_for([worker] * config.num_workers, purpose=f"train ({config.num_workers} worker(s))",
+             timeout_s=wait_s, limits=limits)
     # Frames that fit in a quarter of the object store are read once, not every epoch: on 2
     # CPUs, reading and splitting the parts again cost each epoch a quarter more than plain
     # Keras (9,427 frames: 49.3 s against 38.4 s). A catalog's worth streams every epoch.
@@ -474,7 +487,7 @@ def _head_options(data: TrainingData, config: TrainConfig) -> dict:
             "pooled_l2": pooled_l2(data.counts["train"].songs)}
 
 
-def _evaluate(data: TrainingData, fit: dict) -> dict:
+def _evaluate(data: TrainingData, fit: dict, limits: Limits) -> dict:
     """``fit`` with its ``model``, ``lite`` copy, ``sequence`` aggregator and ``metrics`` on
     the validation and test songs (predicted in the cluster)."""
     loop, state, feeds = fit["loop"], fit["state"], fit["feeds"]
@@ -488,11 +501,12 @@ def _evaluate(data: TrainingData, fit: dict) -> dict:
                            "valid_steps": feeds["valid"].steps,
                            "onednn_custom_ops": state.get("onednn"),
                            "threads": state.get("threads"),
+                           "gpus_seen": state.get("gpus_seen"),
                            "resumed": state.get("resumed", 0)}}
     model = _model(loop, fit["best"])
     lite = to_tflite(model) if data.level == "frame" else None  # what scoring on CPU will run
     predicted = predict(data, tuple(s for s in ("valid", "test") if data.examples(s)), loop,
-                        fit["best"], lite)
+                        fit["best"], lite, limits)
     sequence = None
     if data.level == "frame":  # the learned aggregator, on out-of-sample frame predictions
         from pipeline.models.sequence import fit_sequence, sequence_scores

@@ -52,6 +52,7 @@ class Source:
     root: str | None = None
     parts: tuple[str, ...] = ()  # committed part names, e.g. "part-00007"
     table: pa.Table | None = None
+    cpus: int = 1  # CPUs the job may use: reads are cut into tasks for as many
 
     def rows(self, columns: list[str], *, shuffle: bool = False, seed: int = 0, where=None):
         """A Ray Dataset of these rows, projected to ``columns``; ``shuffle``: the parts in a
@@ -72,12 +73,10 @@ class Source:
         parts: a map over it reads one block's parts in one task (:func:`parts_per_block`)."""
         import ray
 
-        from pipeline.runtime.session import cluster_cpus
-
         parts = list(self.parts)
         if shuffle:
             np.random.default_rng(seed).shuffle(parts)
-        blocks = -(-len(parts) // parts_per_block(len(parts), cluster_cpus()))
+        blocks = -(-len(parts) // parts_per_block(len(parts), self.cpus))
         parts = ray.data.from_items([{"part": p} for p in parts], override_num_blocks=blocks)
         return parts.randomize_block_order() if shuffle else parts
 
