@@ -34,3 +34,16 @@ def ray_session():
     init_ray(None)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """moto's S3 server for a module of cluster tests; this process reads what jobs wrote."""
+    from servers import MotoServer
+
+    server = MotoServer()
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in server.env.items():
+            patch.setenv(key, value)
+        yield server
+    server.stop()

@@ -152,7 +152,8 @@ class RayCluster:
     127.0.0.1 with token auth, plus worker nodes that each have their own GENRES_CACHE and temp
     folder, so nothing passes between nodes through the local disk."""
 
-    def __init__(self, env: dict | None = None):
+    def __init__(self, env: dict | None = None, head_args: tuple[str, ...] = (),
+                 gcs: int | None = None):
         self.root = pathlib.Path(tempfile.mkdtemp(prefix="rc", dir="/tmp"))  # Ray's socket
         # paths must stay short
         self.token = secrets.token_hex(16)
@@ -168,13 +169,14 @@ class RayCluster:
                     "RAY_health_check_failure_threshold": "3"}
         self.env.pop("RAY_ADDRESS", None)
         self.nodes: list[Node] = []
-        self.gcs = free_port()
+        self.gcs = gcs or free_port()
         self.dashboard = f"http://127.0.0.1:{free_port()}"
         self.head = self._start("head", 0, ["--head", f"--port={self.gcs}",
                                             "--include-dashboard=true",
                                             "--dashboard-host=127.0.0.1",
                                             f"--dashboard-port={self.dashboard.rsplit(':', 1)[1]}",
-                                            f"--ray-client-server-port={free_port()}"])
+                                            f"--ray-client-server-port={free_port()}",
+                                            *head_args])
         self._wait_for_jobs_api(90)
 
     def _start(self, name: str, cpus: int, args: list[str]) -> Node:
@@ -235,6 +237,13 @@ class RayCluster:
                     raise
                 time.sleep(1)
 
+    def alive_nodes(self) -> list[dict]:
+        """The nodes the head counts as alive: node_id, resources (total), is_head."""
+        nodes = self._request("/nodes?view=summary")["data"]["summary"]
+        return [{"node_id": n["raylet"]["nodeId"], "resources": n["raylet"].get("resourcesTotal", {}),
+                 "is_head": n["raylet"].get("isHeadNode", False)}
+                for n in nodes if n["raylet"]["state"] == "ALIVE"]
+
     def alive_cpus(self) -> float:
         """CPUs of the nodes the head counts as alive."""
         nodes = self._request("/nodes?view=summary")["data"]["summary"]
@@ -252,6 +261,19 @@ class RayCluster:
         return subprocess.Popen(command, env=self.env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)
 
+    def job_id(self, submission_id: str) -> str:
+        return self._request(f"/api/jobs/{submission_id}")["job_id"]
+
+    def actors(self, job_id: str) -> list[dict]:
+        """The actors of a job, alive or dead (Ray's state API): class_name, node_id, state."""
+        listed = self._request("/api/v0/actors?limit=10000&detail=1")["data"]["result"]["result"]
+        return [a for a in listed if a.get("job_id") == job_id]
+
+    def placement_groups(self) -> list[dict]:
+        """Every placement group of the cluster (Ray's state API): state, job_id, bundles."""
+        return self._request("/api/v0/placement_groups?limit=10000&detail=1")["data"][
+            "result"]["result"]
+
     def job_status(self, submission_id: str) -> str:
         return self._request(f"/api/jobs/{submission_id}")["status"]
 
@@ -262,3 +284,53 @@ class RayCluster:
         for node in reversed(self.nodes):
             self.kill(node)
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+class AutoscalingRayCluster(RayCluster):
+    """A RayCluster whose worker nodes Ray's autoscaler launches and terminates: the head
+    (0 CPUs) runs the autoscaler with a node provider that starts each node as local raylets
+    (``fake_nodes.LocalNodes``, Ray's fake multi-node provider with a disk per node).
+
+    ``node_types``: the autoscaler's ``available_node_types`` for workers, e.g.
+    ``{"cpu": {"resources": {"CPU": 1}, "min_workers": 0, "max_workers": 2}}``.
+    """
+
+    def __init__(self, node_types: dict, *, idle_timeout_s: float = 10,
+                 env: dict | None = None):
+        self.config_root = pathlib.Path(tempfile.mkdtemp(prefix="as", dir="/tmp"))
+        gcs = free_port()
+        types = {"ray.head.default": {"resources": {"CPU": 0}, "node_config": {},
+                                      "max_workers": 0}}
+        for name, node_type in node_types.items():
+            types[name] = {"node_config": {}, "min_workers": 0, **node_type}
+        config = {
+            "cluster_name": "genres-test", "max_workers": sum(
+                t.get("max_workers", 0) for t in node_types.values()),
+            "provider": {"type": "external", "module": "fake_nodes.LocalNodes",
+                         "gcs_address": f"127.0.0.1:{gcs}",
+                         "nodes_root": str(self.config_root), "use_node_id_as_ip": True,
+                         "disable_node_updaters": True, "disable_launch_config_check": True},
+            "available_node_types": types, "head_node_type": "ray.head.default",
+            "upscaling_speed": 1.0, "idle_timeout_minutes": idle_timeout_s / 60,
+            "auth": {}, "docker": {}, "file_mounts": {}, "cluster_synced_files": [],
+            "file_mounts_sync_continuously": False, "rsync_exclude": [], "rsync_filter": [],
+            "initialization_commands": [], "setup_commands": [], "head_setup_commands": [],
+            "worker_setup_commands": [], "head_start_ray_commands": [],
+            "worker_start_ray_commands": []}
+        path = self.config_root / "autoscaler.yaml"
+        path.write_text(json.dumps(config))
+        tests = str(pathlib.Path(__file__).resolve().parent)
+        env = {**(env or {}), "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1",
+               "PYTHONPATH": os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")]))}
+        super().__init__(env, head_args=(f"--autoscaling-config={path}",), gcs=gcs)
+
+    def events(self) -> list[dict]:
+        """The provider's launches and terminations so far: time, event, node_id, node_type."""
+        path = self.config_root / "nodes.jsonl"
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+    def stop(self) -> None:
+        super().stop()
+        shutil.rmtree(self.config_root, ignore_errors=True)

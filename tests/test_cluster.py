@@ -14,51 +14,24 @@ from __future__ import annotations
 import io
 import json
 import os
-import time
 
 import pandas as pd
 import pytest
 
+from cluster_jobs import GENRES, Job, until, upload_catalog
 from servers import MotoServer, RayCluster
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
-GENRES = ("classical", "jazz", "rock")
 PER_GENRE = 8
 FAULTS: list[str] = []
 DATA = {".parquet", ".csv", ".json", ".ogg", ".wav", ".keras", ".tflite", ".npz", ".h5"}
 
 
 @pytest.fixture(scope="module")
-def s3():
-    server = MotoServer()
-    with pytest.MonkeyPatch.context() as patch:
-        for key, value in server.env.items():  # this process reads what the jobs wrote
-            patch.setenv(key, value)
-        yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
 def catalog(s3, shared_data):
-    """24 GTZAN songs, one undecodable file and one missing file, in a bucket; the manifest
-    names them by s3:// URI."""
-    client = s3.client()
-    client.create_bucket(Bucket="music")
-    rows = []
-    for genre in GENRES:
-        for i in range(PER_GENRE):
-            name = f"{genre}/{genre}.{i:05d}.ogg"
-            client.upload_file(str(shared_data / "gtzan3" / name), "music", f"songs/{name}")
-            rows.append((f"s3://music/songs/{name}", genre))
-    client.upload_file(str(shared_data / "bad" / "jazz.00054.headerless.wav"), "music",
-                       "songs/jazz/headerless.wav")
-    rows += [("s3://music/songs/jazz/headerless.wav", "jazz"),
-             ("s3://music/songs/rock/gone.ogg", "rock")]
-    manifest = pd.DataFrame(rows, columns=["uri", "label"]).to_csv(index=False)
-    client.put_object(Bucket="music", Key="catalog.csv", Body=manifest.encode())
-    return {"manifest": "s3://music/catalog.csv", "songs": len(rows),
-            "ok": len(GENRES) * PER_GENRE, "errors": {"headerless": "decode", "gone": "missing"}}
+    """24 GTZAN songs, one undecodable file and one missing file, in a bucket."""
+    return upload_catalog(s3, shared_data, per_genre=PER_GENRE)
 
 
 @pytest.fixture(scope="module")
@@ -73,43 +46,6 @@ def cluster(s3):
         print("\n" + "\n".join(FAULTS))
 
 
-class Job:
-    """A submitted job: `ray job submit` runs until the job ends and prints its logs."""
-
-    count = 0
-
-    def __init__(self, cluster: RayCluster, s3: MotoServer, stage: str, *args: str,
-                 submission_id: str | None = None):
-        Job.count += 1
-        self.cluster, self.started = cluster, time.monotonic()
-        self.id = submission_id or f"genres-{stage}-{os.getpid()}-{Job.count}"
-        self.process = cluster.submit(f"jobs.{stage}", list(args), env_vars=s3.env,
-                                      submission_id=self.id)
-
-    def wait(self, timeout: float = 600) -> str:
-        self.output, _ = self.process.communicate(timeout=timeout)
-        self.seconds = time.monotonic() - self.started
-        return self.output
-
-    def succeeded(self) -> str:
-        output = self.wait()
-        assert self.process.returncode == 0 and "succeeded" in output, output[-4000:]
-        return output
-
-
-def _until(found, what: str, timeout: float = 300, job: Job | None = None):
-    """Poll ``found()`` until it returns something true; fail if ``job`` ends first."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = found()
-        if value:
-            return value
-        if job is not None and job.process.poll() is not None:
-            pytest.fail(f"the job ended before {what}:\n{job.wait()[-3000:]}")
-        time.sleep(0.1)
-    pytest.fail(f"no {what} after {timeout} s")
-
-
 def _node_running(cluster: RayCluster, fragment: str):
     """(node, title) of a worker node running a task or actor whose title has ``fragment``."""
     for node in cluster.nodes[1:]:
@@ -121,7 +57,7 @@ def _node_running(cluster: RayCluster, fragment: str):
 
 def _lose_node_while(cluster: RayCluster, job: Job, fragment: str, name: str) -> str:
     """Kill the node that runs ``fragment`` for ``job``, then add node ``name``; what happened."""
-    node, title = _until(lambda: _node_running(cluster, fragment), f"task {fragment}", job=job)
+    node, title = until(lambda: _node_running(cluster, fragment), f"task {fragment}", job=job)
     cluster.kill(node)
     cluster.add_node(name)
     return f"node {node.name} killed while running {title.split(' ')[0]}; node {name} added"
@@ -196,9 +132,13 @@ def test_every_stage_runs_as_a_job_with_the_bucket_the_only_shared_place(cluster
     # scoring decodes the catalog's audio on the worker nodes and loads the bundle there
     score = Job(cluster, s3, "score", catalog["manifest"], "--model", "s3://music/model",
                 "--out", "s3://music/labels")
-    score.succeeded()
+    output = score.succeeded()
     labels = _check_labels("s3://music/labels", catalog)
     assert set(labels.genre.dropna()) <= set(GENRES)
+    # sized from the nodes up (no autoscaler here): a model actor on each worker node
+    assert "up to 2 CPU(s) and 0 GPU(s) (the nodes up now)" in output
+    scorers = {a["node_id"] for a in score.actors("SongScorer")}
+    assert scorers == {n["node_id"] for n in cluster.alive_nodes() if not n["is_head"]}
 
     tag = Job(cluster, s3, "tag", catalog["manifest"], "--model", "s3://music/model",
               "--out", "s3://music/labels")
@@ -218,7 +158,8 @@ def test_every_stage_runs_as_a_job_with_the_bucket_the_only_shared_place(cluster
         leftovers = [p for p in (node.folder / "tmp").rglob("*") if p.suffix in DATA]
         assert not leftovers, leftovers
     FAULTS.append(f"no fault: extract {extract.seconds:.0f} s, train {train.seconds:.0f} s, "
-                  f"score {score.seconds:.0f} s, tag (nothing new) {tag.seconds:.0f} s")
+                  f"score {score.seconds:.0f} s (model actors on {len(scorers)} nodes), "
+                  f"tag (nothing new) {tag.seconds:.0f} s")
 
 
 def test_a_node_lost_during_extract(cluster, s3, catalog):
@@ -249,7 +190,7 @@ def test_a_node_lost_during_train(cluster, s3, catalog):
         return any(o["Key"].endswith("checkpoint_manager_snapshot.json")
                    for o in listed.get("Contents", []))
 
-    _until(checkpointed, "checkpoint", job=job)
+    until(checkpointed, "checkpoint", job=job)
     what = _lose_node_while(cluster, job, "RayTrainWorker", "d")
     job.succeeded()
     version = "model-node-lost/" + _read_json(s3, "model-node-lost/bundle.json")["current"]
@@ -268,7 +209,7 @@ def test_a_node_lost_during_score(cluster, s3, catalog):
     out = "s3://music/labels-node-lost"
     job = Job(cluster, s3, "score", catalog["manifest"], "--model", "s3://music/model",
               "--out", out, "--batch-size", "2")
-    what = _lose_node_while(cluster, job, "SongScorer", "e")
+    what = _lose_node_while(cluster, job, "SongScorer)).submit", "e")
     job.succeeded()
     labels = _check_labels(out, catalog).set_index("song_id").sort_index()
     reference = _check_labels("s3://music/labels", catalog).set_index("song_id").sort_index()
@@ -283,7 +224,7 @@ def test_the_driver_lost_during_tag_then_a_rerun(cluster, s3, catalog):
     args = [catalog["manifest"], "--model", "s3://music/model", "--out", out,
             "--batch-size", "1", "--commit-every", "1"]
     job = Job(cluster, s3, "tag", *args)
-    _until(lambda: _node_running(cluster, "SongScorer"), "scoring", job=job)
+    until(lambda: _node_running(cluster, "SongScorer"), "scoring", job=job)
     # the job's entrypoint runs under a shell: the driver is its python process
     drivers = [pid for pid, command in cluster.head.processes().items()
                if command.startswith("python -m jobs.tag")]
