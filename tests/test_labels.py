@@ -105,16 +105,35 @@ def test_overlapping_runs_commit_each_song_once(tmp_path):
     assert runs["A"].totals["labelled"] == 3 and runs["B"].totals["labelled"] == 2
 
 
-def _resolve(table):
-    """A Committer's resolve, in this process (runs use Ray tasks for it)."""
+def _resolve(table, read: list | None = None):
+    """A Committer's resolve, in this process (runs use Ray tasks for it): it keeps the song
+    ids of the files it is handed, each handed once (``read`` lists them)."""
+    ids = set()
+
     def resolve(pending, theirs):
-        ids = set()
         for add in theirs:
+            if read is not None:
+                read.append(add["path"])
             ids.update(pd.read_parquet(add["path"], columns=["song_id"]).song_id)
         out = [table.without_songs(add, ids, name=f"{add['path'].rsplit('/', 1)[1][:-8]}-r",
                                    model_id="m1") for add in pending]
         return [add for add in out if add is not None]
     return resolve
+
+
+def test_a_run_is_handed_each_file_of_another_run_once(tmp_path):
+    table = LabelTable(str(tmp_path / "labels"))
+    table.create()
+    read = []
+    mine = Committer(table.log, run_id="A", version=0, every_files=1,
+                     resolve=_resolve(table, read))
+    other = Committer(table.log, run_id="B", version=0, every_files=1, resolve=_resolve(table))
+    other.add([table.write(_rows(["a", "b"], run="B"), model_id="m1", name="B0")])
+    for i in range(5):  # B's file was committed before A's first commit; A commits 5 times
+        mine.add([table.write(_rows([f"s{i}", "a"], run="A"), model_id="m1", name=f"A{i}")])
+    assert len(read) == 1 and read[0].endswith("B0.parquet")
+    frame = DeltaTable(table.root).to_pandas()
+    assert sorted(frame.song_id) == ["a", "b", "s0", "s1", "s2", "s3", "s4"]  # a once, B's
 
 
 def test_latest_of_keeps_the_most_recent_row_per_song():

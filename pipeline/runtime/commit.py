@@ -51,23 +51,36 @@ def commit_stream(written, committer: Committer, *, progress=None) -> dict:
 def resolver(rewrite, *, key_columns: list[str], matches):
     """A Committer's ``resolve``: Ray tasks call ``rewrite(add, song_ids, name)`` on each
     pending file, with the song ids of the other runs' files for which ``matches`` (a table of
-    ``key_columns`` -> bool per row) holds; a file that holds none of them stays as it is."""
+    ``key_columns`` -> bool per row) holds; a file that holds none of them stays as it is.
+
+    Each file of theirs is read once, by a task that adds its song ids to one sorted array
+    in the object store; the driver keeps that array's reference, and the rewrite tasks read
+    the array, never their files again (re-reading every file of theirs at every commit was
+    quadratic in the length of the overlap)."""
     import ray
 
-    @ray.remote(num_cpus=1, max_retries=3)
-    def one(add: dict, theirs: list[str], name: str):
-        ids = set()
-        for uri in theirs:
+    @ray.remote(num_cpus=0, max_retries=3)
+    def collect(uris: list[str], known: pa.Array | None) -> pa.Array:
+        ids = [known] if known is not None else []
+        for uri in uris:
             keys = pq.read_table(pa.BufferReader(fsio.read_bytes(uri)), columns=key_columns)
-            ids.update(keys.filter(matches(keys)).column("song_id").to_pylist())
-        return rewrite(add, ids, name)
+            ids.append(keys.filter(matches(keys)).column("song_id").combine_chunks())
+        return pc.unique(pa.concat_arrays(ids)).sort() if ids else pa.array([], pa.string())
+
+    # num_cpus=0: the actors of the run may hold every CPU while the driver waits for these
+    @ray.remote(num_cpus=0, max_retries=3)
+    def one(add: dict, theirs: pa.Array, name: str):
+        return rewrite(add, set(theirs.to_pylist()), name)
+
+    state = {"ids": None}
 
     def resolve(pending: list[dict], theirs: list[dict]) -> list[dict]:
-        paths = [a["path"] for a in theirs]
-        log.warning("another run committed %d file(s) of this table meanwhile: dropping the "
-                    "songs it labelled first from %d pending file(s)", len(paths), len(pending))
+        if theirs:
+            log.warning("another run committed %d file(s) of this table meanwhile: dropping the "
+                        "songs it did first from %d pending file(s)", len(theirs), len(pending))
+            state["ids"] = collect.remote([a["path"] for a in theirs], state["ids"])
         names = [f"{_stem(add['path'])}-r{i}" for i, add in enumerate(pending)]
-        done = ray.get([one.remote(add, paths, name) for add, name in zip(pending, names)])
+        done = ray.get([one.remote(add, state["ids"], name) for add, name in zip(pending, names)])
         return [add for add in done if add is not None]
 
     return resolve

@@ -192,11 +192,13 @@ class Committer:
     its re-run skips it.
 
     Before each commit it reads what other runs committed since it last looked, keeps the
-    files ``relevant`` to it, and ``resolve(pending, theirs)`` (add rows, their files ->
-    add rows) replaces its pending files with copies without the songs those files hold.
-    Their files are remembered for the rows still to come: a song another run committed
-    first is dropped whenever this run's copy arrives. ``combine(pending)`` (add rows -> one
-    add row), if given, makes the files of a commit one file.
+    files ``relevant`` to it, and ``resolve(pending, new)`` (add rows, the other runs' files
+    committed since the last call -> add rows) replaces its pending files with copies without
+    the songs of every such file so far. Each file is handed over once: ``resolve`` keeps
+    what it needs of them (their song ids) for the rows still to come, so a song another run
+    committed first is dropped whenever this run's copy arrives, and the Committer itself
+    holds nothing per file of theirs. ``combine(pending)`` (add rows -> one add row), if
+    given, makes the files of a commit one file.
     """
 
     def __init__(self, log: DeltaLog, *, run_id: str, version: int, resolve,
@@ -206,7 +208,7 @@ class Committer:
         self.resolve, self.relevant, self.combine = resolve, relevant, combine
         self.every_files, self.every_s = every_files, every_s
         self.pending: list[dict] = []
-        self.theirs: list[dict] = []
+        self.overlapped = False  # another run committed some of this table meanwhile
         self.totals: dict = {}
         self.commits = self.refused = self.resolved = 0
         self._last = time.monotonic()
@@ -221,10 +223,11 @@ class Committer:
         """Commit every pending file (less the songs other runs committed first)."""
         while self.pending:
             latest, added = self.log.added_since(self.version)
-            self.theirs += [a for a in added if a["run_id"] != self.run_id and self.relevant(a)]
+            theirs = [a for a in added if a["run_id"] != self.run_id and self.relevant(a)]
             self.version = latest
-            if self.theirs:
-                self.pending = self.resolve(self.pending, self.theirs)
+            self.overlapped = self.overlapped or bool(theirs)
+            if self.overlapped:
+                self.pending = self.resolve(self.pending, theirs)
                 self.resolved += 1
                 if not self.pending:
                     break
