@@ -294,7 +294,7 @@ def predict(data: TrainingData, splits: tuple[str, ...], loop: dict, weights: li
         Predictor, fn_constructor_kwargs={"loop": loop, "weights": weights,
                                           "inputs": data.inputs, "lite_model": lite_model},
         batch_size=64, num_gpus=1 if gpu else 0,
-        compute=actor_pool(most, len(data.source.parts) or most))
+        compute=actor_pool(most, data.source.part_count() if data.source.root else most))
     columns = {"probs": [], "y": [], "song_id": [], "split": []}
     for batch in predicted.iter_batches(batch_size=None, batch_format="numpy"):
         for key in columns:

@@ -20,6 +20,8 @@ import logging
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from ray.data.aggregate import AggregateFn, Unique
 from ray.data.context import ShuffleStrategy
 from ray.data.block import BlockAccessor
@@ -42,17 +44,21 @@ _SHUFFLE_BYTES = 256 * 1024**2  # a Train worker's local shuffle buffer holds ab
 
 @dataclasses.dataclass(frozen=True)
 class Source:
-    """Where training rows come from: committed parts of a feature directory, or a user's
-    frame table (small, held in memory; ``table``)."""
+    """Where training rows come from: committed parts of a feature directory (listed by its
+    ``_songs`` table's index files), or a user's frame table (small, held in memory;
+    ``table``)."""
 
     spec: object
     column: str  # the feature the model reads
     shape: tuple[int, ...]  # of one frame (or embedding, or table row)
     fingerprint: str  # of the spec and the committed rows, for resuming runs
     root: str | None = None
-    parts: tuple[str, ...] = ()  # committed part names, e.g. "part-00007"
+    index_files: tuple[str, ...] = ()  # the index's committed files, one per commit
     table: pa.Table | None = None
     cpus: int = 1  # CPUs the job may use: reads are cut into tasks for as many
+    # the materialized part datasets made so far, by shuffle seed (None: unshuffled)
+    _parts: dict = dataclasses.field(default_factory=dict, init=False, repr=False,
+                                     compare=False)
 
     def rows(self, columns: list[str], *, shuffle: bool = False, seed: int = 0, where=None):
         """A Ray Dataset of these rows, projected to ``columns``; ``shuffle``: the parts in a
@@ -70,15 +76,53 @@ class Source:
 
     def parts_dataset(self, *, shuffle: bool = False, seed: int = 0):
         """A Ray Dataset of the committed part names (one small row each), in blocks of a few
-        parts: a map over it reads one block's parts in one task (:func:`parts_per_block`)."""
+        parts: a map over it reads one block's parts in one task (:func:`parts_per_block`).
+        ``shuffle``: each index file's parts in a random order (by ``seed``) and the blocks
+        in a new order every epoch."""
+        parts = self._parts_blocks(seed if shuffle else None)
+        return parts.randomize_block_order() if shuffle else parts
+
+    def part_count(self) -> int:
+        return self._parts_blocks(None).count()
+
+    def _parts_blocks(self, seed: int | None):
+        """The part names, listed in the cluster from the index files (no list of songs or
+        parts in the driver), materialized in blocks: at most ``parts_per_block`` parts each
+        while the index files are fewer than 8 read tasks per CPU (a small directory), else a
+        block per index file (the driver then holds a block per commit, not per part)."""
         import ray
 
-        parts = list(self.parts)
-        if shuffle:
-            np.random.default_rng(seed).shuffle(parts)
-        blocks = -(-len(parts) // parts_per_block(len(parts), self.cpus))
-        parts = ray.data.from_items([{"part": p} for p in parts], override_num_blocks=blocks)
-        return parts.randomize_block_order() if shuffle else parts
+        if seed in self._parts:
+            return self._parts[seed]
+        if not self.index_files:
+            raise CatalogError(f"{self.root} has no committed feature rows")
+        files = ray.data.from_items([{"index": f} for f in self.index_files],
+                                    override_num_blocks=len(self.index_files))
+        parts = files.map_batches(index_parts, batch_size=1, batch_format="pyarrow",
+                                  fn_kwargs={"seed": seed}).materialize()
+        n = parts.count()
+        if not n:
+            raise CatalogError(f"{self.root} has no committed feature rows")
+        blocks = min(-(-n // parts_per_block(n, self.cpus)),
+                     max(len(self.index_files), 8 * self.cpus))
+        if blocks != parts.num_blocks():
+            parts = parts.repartition(blocks).materialize()
+        self._parts[seed] = parts
+        return parts
+
+
+def index_parts(batch: pa.Table, *, seed: int | None) -> pa.Table:
+    """Ray Data fn: one index file's URI -> the parts it commits (``part`` rows), sorted, or
+    in a random order by ``seed`` and the file. A part is committed by one index file only."""
+    import zlib
+
+    uri = batch.column("index")[0].as_py()
+    index = pq.read_table(pa.BufferReader(fsio.read_bytes(uri)), columns=["part"])
+    parts = np.array(sorted(pc.unique(pc.drop_null(index.column("part"))).to_pylist()),
+                     dtype=object)
+    if seed is not None:
+        np.random.default_rng([seed, zlib.crc32(uri.rsplit("/", 1)[-1].encode())]).shuffle(parts)
+    return pa.table({"part": pa.array(parts.tolist(), pa.string())})
 
 
 def parts_per_block(parts: int, cpus: int) -> int:
@@ -125,14 +169,17 @@ def open_source(features: str, config) -> Source:
         raise ParameterError(f"model {config.model} reads {column!r}, but {features} holds "
                              f"{sorted(spec.columns())}; extract the matching " +
                              ("--features musicnn --pools" if column == "pools" else "--features"))
-    parts = tuple(store.parts())
-    if not parts:
+    # The Delta log lists the index files (one per commit), not the parts: the parts are
+    # listed from those files in the cluster, when the rows are first read
+    files = tuple(store.index_files())
+    if not files:
         raise CatalogError(f"{store.root} has no committed feature rows")
-    # Part names are unique to the run and task that wrote them: the same names, the same rows
+    # Index file names are unique to the run and commit that wrote them, and a committed file
+    # never changes: the same names, the same parts, the same rows
     digest = hashlib.sha256(spec.fingerprint().encode())
-    digest.update(json.dumps(sorted(parts)).encode())
+    digest.update(json.dumps(sorted(f.rsplit("/", 1)[-1] for f in files)).encode())
     return Source(spec=spec, column=column, shape=tuple(spec.columns()[column]),
-                  fingerprint=digest.hexdigest(), root=store.root, parts=parts)
+                  fingerprint=digest.hexdigest(), root=store.root, index_files=files)
 
 
 def _frame_table_source(path: str, config) -> Source:
