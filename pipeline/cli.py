@@ -62,8 +62,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     def retry_errors(p):
         p.add_argument("--retry-errors", action="store_true",
-                       help="try again every song whose last try failed (by default only "
-                            "transient failures are: missing, io, timeout)")
+                       help="try again now every song whose last try failed, gone ones too "
+                            "(by default only transient failures are, on a schedule)")
+        p.add_argument("--retry-after", type=_nonneg_float, default=20.0, metavar="HOURS",
+                       help="a song whose try failed for a reason that may pass (missing, io, "
+                            "timeout) is tried again this long after its first failure, then "
+                            "twice as long after each next one (default 20: every night at "
+                            "first, then every other night, ...)")
+        p.add_argument("--max-attempts", type=_positive_int, default=6,
+                       help="tries of such a song in all; the last failure is recorded as "
+                            "kind gone, final (default 6)")
 
     def cluster_bounds(p, *, gpus: str):
         p.add_argument("--max-cpus", type=_positive_int, default=None,
@@ -263,6 +271,12 @@ def _spec_from(args):
                        max_seconds=args.max_seconds, dtype=args.dtype)
 
 
+def _retries(args):
+    from pipeline.retry import RetryPolicy
+
+    return RetryPolicy(after_hours=args.retry_after, attempts=args.max_attempts)
+
+
 def _bounds(args):
     from pipeline.runtime.cluster import Bounds
 
@@ -276,11 +290,13 @@ def cmd_extract(args) -> dict:
                     labels_from_folders=args.labels_from_folders, overwrite=args.overwrite,
                     address=args.address, songs_per_task=args.songs_per_task,
                     use_gpu=args.use_gpu, commit_every_s=args.commit_every,
-                    retry_errors=args.retry_errors, bounds=_bounds(args))
+                    retry_errors=args.retry_errors, retries=_retries(args),
+                    bounds=_bounds(args))
     failed = sum(s["errors"].values())
     kinds = ", ".join(f"{k}={v}" for k, v in sorted(s["errors"].items())) or "none"
     rtf = s["audio_seconds"] / s["seconds"] if s["seconds"] else 0.0
-    print(f"extract: {s['songs']} songs in, {s['skipped']} already done, {s['ok']} ok, "
+    print(f"extract: {s['songs']} songs in, {s['skipped']} already done, "
+          f"{_tried_again(s)}{s['ok']} ok, "
           f"{failed} failed ({kinds}), {s['frames']} frames, "
           f"{s['audio_seconds'] / 3600:.2f} h audio, {s['seconds']:.1f} s, {rtf:.0f}x realtime "
           f"-> {s['out']} (cluster: {s['limits']})")
@@ -330,12 +346,18 @@ def cmd_score(args, *, tag: bool = False) -> dict:
     s = run_score(args.catalog, args.model, args.out, aggregate=args.aggregate,
                   batch_size=args.batch_size, address=args.address, zero_shot=args.tags,
                   top_k=args.top_k, use_gpu=args.use_gpu, commit_every_s=args.commit_every,
-                  retry_errors=args.retry_errors, bounds=_bounds(args))
+                  retry_errors=args.retry_errors, retries=_retries(args),
+                  bounds=_bounds(args))
     kinds = ", ".join(f"{k}={v}" for k, v in sorted(s["errors"].items())) or "none"
     print(f"{'tag' if tag else 'score'}: {s['songs']} songs in, {s['skipped']} already labelled, "
-          f"{s['labelled']} labelled, {s['failed']} failed ({kinds}), {s['frames']} frames, "
+          f"{_tried_again(s)}{s['labelled']} labelled, {s['failed']} failed ({kinds}), "
+          f"{s['frames']} frames, "
           f"{s['seconds']:.1f} s -> {s['out']} (cluster: {s['limits']})")
     return s
+
+
+def _tried_again(summary: dict) -> str:
+    return f"{summary['retried']} tried again, " if summary.get("retried") else ""
 
 
 def cmd_report(args) -> dict:

@@ -16,6 +16,7 @@ from pipeline.errors import AudioError
 from pipeline.features import FeatureSpec, frame_audio, frame_features
 from pipeline.features.musicnn import PATCH_SECONDS, musicnn_patches
 from pipeline.features.spec import EmbeddingSpec
+from pipeline.retry import RetryPolicy
 from pipeline.sandbox import sandbox
 from pipeline.storage.audio import load_audio
 from pipeline.storage import fs as fsio
@@ -77,6 +78,13 @@ def embed_song(song: Song, spec: EmbeddingSpec) -> dict:
                         for name in spec.columns()}}
 
 
+def gone_message(error: AudioError, attempt: int, retry: RetryPolicy) -> str:
+    """The message of a failed try: the error's, and why no try follows when it is gone."""
+    if retry.kind(error.kind, attempt) == error.kind:
+        return str(error)
+    return f"{error.kind} on {attempt} tries, the last allowed: {error}"
+
+
 def musicnn_column(outputs: dict, name: str) -> np.ndarray:
     """Feature column ``name`` of an :class:`EmbeddingSpec` from musicnn's outputs [n, ...]:
     ``embedding`` is the penultimate layer, ``pools`` the mean_pool and max_pool layers."""
@@ -105,12 +113,14 @@ def frame_song(song: Song, spec: FeatureSpec) -> dict:
 
 
 def extract_shard(songs: list[Song], spec: FeatureSpec | EmbeddingSpec, out: str, part: str,
-                  *, run_id: str) -> dict:
+                  *, run_id: str, retry: RetryPolicy = RetryPolicy()) -> dict:
     """Extract ``songs`` into part ``part`` of the feature directory ``out``, uncommitted.
 
     Each song is decoded in this process's sandbox (:mod:`pipeline.sandbox`): one that crashes,
     hangs or exhausts the decoder becomes an error row and the others go on. Every song ends
-    in the part's frame rows or its error rows. Returns a summary: ``songs``,
+    in the part's frame rows or its error rows, with its try number (``Song.tries`` + 1); a
+    transient error on the last try ``retry`` allows is recorded as ``gone``. Returns a
+    summary: ``songs``,
     ``ok``, ``frames``, ``audio_seconds``, ``errors`` ({kind: count}), ``seconds``, and
     ``add``, the add row that commits the part (``FeatureStore.commit`` or a Committer).
     """
@@ -125,8 +135,9 @@ def extract_shard(songs: list[Song], spec: FeatureSpec | EmbeddingSpec, out: str
             feats = sandbox().call(song_features, song, spec, name=fsio.redact(song.uri))
         except AudioError as e:
             log.warning("song %s failed: %s", song.song_id, e)
-            errors.append({"song_id": song.song_id, "uri": song.uri, "error": e.kind,
-                           "message": str(e)})
+            errors.append({"song_id": song.song_id, "uri": song.uri,
+                           "error": retry.kind(e.kind, song.tries + 1),
+                           "message": gone_message(e, song.tries + 1, retry)})
             continue
         n = feats["start_s"].shape[0]
         columns["song_id"] += [song.song_id] * n
@@ -148,7 +159,8 @@ def extract_shard(songs: list[Song], spec: FeatureSpec | EmbeddingSpec, out: str
     frames = pa.Table.from_arrays(arrays, schema=schema)
     add = FeatureStore(out).write_part(part, frames,
                                        pa.Table.from_pylist(errors, schema=ERROR_SCHEMA),
-                                       run_id=run_id, uris={s.song_id: s.uri for s in songs})
+                                       run_id=run_id, uris={s.song_id: s.uri for s in songs},
+                                       attempts={s.song_id: s.tries + 1 for s in songs})
     kinds: dict[str, int] = {}
     for e in errors:
         kinds[e["error"]] = kinds.get(e["error"], 0) + 1

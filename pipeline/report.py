@@ -69,6 +69,11 @@ def render(figures: dict) -> str:
                      f"<h3>Confidence</h3><p>{data['below_threshold']} songs ({below:.1%}) below "
                      f"{figures['threshold']}.</p>"
                      + _svg(_histograms(data["histograms"], figures["threshold"])))
+        if data.get("attempts"):  # songs whose latest try failed, by how many tries so far
+            parts.append("<h3>Songs without a label, by tries</h3>" + _table(
+                ["tries", "songs", "errors"],
+                [[a, sum(kinds.values()), _kinds(kinds)]
+                 for a, kinds in data["attempts"].items()]))
         parts.append("<h3>Least confident songs</h3>" + _table(
             ["song_id", "uri", "genre", "confidence"],
             [[r["song_id"], r["uri"], r["genre"], f"{r['confidence']:.3f}"]

@@ -106,7 +106,7 @@ def test_each_stage_grows_the_cluster_from_the_head_and_gives_it_back(cluster, s
         ("score", [catalog["manifest"], "--model", "s3://music/model",
                    "--out", "s3://music/labels"], "SongScorer"),
         ("tag", [catalog["manifest"], "--model", "s3://music/model",
-                 "--out", "s3://music/labels"], None),
+                 "--out", "s3://music/labels", "--retry-after", "0"], None),
     ]
     try:
         for stage, args, actor in stages:
@@ -134,7 +134,8 @@ def test_each_stage_grows_the_cluster_from_the_head_and_gives_it_back(cluster, s
             if stage == "extract":
                 assert "14 songs in" in output and got == {"cpu": 2}, (got, output[-2000:])
             if stage == "tag":
-                assert "13 already labelled, 0 labelled, 1 failed (missing=1)" in output
+                assert "13 already labelled, 1 tried again, 0 labelled, 1 failed (missing=1)" \
+                    in output
     finally:
         timeline.close()
     launched = [e["node_type"] for e in cluster.events() if e["event"] == "launched"]

@@ -109,7 +109,7 @@ def _check_labels(root: str, catalog: dict) -> pd.DataFrame:
 
 
 def _latest(rows: pd.DataFrame, order: str) -> pd.DataFrame:
-    """Each song's latest row; only a transient error (the missing file, tried again by every
+    """Each song's latest row; only a transient error (the missing file, tried again by a
     run) may have several."""
     repeated = rows[rows.song_id.duplicated(keep=False)]
     assert set(repeated.error) <= {"missing"}, repeated
@@ -141,16 +141,18 @@ def test_every_stage_runs_as_a_job_with_the_bucket_the_only_shared_place(cluster
     assert scorers == {n["node_id"] for n in cluster.alive_nodes() if not n["is_head"]}
 
     tag = Job(cluster, s3, "tag", catalog["manifest"], "--model", "s3://music/model",
-              "--out", "s3://music/labels")
+              "--out", "s3://music/labels", "--retry-after", "0")
     output = tag.succeeded()
-    # only the missing file is tried again (a transient error): no song is labelled twice
-    assert f"{catalog['songs'] - 1} already labelled, 0 labelled, 1 failed (missing=1)" in output
+    # only the missing file is tried again (a transient error, due at once with no wait): no
+    # song is labelled twice
+    assert f"{catalog['songs'] - 1} already labelled, 1 tried again, 0 labelled, 1 failed " \
+           f"(missing=1)" in output
     print(output[-3000:])
     _check_labels("s3://music/labels", catalog)
 
     # the guard of a schedule: the same submission id again is refused, nothing runs twice
     again = Job(cluster, s3, "tag", catalog["manifest"], "--model", "s3://music/model",
-                "--out", "s3://music/labels", submission_id=tag.id)
+                "--out", "s3://music/labels", "--retry-after", "0", submission_id=tag.id)
     assert again.wait() and again.process.returncode != 0 and "already exists" in again.output
     # no data of the run was left on a node's own disk (Ray's lock files and TensorFlow's
     # autograph sources are there)

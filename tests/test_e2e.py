@@ -1,5 +1,6 @@
 """End to end on local Ray through the real CLI: extract -> train (2 workers) -> score -> tag."""
 
+import datetime
 import json
 import pathlib
 
@@ -376,10 +377,14 @@ def test_a_poison_song_costs_itself_in_tag_and_a_late_file_is_labelled_next_nigh
                         + f"{tmp_path / 'poison.wav'}\n{tmp_path / 'late.wav'}\n")
     labels = str(tmp_path / "labels")
 
-    def tag(faults=""):
+    start = datetime.datetime.now(datetime.timezone.utc)
+
+    def tag(faults="", days=0):
+        now = (start + datetime.timedelta(days=days)).isoformat()  # the night it runs
         return subprocess.run([sys.executable, "-m", "pipeline.cli", "tag", str(manifest),
                                "--model", two_models[0], "--out", labels],
-                              env={**os.environ, "RAY_ADDRESS": "", "GENRES_FAULTS": faults},
+                              env={**os.environ, "RAY_ADDRESS": "", "GENRES_FAULTS": faults,
+                                   "GENRES_NOW": now},
                               capture_output=True, text=True, timeout=400)
 
     night = tag("abort:poison")
@@ -387,10 +392,10 @@ def test_a_poison_song_costs_itself_in_tag_and_a_late_file_is_labelled_next_nigh
     assert "6 songs in, 0 already labelled, 4 labelled, 2 failed (crash=1, missing=1)" \
         in night.stdout, night.stdout
     shutil.copy(first, tmp_path / "late.wav")
-    next_night = tag()
+    next_night = tag(days=1)
     assert next_night.returncode == 0, next_night.stderr[-3000:]
-    assert "6 songs in, 5 already labelled, 1 labelled, 0 failed" in next_night.stdout, \
-        next_night.stdout
+    assert "6 songs in, 5 already labelled, 1 tried again, 1 labelled, 0 failed" \
+        in next_night.stdout, next_night.stdout
     rows = _table(labels)
     latest = rows.sort_values("scored_at").drop_duplicates("song_id", keep="last")
     assert len(rows) == 7 and len(latest) == 6  # the late song: its error, then its label

@@ -1,5 +1,7 @@
-"""Extraction on local Ray: same rows as the serial unit, and exact resume after kill -9."""
+"""Extraction on local Ray: same rows as the serial unit, exact resume after kill -9, and
+failed songs tried again on their schedule."""
 
+import datetime
 import os
 import signal
 import subprocess
@@ -14,6 +16,7 @@ import soundfile as sf
 from corpus import make_corpus
 from pipeline.extract import extract_shard
 from pipeline.features import FeatureSpec
+from pipeline.retry import RetryPolicy
 from pipeline.runtime.extract import run_extract
 from pipeline.storage.catalog import load_catalog
 from pipeline.storage.shards import FeatureStore, tensor_values
@@ -50,10 +53,16 @@ def test_serial_and_ray_give_identical_rows(ray_session, tmp_path):
     assert len(index) == len(expected) and index.song_id.is_unique
     assert sorted(index.part.dropna().unique()) == FeatureStore(on_ray).parts()
     assert index.groupby("part").size().max() <= 2  # 2 songs per task
-    # a re-run tries again only the song whose file was missing (a transient error)
+    # a re-run tries again only the song whose file was missing (a transient error), when
+    # its schedule says so: not yet by default, at once with no wait
     again = run_extract(str(manifest), on_ray, spec, songs_per_task=2)
+    assert again["skipped"] == len(expected) and again["retried"] == 0
+    again = run_extract(str(manifest), on_ray, spec, songs_per_task=2,
+                        retries=RetryPolicy(after_hours=0))
     assert again["skipped"] == len(expected) - 1 and again["ok"] == 0
-    assert again["errors"] == {"missing": 1}
+    assert again["errors"] == {"missing": 1} and again["retried"] == 1
+    index = FeatureStore(on_ray).read_index().to_pandas()
+    assert sorted(index[index.error == "missing"].attempt) == [1, 2]  # the try numbers
     assert len(FeatureStore(on_ray).read_errors()) == len(_errors(serial))  # latest rows only
 
 
@@ -117,3 +126,30 @@ def test_without_an_autoscaler_a_job_is_bounded_by_the_nodes_up_or_by_its_flags(
     # what it can hold is waited for and given back at once
     assert wait_for([{"CPU": 1}], purpose="train", timeout_s=30)["waited_s"] < 30
     assert all(g["state"] == "REMOVED" for g in ray.util.placement_group_table().values())
+
+
+def test_a_missing_file_is_tried_on_its_schedule_then_gone(ray_session, tmp_path,
+                                                            monkeypatch):
+    from pipeline.retry import GONE
+
+    root = _catalog(tmp_path / "songs", n=2, seconds=3.0)
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"uri\n{root}/s00.wav\n{root}/late.wav\n")
+    out, spec = str(tmp_path / "features"), FeatureSpec(frame_seconds=1.0)
+    start = datetime.datetime(2026, 12, 1, 2, 0, tzinfo=datetime.timezone.utc)
+    policy = RetryPolicy(after_hours=1, attempts=2)
+
+    def night(hours: float, **kwargs) -> dict:
+        monkeypatch.setenv("GENRES_NOW", (start + datetime.timedelta(hours=hours)).isoformat())
+        return run_extract(str(manifest), out, spec, retries=policy, **kwargs)
+
+    assert night(0)["errors"] == {"missing": 1}
+    assert night(0.5)["retried"] == 0  # not due yet
+    due = night(1.5)  # due: its last allowed try fails too
+    assert (due["retried"], due["errors"]) == (1, {GONE: 1})
+    assert night(100)["retried"] == 0  # gone is final
+    forced = night(100.5, retry_errors=True)  # --retry-errors tries it anyway
+    assert (forced["retried"], forced["errors"]) == (1, {GONE: 1})
+    index = FeatureStore(out).read_index().to_pandas()
+    late = index[index.song_id.str.endswith("late")].sort_values("attempt")
+    assert list(late.error) == ["missing", GONE, GONE] and list(late.attempt) == [1, 2, 3]

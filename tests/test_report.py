@@ -11,8 +11,9 @@ from pipeline.storage.labels import LabelTable, label_rows
 CLASSES = ["jazz", "rock"]
 
 
-def _rows(songs: dict, *, day: int, run: str):
-    """Label rows of ``songs`` ({song_id: jazz probability, or an error kind})."""
+def _rows(songs: dict, *, day: int, run: str, attempt: int = 1):
+    """Label rows of ``songs`` ({song_id: jazz probability, or an error kind}), each the
+    song's try number ``attempt``."""
     ids = list(songs)
     failed = [isinstance(songs[s], str) for s in ids]
     jazz = np.array([0.5 if f else songs[s] for s, f in zip(ids, failed)], np.float32)
@@ -23,7 +24,7 @@ def _rows(songs: dict, *, day: int, run: str):
              "message": np.array(["bad" if f else "" for f in failed], dtype=object),
              "genre": np.array([CLASSES[int(p[1] > p[0])] for p in probs], dtype=object),
              "confidence": probs.max(axis=1), "n_frames": np.full(len(ids), 6, np.int32),
-             "probabilities": probs}
+             "probabilities": probs, "attempt": np.full(len(ids), attempt, np.int32)}
     at = datetime.datetime(2026, 11, day, tzinfo=datetime.timezone.utc)
     return label_rows(batch, classes=CLASSES, top_k=1, aggregator="mean", scored_at=at,
                       run_id=run)
@@ -38,7 +39,8 @@ def labels(tmp_path_factory):
             ("m1", "20261102T000000Z-r2", 2, {"b": 0.45, "f": 0.8, "g": 0.8, "h": "decode"}),
             ("m2", "20261103T000000Z-r3", 3, {**{s: 0.35 for s in "abcd"}, "e": "timeout"})]
     for model, run, day, songs in runs:
-        add = table.write(_rows(songs, day=day, run=run), model_id=model, name=f"part-{run}")
+        add = table.write(_rows(songs, day=day, run=run, attempt=day), model_id=model,
+                          name=f"part-{run}")
         table.log.commit([add], version=table.log.version(), run_id=run)
         time.sleep(0.05)  # commit times a date can tell apart
     return table.root
@@ -64,6 +66,7 @@ def test_figures_count_each_songs_latest_row_per_model(summary):
     assert m1["genres"] == {"jazz": 4, "rock": 3}
     assert m1["shares"] == pytest.approx({"jazz": 4 / 7, "rock": 3 / 7})
     assert m1["errors"] == {"decode": 1}  # f failed, then was labelled: not an error any more
+    assert m1["attempts"] == {"2": {"decode": 1}}  # h, at its try of run 2
     assert m1["below_threshold"] == 1
     assert {g: sum(h) for g, h in m1["histograms"].items()} == {"jazz": 4, "rock": 3}
     assert len(m1["histograms"]["jazz"]) == BINS and m1["histograms"]["jazz"][16] == 4
@@ -75,6 +78,7 @@ def test_figures_count_each_songs_latest_row_per_model(summary):
     m2 = summary["models"]["m2"]
     assert (m2["songs"], m2["labelled"], m2["genres"]) == (5, 4, {"rock": 4})
     assert m2["errors"] == {"timeout": 1} and m2["confused_pairs"] == {}
+    assert m2["attempts"] == {"3": {"timeout": 1}}
     assert m2["below_threshold"] == 0
     run = summary["run"]  # the run of the latest commit
     assert run["run_id"] == "20261103T000000Z-r3" and run["model_ids"] == ["m2"]

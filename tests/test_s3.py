@@ -66,12 +66,14 @@ def test_extract_from_and_to_s3(s3_endpoint, tmp_path, monkeypatch):
     assert store.read_spec().frame_seconds == 5.0
 
     # a re-run finds every song in the songs table on S3: only the missing file (a transient
-    # error: it may have arrived) is tried again
+    # error: it may have arrived) is tried again (at once: no wait between tries)
     again = subprocess.run([sys.executable, "-m", "pipeline.cli", "extract",
-                            "s3://music/catalog/manifest.csv", "--out", "s3://music/features"],
+                            "s3://music/catalog/manifest.csv", "--out", "s3://music/features",
+                            "--retry-after", "0"],
                            env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-2000:]
-    assert "3 already done, 0 ok, 1 failed (missing=1)" in again.stdout, again.stdout
+    assert "3 already done, 1 tried again, 0 ok, 1 failed (missing=1)" in again.stdout, \
+        again.stdout
     assert store.read_errors().num_rows == 2  # a song's latest row only
 
     # labels: a Delta table on S3, committed by the driver, read by plain deltalake
@@ -80,9 +82,11 @@ def test_extract_from_and_to_s3(s3_endpoint, tmp_path, monkeypatch):
     first = subprocess.run(tag, env=env, capture_output=True, text=True, timeout=400)
     assert first.returncode == 0, first.stderr[-2000:]
     assert "2 labelled, 2 failed" in first.stdout
-    second = subprocess.run(tag, env=env, capture_output=True, text=True, timeout=400)
-    assert second.returncode == 0 and "3 already labelled, 0 labelled, 1 failed (missing=1)" \
-        in second.stdout, second.stdout
+    second = subprocess.run([*tag, "--retry-after", "0"], env=env, capture_output=True,
+                            text=True, timeout=400)
+    assert second.returncode == 0 and \
+        "3 already labelled, 1 tried again, 0 labelled, 1 failed (missing=1)" in second.stdout, \
+        second.stdout
 
     from deltalake import DeltaTable
 
@@ -111,9 +115,11 @@ def test_a_connection_lost_mid_read_is_an_io_error_and_the_next_run_reads_the_so
                          capture_output=True, text=True, timeout=300)
     assert cut.returncode == 0, cut.stderr[-2000:]
     assert "2 songs in, 0 already done, 1 ok, 1 failed (io=1)" in cut.stdout, cut.stdout
-    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    again = subprocess.run([*command, "--retry-after", "0"], env=env, capture_output=True,
+                           text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-2000:]
-    assert "2 songs in, 1 already done, 1 ok, 0 failed" in again.stdout, again.stdout
+    assert "2 songs in, 1 already done, 1 tried again, 1 ok, 0 failed" in again.stdout, \
+        again.stdout
 
     from pipeline.storage.shards import FeatureStore
 

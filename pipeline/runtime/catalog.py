@@ -3,13 +3,17 @@ driver; and what is already done taken away by an anti-join there."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.errors import TRANSIENT_KINDS, CatalogError, GenresError
+from pipeline.retry import RetryPolicy
 from pipeline.storage import fs as fsio
+from pipeline.storage.delta import RUN_TIME_FORMAT
 from pipeline.storage.catalog import (CatalogSource, as_strings, check_unique,
                                       csv_convert_options, describe_catalog, duplicates_error,
                                       file_rows, folder_rows, manifest_header, manifest_rows,
@@ -100,25 +104,103 @@ def latest_per_song(rows, latest, *, partitions: int):
         latest, batch_format="pyarrow", batch_size=None)
 
 
-def done_ids(rows, *, retry: str = "transient"):
-    """The song ids of ``rows`` (index or label rows: ``song_id``, ``error``) that a run does
-    not try again (see :func:`final_rows`), materialized in the cluster; None when none."""
-    done = rows.map_batches(final_rows, batch_format="pyarrow", batch_size=None,
-                            fn_kwargs={"retry": retry}).materialize()
-    return done if done.count() else None
+@dataclasses.dataclass(frozen=True)
+class Todo:
+    """What a run is to do of a table it adds to: ``done``, the song ids it leaves alone
+    (labelled or extracted, failed for good, or failed for a passing reason and not due
+    again yet), and ``due``, the songs it tries again (``song_id``, ``tries``: how many times
+    they failed); each a materialized dataset, or None when empty."""
+
+    done: object = None
+    due: object = None
 
 
-def final_rows(batch: pa.Table, *, retry: str = "transient") -> pa.Table:
-    """Ray Data fn: the ``song_id`` of the rows that are final: rows without an error, and
-    errors a run does not try again: with ``retry`` ``"transient"`` every kind but
-    ``TRANSIENT_KINDS``, with ``"all"`` none, with ``"none"`` every kind."""
+def plan_retries(rows, *, retry: str, policy: RetryPolicy, now) -> Todo:
+    """The :class:`Todo` of a table's rows (``song_id``, ``error``, ``attempt``, ``run_id``:
+    index or label rows), in the cluster. ``retry``: ``"transient"`` (transient errors by
+    ``policy``'s schedule, as of ``now``), ``"all"`` (every error, now) or ``"none"``.
+
+    Each row decides alone: a song is left alone when any of its rows says so. With a
+    schedule whose waits never shrink, a song's latest failed try is the one due last, so
+    its older rows never make it due early."""
+    marked = rows.map_batches(retry_marks, batch_format="pyarrow", batch_size=None,
+                              fn_kwargs={"retry": retry, "policy": policy,
+                                         "now": now.timestamp()}).materialize()
+    done = marked.map_batches(_where, batch_format="pyarrow", batch_size=None,
+                              fn_kwargs={"column": "done"}).select_columns(["song_id"])
+    done = done.materialize()
+    due = marked.map_batches(_where, batch_format="pyarrow", batch_size=None,
+                             fn_kwargs={"column": "due"}).materialize()
+    if due.count():
+        due = due.groupby("song_id").max("attempt").rename_columns(
+            {"max(attempt)": "tries"}).materialize()
+    return Todo(done=done if done.count() else None, due=due if due.count() else None)
+
+
+def retry_marks(batch: pa.Table, *, retry: str, policy: RetryPolicy, now: float) -> pa.Table:
+    """Ray Data fn: per row, ``song_id``, ``done`` (leave the song alone) and ``due`` (try it
+    again) with its ``attempt`` (null read as 1): see :func:`plan_retries`."""
     error = pc.if_else(pc.equal(batch.column("error"), ""), None, batch.column("error"))
-    keep = pc.is_null(error)
-    if retry == "transient":
-        keep = pc.or_(keep, pc.invert(pc.is_in(error, value_set=pa.array(TRANSIENT_KINDS))))
-    elif retry == "none":
-        keep = pa.array([True] * batch.num_rows)
-    return batch.filter(pc.fill_null(keep, True)).select(["song_id"])
+    failed = pc.is_valid(error).to_numpy(zero_copy_only=False)
+    attempt = pc.fill_null(column_or_nulls(batch, "attempt", pa.int32()), 1).to_numpy()
+    if retry == "none":
+        done = np.ones(batch.num_rows, bool)
+    elif retry == "all":
+        done = ~failed
+    else:
+        transient = pc.fill_null(pc.is_in(error, value_set=pa.array(TRANSIENT_KINDS)),
+                                 False).to_numpy(zero_copy_only=False)
+        tried = pc.strptime(pc.utf8_slice_codeunits(batch.column("run_id"), 0, 16),
+                            format=RUN_TIME_FORMAT, unit="s", error_is_null=True)
+        tried = pc.fill_null(tried.cast(pa.int64()), 0).to_numpy()  # unknown: long ago
+        waits = policy.after_hours * 3600 * policy.factor ** (np.maximum(attempt, 1) - 1)
+        waiting = (tried + waits > now) & (attempt < policy.attempts)
+        done = ~failed | ~transient | (attempt >= policy.attempts) | waiting
+    return pa.table({"song_id": batch.column("song_id"), "done": pa.array(done),
+                     "due": pa.array(failed & ~done), "attempt": pa.array(attempt, pa.int32())})
+
+
+def column_or_nulls(batch: pa.Table, name: str, type_: pa.DataType) -> pa.Array:
+    """A column, or nulls where the batch has none (rows of an earlier genres)."""
+    if name in batch.column_names:
+        return batch.column(name).cast(type_)
+    return pa.nulls(batch.num_rows, type_)
+
+
+def with_tries(todo, due, *, partitions: int):
+    """``todo`` (catalog rows) with a ``tries`` column: how many times each song failed
+    before (0 for a new song), from ``due`` (see :class:`Todo`)."""
+    if due is None:
+        return todo.map_batches(_no_tries, batch_format="pyarrow", batch_size=None)
+    joined = todo.join(due, join_type="left_outer", num_partitions=partitions, on=("song_id",))
+    return joined.map_batches(_no_tries, batch_format="pyarrow", batch_size=None)
+
+
+def _no_tries(batch: pa.Table) -> pa.Table:
+    """Ray Data fn: ``tries`` as int32, 0 where a song has none."""
+    tries = pc.fill_null(column_or_nulls(batch, "tries", pa.int32()), 0)
+    if "tries" in batch.column_names:
+        return batch.set_column(batch.schema.get_field_index("tries"), "tries", tries)
+    return batch.append_column("tries", tries)
+
+
+def tried_again(todo) -> int:
+    """Songs of ``todo`` (with ``tries``) that failed before."""
+    counted = todo.map_batches(_tried, batch_format="pyarrow", batch_size=None).sum("n")
+    return int(counted or 0)
+
+
+def _tried(batch: pa.Table) -> pa.Table:
+    if "tries" not in batch.column_names:  # an empty block may have no columns
+        return pa.table({"n": [0]})
+    return pa.table({"n": [int(pc.sum(pc.greater(batch.column("tries"), 0)).as_py() or 0)]})
+
+
+def finished(keys: pa.Table) -> pa.Array:
+    """A bool per row (``song_id``, ``error``): the song is done for good there (no error,
+    or a kind that is not transient, ``gone`` included)."""
+    error = pc.if_else(pc.equal(keys.column("error"), ""), None, keys.column("error"))
+    return pc.fill_null(pc.invert(pc.is_in(error, value_set=pa.array(TRANSIENT_KINDS))), True)
 
 
 def raising_genres_errors(call, *args, **kwargs):
@@ -185,7 +267,7 @@ def _list_level(batch: pa.Table, *, root: str) -> pa.Table:
 
 def _where(batch: pa.Table, *, column: str) -> pa.Table:
     """Ray Data fn: the rows whose bool ``column`` is true."""
-    return batch.filter(batch.column(column))
+    return batch.filter(pc.fill_null(batch.column(column), False))
 
 
 def _listed_files(batch: pa.Table, *, catalog: CatalogSource, labels_from_folders: bool):

@@ -100,12 +100,11 @@ def _cause(error: Exception) -> str:
 def final(keys: pa.Table) -> pa.Array:
     """``matches`` for feature index files: the songs another run finished for good (a
     transient error there is no reason to drop this run's newer try)."""
-    from pipeline.runtime.catalog import final_rows
+    from pipeline.runtime.catalog import finished
 
-    return pc.is_in(keys.column("song_id"), value_set=final_rows(keys).column("song_id"))
+    return finished(keys)
 
 
 def aggregator_is(aggregator: str):
     """``matches`` for label files: final rows (see :func:`final`) of this aggregator."""
     return lambda keys: pc.and_(pc.equal(keys.column("aggregator"), aggregator), final(keys))
-

@@ -15,7 +15,9 @@ import pyarrow as pa
 from pipeline.errors import ParameterError
 from pipeline.extract import extract_shard
 from pipeline.features import FeatureSpec
-from pipeline.runtime.catalog import catalog_dataset, partitions, without
+from pipeline.retry import RetryPolicy, utc_now
+from pipeline.runtime.catalog import (Todo, arrow_fs, catalog_dataset, partitions,
+                                      plan_retries, tried_again, with_tries, without)
 from pipeline.runtime.commit import commit_stream, final, resolver
 from pipeline.runtime.cluster import (Bounds, Limits, actor_pool, apply_to_data, check_gpus,
                                       gpus_seen_here, plan_batches, plan_size, wait_for)
@@ -31,12 +33,13 @@ def run_extract(catalog: str, out: str, spec: FeatureSpec, *, labels_from_folder
                 overwrite: bool = False, address: str | None = None,
                 songs_per_task: int | None = None, use_gpu: bool = False,
                 commit_every_s: float = 60.0, retry_errors: bool = False,
-                bounds: Bounds = Bounds()) -> dict:
+                retries: RetryPolicy = RetryPolicy(), bounds: Bounds = Bounds()) -> dict:
     """Extract every song of ``catalog`` not yet in the feature directory ``out``; a summary.
 
     A song whose last try failed with a transient error (``missing``, ``io``, ``timeout``) is
-    tried again; with ``retry_errors`` every song with an error is. ``bounds``: the most of
-    the cluster the run may use (its actor pool starts at what the songs need, up to that).
+    tried again when ``retries`` says it is due; with ``retry_errors`` every song with an
+    error is. ``bounds``: the most of the cluster the run may use (its actor pool starts at
+    what the songs need, up to that).
     """
     started = time.perf_counter()
     if use_gpu and spec.kind != "musicnn":
@@ -55,10 +58,12 @@ def run_extract(catalog: str, out: str, spec: FeatureSpec, *, labels_from_folder
     version = store.index.version()
     cpus = plan_size(limits)
     songs, n = catalog_dataset(catalog, labels_from_folders=labels_from_folders, cpus=cpus)
-    done = _done_songs(store, version, retry_errors=retry_errors)
-    todo = without(songs, done, partitions=partitions(n, cpus)).materialize()
+    plan = _plan(store, version, retry="all" if retry_errors else "transient", retries=retries)
+    todo = with_tries(without(songs, plan.done, partitions=partitions(n, cpus)), plan.due,
+                      partitions=partitions(n, cpus)).materialize()
     n_todo = todo.count()
-    summary.update(songs=n, skipped=n - n_todo, ok=0, frames=0, audio_seconds=0.0, errors={})
+    summary.update(songs=n, skipped=n - n_todo, ok=0, frames=0, audio_seconds=0.0, errors={},
+                   retried=tried_again(todo) if plan.due is not None else 0)
     if n_todo:
         if use_gpu:  # before any work: a cluster that cannot bring a GPU stops the run here
             wait_for([{"GPU": 1}], purpose="extract --use-gpu", timeout_s=bounds.wait_s,
@@ -66,7 +71,7 @@ def run_extract(catalog: str, out: str, spec: FeatureSpec, *, labels_from_folder
         run_id = new_run_id()
         size = songs_per_task or plan_batches(n_todo, cpus)
         written = _extracted(todo, size, limits, spec=spec, out=out, run_id=run_id,
-                             use_gpu=use_gpu)
+                             use_gpu=use_gpu, retries=retries)
         committer = Committer(
             store.index, run_id=run_id, version=version, every_s=commit_every_s,
             resolve=resolver(_Rewrite(out, run_id), key_columns=["song_id", "error"],
@@ -85,7 +90,7 @@ def run_extract(catalog: str, out: str, spec: FeatureSpec, *, labels_from_folder
 
 
 def _extracted(todo, size: int, limits: Limits, *, spec, out: str, run_id: str,
-               use_gpu: bool):
+               use_gpu: bool, retries: RetryPolicy):
     """The add rows of the parts written from ``todo``, ``size`` songs each: one per block.
 
     A cluster that must grow to give the job its bound (or ``use_gpu``: an actor per GPU)
@@ -97,7 +102,7 @@ def _extracted(todo, size: int, limits: Limits, *, spec, out: str, run_id: str,
     try's files are never committed). The blocks are cut before the actors start: they may
     hold every CPU.
     """
-    kwargs = {"spec": spec, "out": out, "run_id": run_id}
+    kwargs = {"spec": spec, "out": out, "run_id": run_id, "retries": retries}
     blocks = todo.repartition(target_num_rows_per_block=size, strict=True)
     if use_gpu or limits.grows:
         blocks = blocks.materialize()
@@ -123,21 +128,23 @@ def _extracted(todo, size: int, limits: Limits, *, spec, out: str, run_id: str,
 class ExtractWorker:
     """Ray Data actor: :func:`extract_batch` over its batches."""
 
-    def __init__(self, *, spec, out: str, run_id: str, use_gpu: bool = False):
+    def __init__(self, *, spec, out: str, run_id: str, retries: RetryPolicy,
+                 use_gpu: bool = False):
         if use_gpu:
             gpus_seen_here("extract --use-gpu")
-        self.kwargs = {"spec": spec, "out": out, "run_id": run_id}
+        self.kwargs = {"spec": spec, "out": out, "run_id": run_id, "retries": retries}
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return extract_batch(batch, **self.kwargs)
 
 
-def extract_batch(batch: pa.Table, *, spec, out: str, run_id: str) -> pa.Table:
-    """Ray Data fn: catalog rows -> one uncommitted part (``extract_shard``) -> its add row,
-    with the part's figures in ``counts``."""
+def extract_batch(batch: pa.Table, *, spec, out: str, run_id: str,
+                  retries: RetryPolicy) -> pa.Table:
+    """Ray Data fn: catalog rows (with ``tries``) -> one uncommitted part (``extract_shard``)
+    -> its add row, with the part's figures in ``counts``."""
     songs = [Song(**row) for row in batch.to_pylist()]
     result = extract_shard(songs, spec, out, f"part-{run_id}-{uuid.uuid4().hex[:12]}",
-                           run_id=run_id)
+                           run_id=run_id, retry=retries)
     add = result["add"]
     add["counts"] = json.dumps({**json.loads(add["counts"]), "songs": len(songs),
                                 "audio_seconds": result["audio_seconds"]})
@@ -173,19 +180,17 @@ def _combine(out: str, adds: list[dict], name: str) -> dict:
     return FeatureStore(out).combine(adds, name=name)
 
 
-def _done_songs(store: FeatureStore, version: int, *, retry_errors: bool):
-    """The ids of the songs the directory holds at ``version`` that are not tried again
-    (frames, or final errors: see ``done_ids``), as a dataset; None when there are none."""
+def _plan(store: FeatureStore, version: int, *, retry: str, retries: RetryPolicy) -> Todo:
+    """What the directory holds at ``version`` that this run leaves alone or tries again (see
+    :func:`plan_retries`)."""
     import ray
 
     files = store.index_files(version)
     if not files:
-        return None
-    from pipeline.runtime.catalog import arrow_fs, done_ids
-
+        return Todo()
     rows = ray.data.read_parquet(files, filesystem=arrow_fs(store.root))
-    return done_ids(rows.select_columns(["song_id", "error"]),
-                    retry="all" if retry_errors else "transient")
+    return plan_retries(rows.select_columns(["song_id", "error", "attempt", "run_id"]),
+                        retry=retry, policy=retries, now=utc_now())
 
 
 class Progress:

@@ -7,6 +7,7 @@ import pyarrow.compute as pc
 
 from pipeline.runtime.catalog import arrow_fs, latest_per_song, partitions
 from pipeline.storage import fs as fsio
+from pipeline.storage.delta import conform
 from pipeline.storage.labels import LABEL_SCHEMA, LabelTable, latest_of
 
 
@@ -39,4 +40,4 @@ def _labels_only(batch: pa.Table, *, with_errors: bool = False) -> pa.Table:
     table's column order."""
     if not with_errors:
         batch = batch.filter(pc.is_null(batch.column("error")))
-    return batch.select(LABEL_SCHEMA.names).cast(LABEL_SCHEMA)
+    return conform(batch, LABEL_SCHEMA)

@@ -205,7 +205,8 @@ def block_figures(batch: pa.Table, *, top_n: int, threshold: float) -> pa.Table:
     confused = np.argsort(margin, kind="stable")[:top_n]
     figures = {"songs": batch.num_rows, "labelled": labelled.num_rows, "genres": counts,
                "histograms": histograms, "below_threshold": int((confidence < threshold).sum()),
-               "errors": {e["values"]: e["counts"] for e in errors}, "pairs": pairs,
+               "errors": {e["values"]: e["counts"] for e in errors},
+               "attempts": _by_attempt(batch.filter(pc.invert(ok))), "pairs": pairs,
                "least_confident": [
                    {"song_id": r["song_id"], "uri": r["uri"], "genre": r["genre"],
                     "confidence": float(r["confidence"])} for r in least.to_pylist()],
@@ -214,6 +215,20 @@ def block_figures(batch: pa.Table, *, top_n: int, threshold: float) -> pa.Table:
                     "second": names[second[i]], "margin": float(margin[i])}
                    for i, r in zip(confused, labelled.take(confused).to_pylist())]}
     return pa.table({"figures": [json.dumps(figures)]})
+
+
+def _by_attempt(failed: pa.Table) -> dict:
+    """{try number: {error kind: songs}} of a block's latest rows with an error (an unknown
+    try number, from an earlier genres, counts as 1)."""
+    from pipeline.runtime.catalog import column_or_nulls
+
+    attempt = pc.fill_null(column_or_nulls(failed, "attempt", pa.int32()), 1)
+    counts = pa.table({"attempt": attempt, "error": failed.column("error")}).group_by(
+        ["attempt", "error"], use_threads=False).aggregate([("error", "count")])
+    out: dict = {}
+    for row in counts.to_pylist():
+        out.setdefault(str(row["attempt"]), {})[row["error"]] = row["error_count"]
+    return out
 
 
 def _top_two(probabilities) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
@@ -241,7 +256,8 @@ def _top_two(probabilities) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarr
 
 def _empty() -> dict:
     return {"songs": 0, "labelled": 0, "genres": {}, "histograms": {}, "below_threshold": 0,
-            "errors": {}, "pairs": {}, "least_confident": [], "most_confused": []}
+            "errors": {}, "attempts": {}, "pairs": {}, "least_confident": [],
+            "most_confused": []}
 
 
 def _combine(total: dict, part: dict, top_n: int) -> dict:
@@ -251,6 +267,10 @@ def _combine(total: dict, part: dict, top_n: int) -> dict:
     for key in ("genres", "errors", "pairs"):
         for name, n in part[key].items():
             total[key][name] = total[key].get(name, 0) + n
+    for attempt, kinds in part["attempts"].items():
+        have = total["attempts"].setdefault(attempt, {})
+        for kind, n in kinds.items():
+            have[kind] = have.get(kind, 0) + n
     for genre, counts in part["histograms"].items():
         have = total["histograms"].setdefault(genre, [0] * BINS)
         total["histograms"][genre] = [a + b for a, b in zip(have, counts)]
@@ -268,4 +288,5 @@ def _finish(total: dict) -> dict:
     total["genres"] = dict(sorted(total["genres"].items(), key=lambda kv: (-kv[1], kv[0])))
     total["confused_pairs"] = dict(sorted(total.pop("pairs").items(),
                                           key=lambda kv: (-kv[1], kv[0])))
+    total["attempts"] = dict(sorted(total["attempts"].items(), key=lambda kv: int(kv[0])))
     return total

@@ -23,12 +23,14 @@ import pyarrow.compute as pc
 
 from pipeline.errors import (AudioError, BundleError, CatalogError, ParameterError,
                              SpecMismatchError)
-from pipeline.extract import model_input, musicnn_column
+from pipeline.extract import gone_message, model_input, musicnn_column
 from pipeline.features.bags import make_bags
 from pipeline.features.musicnn import N_MELS as MUSICNN_MELS, PATCH_FRAMES
 from pipeline.models.aggregate import aggregate, decide
-from pipeline.runtime.catalog import (arrow_fs, catalog_dataset, done_ids, latest_per_song,
-                                      partitions, without)
+from pipeline.retry import RetryPolicy, utc_now
+from pipeline.runtime.catalog import (Todo, arrow_fs, catalog_dataset, column_or_nulls,
+                                      latest_per_song, partitions, plan_retries, tried_again,
+                                      with_tries, without)
 from pipeline.runtime.commit import aggregator_is, commit_stream, resolver
 from pipeline.runtime.cluster import (Bounds, actor_pool, apply_to_data, check_gpus,
                                       gpus_seen_here, plan_batches, plan_size, wait_for)
@@ -49,23 +51,29 @@ _TF_ACTOR_MEMORY = 1536 * 1024**2  # reserved per TensorFlow model actor (a mil 
 _RETRIES = 3  # of a task or actor lost with its worker or node (a poison song costs only itself)
 
 
-def decode_batch(batch: dict, *, spec, feature: str) -> dict:
+def decode_batch(batch: dict, *, spec, feature: str, retries: RetryPolicy) -> dict:
     """Ray Data map_batches fn: one row per song with the model input of all its frames.
 
     Frame bundles: the feature column [n_frames, bands, t]. Embedding bundles: musicnn's input
     patches [n_patches, 187, 96] (the network itself runs in the model actors). Songs are
-    decoded in this process's sandbox: one that crashes or hangs the decoder is an error row.
+    decoded in this process's sandbox: one that crashes or hangs the decoder is an error row,
+    with its try number (``tries`` + 1; ``gone`` for a transient error on the last try
+    ``retries`` allows).
     """
-    out = {"song_id": [], "uri": [], "error": [], "message": [], "x": []}
+    out = {"song_id": [], "uri": [], "error": [], "message": [], "attempt": [], "x": []}
     shape = (PATCH_FRAMES, MUSICNN_MELS) if spec.kind == "musicnn" else spec.columns()[feature]
-    for song_id, uri in zip(batch["song_id"], batch["uri"]):
+    tries = batch["tries"] if "tries" in batch else np.zeros(len(batch["song_id"]), np.int32)
+    for song_id, uri, tried in zip(batch["song_id"], batch["uri"], tries):
+        attempt = int(tried) + 1
         try:
             x, error, message = sandbox().call(model_input, Song(song_id, uri), spec, feature,
                                                name=fsio.redact(uri)), "", ""
         except AudioError as e:
-            x, error, message = np.zeros((0, *shape), np.float32), e.kind, str(e)
+            x = np.zeros((0, *shape), np.float32)
+            error, message = retries.kind(e.kind, attempt), gone_message(e, attempt, retries)
         for key, value in (("song_id", song_id), ("uri", uri), ("error", error),
-                           ("message", message), ("x", x.astype(np.float32))):
+                           ("message", message), ("attempt", attempt),
+                           ("x", x.astype(np.float32))):
             out[key].append(value)
     return _song_batch(out)
 
@@ -74,14 +82,15 @@ def _song_batch(columns: dict[str, list]) -> dict:
     """Lists per column -> a numpy batch; ``x`` holds one [n_frames, ...] array per song."""
     xs = np.empty(len(columns["x"]), dtype=object)
     xs[:] = columns["x"]
-    return {**{k: np.array(v, dtype=object) for k, v in columns.items() if k != "x"}, "x": xs}
+    return {**{k: np.array(v, dtype=np.int32 if k == "attempt" else object)
+               for k, v in columns.items() if k != "x"}, "x": xs}
 
 
 def read_feature_songs(batch: dict, *, root: str, column: str) -> dict:
     """Ray Data fn (numpy batches): index rows of songs (in part order) -> one row per song
     with all its frames; each part is read once per batch."""
     store = FeatureStore(root)
-    out = {"song_id": [], "uri": [], "error": [], "message": [], "x": []}
+    out = {"song_id": [], "uri": [], "error": [], "message": [], "attempt": [], "x": []}
     parts = batch["part"].tolist()
     songs = batch["song_id"].tolist()
     for part in dict.fromkeys(parts):
@@ -95,6 +104,7 @@ def read_feature_songs(batch: dict, *, root: str, column: str) -> dict:
             out["uri"].append(store.part_uri(part))
             out["error"].append("")
             out["message"].append("")
+            out["attempt"].append(1)
             out["x"].append(values[rows[np.argsort(frames[rows])]].astype(np.float32))
     return _song_batch(out)
 
@@ -103,8 +113,10 @@ def carried_errors(batch: pa.Table, *, n_classes: int) -> dict:
     """Ray Data fn: index rows of songs that failed extraction -> scorer rows of the same
     errors, so they land in the labels as errors (every song in exactly one place)."""
     n = batch.num_rows
+    attempt = column_or_nulls(batch, "attempt", pa.int32()).fill_null(1).to_numpy()
     return {"song_id": _objects(batch, "song_id"), "uri": _objects(batch, "uri"),
             "error": _objects(batch, "error"), "message": _objects(batch, "message"),
+            "attempt": attempt.astype(np.int32),
             "genre": np.array([""] * n, dtype=object), "confidence": np.zeros(n, np.float32),
             "n_frames": np.zeros(n, np.int32),
             "probabilities": np.zeros((n, n_classes), np.float32)}
@@ -212,7 +224,8 @@ class SongScorer:
             for i, (s, best) in zip(ok, self.song_scores([xs[i] for i in ok])):
                 genre[i], confidence[i], scores[i] = self.bundle.classes[best], s[best], s
         return {"song_id": batch["song_id"], "uri": batch["uri"], "error": batch["error"],
-                "message": batch["message"], "genre": np.array(genre, dtype=object),
+                "message": batch["message"], "attempt": batch["attempt"],
+                "genre": np.array(genre, dtype=object),
                 "confidence": confidence, "n_frames": np.array([len(x) for x in xs], np.int32),
                 "probabilities": scores}
 
@@ -221,11 +234,12 @@ def run_score(source: str, model: str | None, out: str, *, aggregate: str | None
               batch_size: int = 8, address: str | None = None, use_gpu: bool = False,
               zero_shot: str | None = None, top_k: int = 3, songs_per_file: int = _FILE_SONGS,
               commit_every_s: float = 60.0, retry_errors: bool = False,
-              bounds: Bounds = Bounds()) -> dict:
+              retries: RetryPolicy = RetryPolicy(), bounds: Bounds = Bounds()) -> dict:
     """Label every song of ``source`` not yet labelled in ``out`` by this model + aggregator.
 
     A song whose last try failed with a transient error (``missing``, ``io``, ``timeout``) is
-    tried again; with ``retry_errors`` every song with an error is.
+    tried again when ``retries`` says it is due; with ``retry_errors`` every song with an
+    error is.
 
     ``source`` is a catalog (audio) or a feature directory from ``genres extract`` whose spec
     fingerprint equals the bundle's. ``zero_shot="MSD"|"MTT"`` labels with musicnn's own tags
@@ -273,11 +287,13 @@ def run_score(source: str, model: str | None, out: str, *, aggregate: str | None
         songs, n = catalog_dataset(source, cpus=cpus)
     # errors carried from a feature directory stay until it is re-extracted
     retry = "all" if retry_errors else "none" if features is not None else "transient"
-    done = _labelled(labels, bundle.model_id, aggregate, version, retry=retry)
-    todo = without(songs, done, partitions=partitions(n, cpus)).materialize()
+    plan = _labelled(labels, bundle.model_id, aggregate, version, retry=retry, retries=retries)
+    todo = with_tries(without(songs, plan.done, partitions=partitions(n, cpus)), plan.due,
+                      partitions=partitions(n, cpus)).materialize()
     summary = {"songs": n, "labelled": 0, "failed": 0, "frames": 0, "errors": {}, "commits": 0,
                "out": out, "model_id": bundle.model_id, "plan": "",
-               "limits": limits.describe()}
+               "limits": limits.describe(),
+               "retried": tried_again(todo) if plan.due is not None else 0}
     if todo.count():
         if use_gpu:
             wait_for([{"GPU": 1}], purpose="score --use-gpu", timeout_s=bounds.wait_s,
@@ -285,7 +301,8 @@ def run_score(source: str, model: str | None, out: str, *, aggregate: str | None
         summary.update(_label(todo, features, bundle, labels, version=version,
                               aggregate=aggregate, top_k=top_k, songs_per_file=songs_per_file,
                               commit_every_s=commit_every_s, batch_size=batch_size,
-                              limits=limits, use_gpu=use_gpu, zero_shot=zero_shot, lite=lite))
+                              limits=limits, use_gpu=use_gpu, zero_shot=zero_shot, lite=lite,
+                              retries=retries))
     summary["skipped"] = n - summary["labelled"] - summary["failed"]
     summary["seconds"] = time.perf_counter() - started
     return summary
@@ -351,7 +368,7 @@ def _write(scored, **kwargs):
 
 
 def _scored(todo, features, bundle, *, aggregate: str, batch_size: int, limits,
-            use_gpu: bool, zero_shot: str | None, lite: bytes | None):
+            use_gpu: bool, zero_shot: str | None, lite: bytes | None, retries: RetryPolicy):
     """The dataset of scorer rows (one per song) of the songs ``todo`` (catalog rows, or
     index rows of a feature directory in part order, in blocks: :func:`work_blocks`)."""
     most, resources = _model_actors(bundle, limits.cpus, limits.gpus, use_gpu=use_gpu,
@@ -361,7 +378,8 @@ def _scored(todo, features, bundle, *, aggregate: str, batch_size: int, limits,
     if features is not None:
         prepare = (read_feature_songs, {"root": features.root, "column": bundle.feature})
     else:
-        prepare = (decode_batch, {"spec": bundle.spec, "feature": bundle.feature})
+        prepare = (decode_batch, {"spec": bundle.spec, "feature": bundle.feature,
+                                  "retries": retries})
     if resources == {"num_cpus": 1}:
         songs = todo
         # a batch of about a part's songs: each part is read once per batch
@@ -433,28 +451,29 @@ def _feature_songs(features: FeatureStore):
     if not files:
         raise CatalogError(f"{features.root} has no committed songs; run `genres extract`")
     songs = ray.data.read_parquet(files, filesystem=arrow_fs(features.root)).select_columns(
-        ["song_id", "uri", "part", "error", "message", "run_id"])
+        ["song_id", "uri", "part", "error", "message", "run_id", "attempt"])
     return songs, songs.count()
 
 
-def _labelled(labels: LabelTable, model_id: str, aggregator: str, version: int, *, retry: str):
-    """The song ids this model and aggregator labelled (or failed on for good: see
-    ``done_ids``, ``retry``) at ``version``, as a dataset; None when there are none."""
+def _labelled(labels: LabelTable, model_id: str, aggregator: str, version: int, *, retry: str,
+              retries: RetryPolicy) -> Todo:
+    """What this model and aggregator did at ``version`` that the run leaves alone or tries
+    again (see :func:`plan_retries`, ``retry``)."""
     import ray
 
     files = labels.done_files(model_id, version)
     if not files:
-        return None
+        return Todo()
     rows = ray.data.read_parquet(files, filesystem=arrow_fs(labels.root)).select_columns(
-        ["song_id", "aggregator", "error"]).map_batches(
+        ["song_id", "aggregator", "error", "attempt", "run_id"]).map_batches(
         _of_aggregator, batch_format="pyarrow", batch_size=None,
         fn_kwargs={"aggregator": aggregator})
-    return done_ids(rows, retry=retry)
+    return plan_retries(rows, retry=retry, policy=retries, now=utc_now())
 
 
 def _of_aggregator(batch: pa.Table, *, aggregator: str) -> pa.Table:
     return batch.filter(pc.equal(batch.column("aggregator"), aggregator)).select(
-        ["song_id", "error"])
+        ["song_id", "error", "attempt", "run_id"])
 
 
 def _model_actors(bundle, cpus: int, gpus: int, *, use_gpu: bool, precomputed: bool,

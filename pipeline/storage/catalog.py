@@ -35,6 +35,7 @@ class Song:
     label: str | None = None
     artist: str | None = None
     split: str | None = None
+    tries: int = 0  # earlier tries that failed for a reason that may pass (pipeline.retry)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 from pipeline.storage import fs as fsio
 
 RUN_KEY = "genres.run_id"  # commitInfo key: the run that made a commit
+RUN_TIME_FORMAT = "%Y%m%dT%H%M%SZ"  # a run id starts with its start time, UTC
 ADD_SCHEMA = pa.schema([
     ("path", pa.string()),            # relative to the table root
     ("size", pa.int64()),             # bytes
@@ -42,8 +43,11 @@ class CommitConflict(Exception):
 
 
 def new_run_id() -> str:
-    """A run's id: its start time (sortable) and a random suffix (unique)."""
-    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
+    """A run's id: its start time (sortable; :func:`pipeline.retry.utc_now`) and a random
+    suffix (unique)."""
+    from pipeline.retry import utc_now
+
+    return utc_now().strftime(RUN_TIME_FORMAT) + "-" + uuid.uuid4().hex[:8]
 
 
 def parquet_bytes(table: pa.Table) -> bytes:
@@ -100,12 +104,14 @@ class DeltaLog:
         return DeltaTable.is_deltatable(self.root, storage_options=self.options)
 
     def create(self) -> None:
-        """Create the table, empty, unless it exists (two runs may race to it: both win)."""
+        """Create the table, empty, unless it exists (two runs may race to it: both win); a
+        table of an earlier genres gets the columns it lacks (:meth:`add_missing_columns`)."""
         from deltalake import Schema
         from deltalake.exceptions import DeltaError
         from deltalake.transaction import create_table_with_add_actions
 
         if self.exists():
+            self.add_missing_columns()
             return
         try:
             create_table_with_add_actions(self.root, Schema.from_arrow(self.schema), [],
@@ -113,6 +119,25 @@ class DeltaLog:
                                           storage_options=self.options)
         except DeltaError:
             if not self.exists():
+                raise
+
+    def add_missing_columns(self) -> None:
+        """Add the columns of ``schema`` the table lacks (nullable: its files without them
+        read as nulls), in one commit (delta-rs' schema evolution)."""
+        from deltalake import Field
+        from deltalake.exceptions import DeltaError
+
+        table = self.table()
+        have = {f.name for f in table.schema().fields}
+        missing = [f for f in self.schema if f.name not in have]
+        if not missing:
+            return
+        fields = [Field.from_arrow(f.with_nullable(True)) for f in missing]
+        try:
+            table.alter.add_columns(fields)
+        except DeltaError:  # another run added them first
+            have = {f.name for f in self.table().schema().fields}
+            if any(f.name not in have for f in missing):
                 raise
 
     def table(self, version: int | str | None = None):
@@ -243,6 +268,15 @@ class Committer:
                 add_counts(self.totals, json.loads(row["counts"]))
             self.pending = []
         self._last = time.monotonic()
+
+
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``table`` with the columns of ``schema``, in its order and types: a column a file of an
+    earlier genres lacks (``attempt``) comes as nulls."""
+    for field in schema:
+        if field.name not in table.column_names:
+            table = table.append_column(field.name, pa.nulls(table.num_rows, field.type))
+    return table.select(schema.names).cast(schema)
 
 
 def add_counts(totals: dict, counts: dict) -> None:

@@ -28,6 +28,7 @@ LABEL_SCHEMA = pa.schema([
     ("n_frames", pa.int32()), ("aggregator", pa.string()), ("model_id", pa.string()),
     ("scored_at", pa.timestamp("us", tz="UTC")),
     ("error", pa.string()), ("message", pa.string()), ("run_id", pa.string()),
+    ("attempt", pa.int32()),  # the song's try number (1 for a first try; see pipeline.retry)
 ])
 PARTITION_BY = ["model_id"]
 FILE_SCHEMA = pa.schema([f for f in LABEL_SCHEMA if f.name not in PARTITION_BY])
@@ -92,8 +93,9 @@ class LabelTable:
 def label_rows(batch: dict, *, classes: list[str], top_k: int, aggregator: str,
                scored_at: datetime.datetime, run_id: str) -> pa.Table:
     """FILE_SCHEMA rows of scored songs: ``batch`` has ``song_id``, ``uri``, ``error``,
-    ``message`` (``""`` when scored), ``genre``, ``confidence``, ``n_frames`` and
-    ``probabilities`` [songs, classes]; a song with an error gets no genre or scores."""
+    ``message`` (``""`` when scored), ``genre``, ``confidence``, ``n_frames``,
+    ``probabilities`` [songs, classes] and ``attempt`` (the song's try number; 1 if absent);
+    a song with an error gets no genre or scores."""
     n = len(batch["song_id"])
     probs = np.asarray(batch["probabilities"], np.float32).reshape(n, len(classes))
     failed = np.array([bool(e) for e in batch["error"]], bool)
@@ -120,6 +122,8 @@ def label_rows(batch: dict, *, classes: list[str], top_k: int, aggregator: str,
         "scored_at": pa.array([scored_at] * n, pa.timestamp("us", tz="UTC")),
         "error": text("error"), "message": text("message"),
         "run_id": pa.array([run_id] * n, pa.string()),
+        "attempt": pa.array(np.asarray(batch["attempt"], np.int32) if "attempt" in batch
+                            else np.ones(n, np.int32)),
     }, schema=FILE_SCHEMA)
 
 

@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 
 from pipeline.errors import CatalogError
 from pipeline.storage import fs as fsio
+from pipeline.storage.delta import conform
 from pipeline.storage.labels import FILE_SCHEMA, LabelTable
 from pipeline.storage.shards import ERROR_SCHEMA, SPEC_FILE, FeatureStore, index_rows
 
@@ -87,8 +88,8 @@ def _labels(root: str, records: list[dict]) -> dict:
             n = old.num_rows
             parts.append(old.append_column("error", pa.nulls(n, pa.string()))
                          .append_column("message", pa.nulls(n, pa.string()))
-                         .append_column("run_id", pa.array([RUN_ID] * n, pa.string()))
-                         .select(FILE_SCHEMA.names).cast(FILE_SCHEMA))
+                         .append_column("run_id", pa.array([RUN_ID] * n, pa.string())))
+            parts[-1] = conform(parts[-1], FILE_SCHEMA)  # attempt: unknown
         errors = _errors(root, record)
         if errors.num_rows:
             n = errors.num_rows
@@ -103,7 +104,8 @@ def _labels(root: str, records: list[dict]) -> dict:
                 "scored_at": pa.array([scored_at.as_py() if scored_at else None] * n,
                                       pa.timestamp("us", tz="UTC")),
                 "error": errors.column("error"), "message": errors.column("message"),
-                "run_id": pa.array([RUN_ID] * n, pa.string())}, schema=FILE_SCHEMA))
+                "run_id": pa.array([RUN_ID] * n, pa.string()),
+                "attempt": pa.nulls(n, pa.int32())}, schema=FILE_SCHEMA))
         if parts:
             rows = pa.concat_tables(parts)
             adds.append(table.write(rows, model_id=model_id, name=f"{record['part']}-{RUN_ID}"))

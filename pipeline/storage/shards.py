@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 from pipeline.errors import CatalogError, SpecMismatchError
 from pipeline.features.spec import spec_from_record
 from pipeline.storage import fs as fsio
-from pipeline.storage.delta import DeltaLog, add_counts, latest_rows, write_file
+from pipeline.storage.delta import DeltaLog, add_counts, conform, latest_rows, write_file
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +39,10 @@ SPEC_FILE = "_spec.json"
 INDEX_DIR = "_songs"
 ERROR_SCHEMA = pa.schema([("song_id", pa.string()), ("uri", pa.string()),
                           ("error", pa.string()), ("message", pa.string())])
+# attempt: the song's try number (1 for a first try; see pipeline.retry)
 INDEX_SCHEMA = pa.schema([("song_id", pa.string()), ("uri", pa.string()), ("part", pa.string()),
                           ("frames", pa.int32()), ("error", pa.string()), ("message", pa.string()),
-                          ("run_id", pa.string())])
+                          ("run_id", pa.string()), ("attempt", pa.int32())])
 _ROW_GROUP_BYTES = 512 * 1024  # a row group closes at the first song end past this size
 
 
@@ -147,17 +148,20 @@ class FeatureStore:
         self.index.create()
 
     def write_part(self, name: str, rows: pa.Table, errors: pa.Table, *, run_id: str,
-                   uris: dict[str, str] | None = None, **counts) -> dict:
+                   uris: dict[str, str] | None = None, attempts: dict[str, int] | None = None,
+                   **counts) -> dict:
         """Write a part's frame rows (``part_uri(name)``, unless there are none) and its index
-        file (a row per song: its frames, or its error; ``uris`` by song_id); the index file's
-        add row, which :meth:`commit` (or a run's Committer) makes part of the directory.
-        ``counts``: more figures for the run's summary (e.g. audio_seconds)."""
+        file (a row per song: its frames, or its error; ``uris`` and ``attempts``, its try
+        number, by song_id); the index file's add row, which :meth:`commit` (or a run's
+        Committer) makes part of the directory. ``counts``: more figures for the run's
+        summary (e.g. audio_seconds)."""
         songs = pc.value_counts(rows.column("song_id")) if rows.num_rows else None
         ids = songs.field("values").to_pylist() if songs is not None else []
         frames = songs.field("counts").to_pylist() if songs is not None else []
         if rows.num_rows:
             fsio.write_bytes_atomic(self.part_uri(name), _parquet_bytes(rows))
-        index = index_rows(name, ids, frames, errors, run_id=run_id, uris=uris)
+        index = index_rows(name, ids, frames, errors, run_id=run_id, uris=uris,
+                           attempts=attempts)
         return self.write_index(name, index, **counts)
 
     def write_index(self, name: str, index: pa.Table, **counts) -> dict:
@@ -208,7 +212,7 @@ class FeatureStore:
 
     def _read_index(self, add: dict) -> pa.Table:
         uri = fsio.join(self.index.root, add["path"])
-        return pq.read_table(pa.BufferReader(fsio.read_bytes(uri))).cast(INDEX_SCHEMA)
+        return conform(pq.read_table(pa.BufferReader(fsio.read_bytes(uri))), INDEX_SCHEMA)
 
     def commit(self, adds: list[dict], *, run_id: str) -> int:
         """Commit index files (their add rows) at the latest version, with no check for
@@ -283,13 +287,16 @@ def _redact(uri: str | None) -> str | None:
 
 
 def index_rows(part: str, ids: list[str], frames: list[int], errors: pa.Table, *, run_id: str,
-               uris: dict[str, str] | None = None) -> pa.Table:
+               uris: dict[str, str] | None = None,
+               attempts: dict[str, int] | None = None) -> pa.Table:
     """INDEX_SCHEMA rows of one part: its songs ``ids`` with their ``frames``, then the
-    songs of ``errors`` (ERROR_SCHEMA rows)."""
-    uris = uris or {}
+    songs of ``errors`` (ERROR_SCHEMA rows); ``attempts``: each song's try number (None:
+    unknown, as in directories of an earlier genres)."""
+    uris, attempts = uris or {}, attempts or {}
     n_ok, n_err = len(ids), errors.num_rows
+    every = list(ids) + errors.column("song_id").to_pylist()
     return pa.table({
-        "song_id": pa.array(list(ids) + errors.column("song_id").to_pylist(), pa.string()),
+        "song_id": pa.array(every, pa.string()),
         # stored without query strings: a presigned URL's signature is a secret
         "uri": pa.array([_redact(uris.get(s)) for s in ids]
                         + [_redact(u) for u in errors.column("uri").to_pylist()], pa.string()),
@@ -298,6 +305,7 @@ def index_rows(part: str, ids: list[str], frames: list[int], errors: pa.Table, *
         "error": pa.array([None] * n_ok + errors.column("error").to_pylist(), pa.string()),
         "message": pa.array([None] * n_ok + errors.column("message").to_pylist(), pa.string()),
         "run_id": pa.array([run_id] * (n_ok + n_err), pa.string()),
+        "attempt": pa.array([attempts.get(s) for s in every], pa.int32()),
     }, schema=INDEX_SCHEMA)
 
 
