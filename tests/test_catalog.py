@@ -97,8 +97,9 @@ def test_catalog_datasets_equal_the_in_memory_catalogs(ray_session, tmp_path, mo
                            (tmp_path / "songs" / "rock" / "c.mp3", {})):
         rows, n = catalog_dataset(str(source), **kwargs)
         got = sorted(rows.take_all(), key=lambda r: r["song_id"])
-        want = sorted((vars(s) for s in load_catalog(str(source), **kwargs)),
-                      key=lambda r: r["song_id"])
+        # a catalog's songs have no tries yet (a run adds them from its table)
+        want = sorted(({k: v for k, v in vars(s).items() if k != "tries"}
+                       for s in load_catalog(str(source), **kwargs)), key=lambda r: r["song_id"])
         assert got == want and n == len(want), source
 
 

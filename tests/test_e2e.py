@@ -18,7 +18,7 @@ from pipeline.runtime.score import run_score
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 LABEL_COLUMNS = ["song_id", "uri", "genre", "confidence", "probabilities", "top_tags", "n_frames",
-                 "aggregator", "model_id", "scored_at", "error", "message", "run_id"]
+                 "aggregator", "model_id", "scored_at", "error", "message", "run_id", "attempt"]
 
 
 def _table(path: str) -> pd.DataFrame:

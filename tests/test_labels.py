@@ -156,3 +156,24 @@ def test_labels_of_an_earlier_genres_are_refused_with_the_fix(tmp_path):
         LabelTable(str(tmp_path / "old")).create()
     with pytest.raises(CatalogError, match="not a labels table"):
         LabelTable(str(tmp_path / "nothing")).check_exists()
+
+
+def test_a_table_of_an_earlier_genres_gets_the_attempt_column_and_old_rows_read_null(tmp_path):
+    from pipeline.storage.delta import DeltaLog, write_file
+    from pipeline.storage.labels import LABEL_SCHEMA, PARTITION_BY
+
+    root = str(tmp_path / "labels")
+    old_schema = pa.schema([f for f in LABEL_SCHEMA if f.name != "attempt"])
+    old = DeltaLog(root, old_schema, PARTITION_BY)
+    old.create()
+    rows = _rows(["a"]).drop_columns(["attempt"])
+    add = write_file(root, rows, name="old", partition={"model_id": "m1"})
+    old.commit([add], version=0, run_id="r0")
+    table = LabelTable(root)
+    table.create()  # as every run does: the missing column is added, in one commit
+    assert "attempt" in {f.name for f in DeltaTable(root).schema().fields}
+    _commit(table, _rows(["b"], run="r1"), "m1", "r1")
+    frame = DeltaTable(root).to_pandas().set_index("song_id")
+    assert frame.attempt.isna()["a"] and frame.attempt["b"] == 1
+    table.create()  # again: nothing to add, no commit
+    assert DeltaTable(root).version() == 3
