@@ -9,6 +9,8 @@ import numpy as np
 from pipeline.features.bags import group_by_song
 from pipeline.models.aggregate import AGGREGATORS, aggregate, decide
 
+_EPS = 1e-6  # log-odds clip, as pipeline.models.aggregate.logodds
+
 
 def confusion(truth: np.ndarray, pred: np.ndarray, n_classes: int) -> np.ndarray:
     """Confusion matrix [n_classes (truth), n_classes (predicted)] of counts."""
@@ -47,6 +49,75 @@ def evaluate(probs: np.ndarray, y: np.ndarray, song_ids: np.ndarray, classes: li
         pred = np.asarray(sequence([probs[rows] for rows in groups.values()])).argmax(1)
         result["song_accuracy"]["sequence"] = float((pred == truth).mean())
         result["confusion"]["sequence"] = confusion(truth, pred, n).tolist()
+    return result
+
+
+def song_sums(song_ids: np.ndarray, frame: np.ndarray, probs: np.ndarray, y: np.ndarray,
+              **same: np.ndarray) -> dict:
+    """Per song, what its frames add up to (rows of whole songs, any order).
+
+    Parameters
+    ----------
+    song_ids, frame, y : np.ndarray [shape=(n_frames,)]
+        each frame's song, its index in the song, and the song's class index
+    probs : np.ndarray [shape=(n_frames, n_classes)]
+    same : np.ndarray [shape=(n_frames,)]
+        columns with one value per song (e.g. its split), returned per song
+
+    Returns
+    -------
+    dict of arrays, one row per song sorted by song_id: ``song_id``, ``y``, ``frames``,
+    ``correct`` (frames whose argmax is ``y``), ``sum_probs`` and ``sum_logodds`` [songs,
+    n_classes] (float64; log-odds clipped as :func:`pipeline.models.aggregate.logodds` clips
+    them), ``votes`` [songs, n_classes] (frames whose argmax is each class), and ``logodds``
+    (per song, its frames' log-odds in frame order [frames, n_classes], float32, as the
+    ``sequence`` aggregator reads them), and each column of ``same``.
+    """
+    from pipeline.models.sequence import frame_logodds
+
+    probs = np.asarray(probs, np.float64)
+    order = np.lexsort((frame, song_ids))
+    ids, probs, y = np.asarray(song_ids)[order], probs[order], np.asarray(y)[order]
+    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]]) if len(ids) else np.zeros(0, int)
+    ends = np.r_[starts[1:], len(ids)]
+    best = probs.argmax(axis=1)
+    p = np.clip(probs, _EPS, 1 - _EPS)
+    logodds = np.log(p / (1 - p))
+    votes = np.zeros_like(probs)
+    votes[np.arange(len(best)), best] = 1
+    sums = (lambda a: np.add.reduceat(a, starts, axis=0) if len(starts) else a[:0])
+    sequences = frame_logodds(probs)
+    return {**{k: np.asarray(v)[order][starts] for k, v in same.items()},
+            "song_id": ids[starts], "y": y[starts], "frames": ends - starts,
+            "correct": sums((best == y).astype(np.int64)), "sum_probs": sums(probs),
+            "sum_logodds": sums(logodds), "votes": sums(votes),
+            "logodds": [sequences[a:b] for a, b in zip(starts, ends)]}
+
+
+def evaluate_sums(songs: dict, classes: list[str], *, sequence: np.ndarray | None = None) -> dict:
+    """:func:`evaluate`'s figures from per-song sums (:func:`song_sums` rows: ``y``,
+    ``frames``, ``correct``, ``sum_probs``, ``sum_logodds``, ``votes``), the same numbers
+    with no frame at hand. ``sequence``: the ``sequence`` aggregator's class per song."""
+    n = len(classes)
+    frames = np.asarray(songs["frames"], np.float64)[:, None]
+    truth = np.asarray(songs["y"])
+    result = {"frames": int(frames.sum()),
+              "frame_accuracy": float(np.sum(songs["correct"]) / frames.sum()),
+              "songs": int(len(truth)), "song_accuracy": {}, "confusion": {}}
+    mean = np.asarray(songs["sum_probs"]) / frames
+    scores = {"majority": np.asarray(songs["votes"]) / frames, "mean": mean,
+              "logodds": 1.0 / (1.0 + np.exp(-np.asarray(songs["sum_logodds"]) / frames))}
+    for name in AGGREGATORS:
+        # the argmax, ties broken by the mean probability (as decide() breaks them)
+        tied = scores[name] == scores[name].max(axis=1, keepdims=True)
+        pred = np.argmax(np.where(tied, mean, -np.inf), axis=1)
+        if name == "mean":
+            result.update(song_log_loss(mean, truth))
+        result["song_accuracy"][name] = float((pred == truth).mean())
+        result["confusion"][name] = confusion(truth, pred, n).tolist()
+    if sequence is not None:
+        result["song_accuracy"]["sequence"] = float((sequence == truth).mean())
+        result["confusion"]["sequence"] = confusion(truth, sequence, n).tolist()
     return result
 
 

@@ -97,3 +97,52 @@ def test_song_log_loss_is_the_mean_cross_entropy_of_songs_mean_probabilities():
     assert m["song_log_loss_se"] == pytest.approx(losses.std(ddof=1) / np.sqrt(2))
     m = evaluate_songs(np.array([[0.7, 0.3], [0.2, 0.8]]), np.array([0, 0]), ["x", "z"], "pooled")
     assert m["song_log_loss"] == pytest.approx(losses.mean())
+
+
+def _frames(rng, n_songs=40, n_classes=4):
+    """Frame predictions of ``n_songs`` songs (1-8 frames each), rows shuffled."""
+    ids, frame, y, probs = [], [], [], []
+    for s in range(n_songs):
+        k = int(rng.integers(1, 9))
+        ids += [f"s{s:02d}"] * k
+        frame += list(range(k))
+        y += [int(rng.integers(n_classes))] * k
+        probs.append(rng.dirichlet(np.full(n_classes, 0.7), size=k))
+    order = rng.permutation(len(ids))
+    return (np.array(ids, dtype=object)[order], np.array(frame)[order],
+            np.concatenate(probs)[order], np.array(y)[order])
+
+
+def test_song_sums_give_the_figures_of_the_frames_themselves(rng):
+    from pipeline.evaluate import evaluate_sums, song_sums
+
+    ids, frame, probs, y = _frames(rng)
+    classes = list("abcd")
+    sums = song_sums(ids, frame, probs, y)
+    assert list(sums["song_id"]) == sorted(set(ids))
+    # majority ties (few frames) are broken by the mean probability on both sides
+    got, want = evaluate_sums(sums, classes), evaluate(probs, y, ids, classes)
+    assert {k: got[k] for k in ("song_accuracy", "confusion", "songs", "frames")} == \
+        {k: want[k] for k in ("song_accuracy", "confusion", "songs", "frames")}
+    for k in ("frame_accuracy", "song_log_loss", "song_log_loss_se"):
+        assert got[k] == pytest.approx(want[k], rel=1e-12)
+    # each song's log-odds in frame order, as the sequence aggregator reads them
+    from pipeline.models.sequence import frame_logodds
+
+    first = sums["song_id"][0]
+    rows = np.flatnonzero(ids == first)
+    np.testing.assert_array_equal(sums["logodds"][0],
+                                  frame_logodds(probs[rows[np.argsort(frame[rows])]]))
+
+
+@pytest.mark.slow
+def test_the_numpy_gru_scores_as_the_keras_sequence_model(rng):
+    from pipeline.models.sequence import (build_sequence, frame_logodds, gru_scores,
+                                          pad_sequences, sequence_weights)
+
+    model = build_sequence(3)
+    model.set_weights([rng.normal(0, 0.5, w.shape).astype(np.float32)
+                       for w in model.get_weights()])
+    songs = [frame_logodds(rng.dirichlet(np.ones(3), size=k)) for k in (1, 4, 9, 2)]
+    np.testing.assert_allclose(gru_scores(sequence_weights(model), songs),
+                               model.predict(pad_sequences(songs), verbose=0), atol=1e-5)

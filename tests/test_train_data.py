@@ -145,3 +145,49 @@ def test_streamed_frames_are_the_parts_frames_of_their_song(ray_session, feature
     assert streamed.keys() == expected.keys()
     for sid, frames in streamed.items():  # a song's frames in their order within its part
         assert np.array_equal(np.stack(frames), expected[sid])
+
+
+def test_evaluation_by_song_in_the_cluster_equals_the_driver_side_reference(ray_session):
+    """Frame predictions of songs spread over several blocks, summed per song in the cluster:
+    the metrics of the validation and test songs equal evaluate() on all their frames."""
+    from types import SimpleNamespace
+
+    import pyarrow as pa
+    from ray.data.extensions import ArrowTensorArray
+
+    from pipeline.evaluate import evaluate, evaluate_sums
+    from pipeline.runtime.cluster import Limits
+    from pipeline.runtime.train import _collect, song_results
+
+    rng = np.random.default_rng(11)
+    ids, frames, y, probs, splits = [], [], [], [], []
+    for s in range(60):
+        k = int(rng.integers(1, 9))
+        ids += [f"s{s:02d}"] * k
+        frames += list(range(k))
+        y += [int(rng.integers(3))] * k
+        splits += ["valid" if s % 3 else "test"] * k
+        probs.append(rng.dirichlet(np.full(3, 0.7), size=k).astype(np.float32))
+    ids, frames, y, splits = (np.array(v, dtype=object if isinstance(v[0], str) else None)
+                              for v in (ids, frames, y, splits))
+    probs = np.concatenate(probs)
+    order = rng.permutation(len(ids))  # a song's frames in several blocks, in any order
+    blocks = [pa.table({"song_id": ids[rows].tolist(), "split": splits[rows].tolist(),
+                        "y": y[rows].astype(np.int64), "frame": frames[rows].astype(np.int32),
+                        "probs": ArrowTensorArray.from_numpy(probs[rows])})
+              for rows in np.array_split(order, 7)]
+    data = SimpleNamespace(counts={s: SimpleNamespace(frames=int((splits == s).sum()))
+                                   for s in ("valid", "test")})
+    songs = song_results(data, ray_session.data.from_arrow(blocks),
+                         Limits(cpus=2, gpus=0, source="a test"))
+    columns = ["song_id", "y", "frames", "correct", "sum_probs", "sum_logodds", "votes"]
+    got = _collect(songs, columns, ("valid", "test"))
+    for split in ("valid", "test"):
+        mine = splits == split
+        want = evaluate(probs[mine], y[mine], ids[mine], ["a", "b", "c"])
+        figures = evaluate_sums(got[split], ["a", "b", "c"])
+        assert figures["song_accuracy"] == want["song_accuracy"]
+        assert figures["confusion"] == want["confusion"]
+        assert (figures["songs"], figures["frames"]) == (want["songs"], want["frames"])
+        assert figures["song_log_loss"] == pytest.approx(want["song_log_loss"], rel=1e-6)
+        assert figures["frame_accuracy"] == pytest.approx(want["frame_accuracy"])

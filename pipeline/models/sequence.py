@@ -39,8 +39,9 @@ def build_sequence(n_classes: int, *, units: int = 16, dropout: float = 0.2):
 
 
 def fit_sequence(songs: list[np.ndarray], y: np.ndarray, n_classes: int, *,
-                 epochs: int = 300, patience: int = 30, seed: int = 0):
-    """Fit the aggregator on (per-song frame probabilities [n_frames_i, n_classes], class) pairs.
+                 epochs: int = 300, patience: int = 30, seed: int = 0, logodds: bool = False):
+    """Fit the aggregator on (per-song frame probabilities [n_frames_i, n_classes], class) pairs
+    (``logodds``: the songs come as their frames' log-odds, :func:`frame_logodds`).
 
     Pass songs the frame model did not train on (the validation songs): on its own train songs
     a frame model is overconfident, and an aggregator fitted there learns to trust it blindly.
@@ -52,7 +53,7 @@ def fit_sequence(songs: list[np.ndarray], y: np.ndarray, n_classes: int, *,
     model = build_sequence(n_classes)
     model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"])
-    x = pad_sequences([frame_logodds(p) for p in songs])
+    x = pad_sequences(list(songs) if logodds else [frame_logodds(p) for p in songs])
     held = np.arange(len(songs)) % 4 == 3
     if held.sum() < 4:  # too few songs to hold any out: a short fixed schedule instead
         model.fit(x, y, epochs=min(epochs, 50), batch_size=16, verbose=0)
@@ -66,3 +67,44 @@ def fit_sequence(songs: list[np.ndarray], y: np.ndarray, n_classes: int, *,
 def sequence_scores(model, songs: list[np.ndarray]) -> np.ndarray:
     """Song probabilities [n_songs, n_classes] from each song's frame probabilities."""
     return model.predict(pad_sequences([frame_logodds(p) for p in songs]), verbose=0)
+
+
+def sequence_weights(model) -> dict[str, np.ndarray]:
+    """The weights :func:`gru_scores` runs, from a Keras model of :func:`build_sequence`."""
+    keras = tf_keras()
+    gru = next(layer for layer in model.layers if isinstance(layer, keras.layers.GRU))
+    dense = next(layer for layer in model.layers if isinstance(layer, keras.layers.Dense))
+    kernel, recurrent, bias = gru.get_weights()
+    return {"kernel": kernel, "recurrent": recurrent, "bias": bias.reshape(2, -1),
+            "dense": dense.get_weights()[0], "dense_bias": dense.get_weights()[1]}
+
+
+def gru_scores(weights: dict, sequences: list[np.ndarray]) -> np.ndarray:
+    """The ``sequence`` model of :func:`build_sequence` in numpy (no TensorFlow): song
+    probabilities [n_songs, n_classes] from each song's frame log-odds [n_frames_i, n_classes].
+
+    ``weights``: :func:`sequence_weights` of the Keras model. tf-keras' GRU (``reset_after``,
+    its default): z, r = sigmoid(x W + b_x + h U + b_h) per gate, the candidate state
+    tanh(x W_h + b_xh + r * (h U_h + b_hh)), h = z h + (1 - z) candidate. A frame of all
+    zeros (the padding, which the Masking layer masks) leaves h as it is: the songs run
+    together step by step, each frozen past its last frame.
+    """
+    recurrent, bias = weights["recurrent"], weights["bias"]
+    units = recurrent.shape[0]
+    x = pad_sequences(sequences).astype(np.float64)  # [n, steps, classes]
+    valid = np.any(x != 0, axis=2)
+    h = np.zeros((len(sequences), units))
+    for t in range(x.shape[1]):
+        gx = x[:, t] @ weights["kernel"] + bias[0]
+        gh = h @ recurrent + bias[1]
+        z = _sigmoid(gx[:, :units] + gh[:, :units])
+        r = _sigmoid(gx[:, units:2 * units] + gh[:, units:2 * units])
+        candidate = np.tanh(gx[:, 2 * units:] + r * gh[:, 2 * units:])
+        h = np.where(valid[:, t:t + 1], z * h + (1 - z) * candidate, h)
+    logits = h @ weights["dense"] + weights["dense_bias"]
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def _sigmoid(v: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-v))

@@ -6,8 +6,10 @@ streaming dataset per split, read from the committed feature parts. Each worker 
 model (normalising its own input; under ``MultiWorkerMirroredStrategy`` when there are several
 workers), fits one epoch at a time on its shard, and reports a checkpoint (current and best
 weights) every epoch. Actors then predict the validation and test splits with the best
-weights; only (song_id, class probabilities) per frame come back to the driver, for the song
-metrics and the ``sequence`` aggregator, before it writes the bundle.
+weights, and their frames are summed per song in the cluster: only a row per validation and
+test song comes back to the driver for the song metrics, and the frame log-odds of at most
+``_SEQUENCE_SONGS`` validation songs for the ``sequence`` aggregator, whose class for each
+test song is computed in the cluster too (in numpy), before the driver writes the bundle.
 
 No replica ever gets an empty batch: each worker feeds its own replica whole batches of its
 equal shard (:func:`worker_feed`). Keras' own rebatching of a worker's dataset split a last
@@ -31,14 +33,16 @@ import tempfile
 import time
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline.errors import ParameterError
-from pipeline.evaluate import (evaluate, evaluate_songs, scored_accuracy,
-                               simplest_within_one_se)
-from pipeline.features.bags import group_by_song
+from pipeline.evaluate import (evaluate_songs, evaluate_sums, scored_accuracy,
+                               simplest_within_one_se, song_sums)
 from pipeline.models.cnn import HEADS, build_model, model_level, pooled_l2, song_pooling
 from pipeline.models.keras import select_legacy_keras
 from pipeline.models.lite import to_tflite
+from pipeline.runtime.catalog import latest_per_song, partitions
 from pipeline.runtime.cluster import (Bounds, Limits, actor_pool, apply_to_data, check_gpus,
                                       gpus_seen_here, plan_size, wait_for)
 from pipeline.runtime.session import init_ray, runtime_env
@@ -46,12 +50,14 @@ from pipeline.runtime.train_data import (TrainingData, open_source, plan_trainin
                                          song_stats)
 from pipeline.storage import fs as fsio
 from pipeline.storage.bundle import save_bundle
+from pipeline.storage.shards import tensor_values
 
 log = logging.getLogger(__name__)
 
 _PREFETCH = 8  # batches a worker's input pipeline holds ready for the next steps
 _MAX_FAILURES = 3  # worker-group restarts (from the last checkpoint) before a run fails
 _CACHE_FRACTION = 0.25  # of the object store: training frames up to this are read once
+_SEQUENCE_SONGS = 5000  # validation songs the sequence aggregator is fitted on, at most
 # Settings a run may change when it resumes; every other one is part of the run's identity.
 _RESUMABLE = ("epochs", "patience", "num_workers", "use_gpu")
 
@@ -262,8 +268,8 @@ class Predictor:
 
     def __call__(self, batch: dict) -> dict:
         x = [batch[name] for name in self.inputs]
-        return {"song_id": batch["song_id"], "split": batch["split"], "y": batch["y"],
-                "probs": self.predict(x if len(x) > 1 else x[0])}
+        keys = {k: batch[k] for k in ("song_id", "split", "y", "frame") if k in batch}
+        return {**keys, "probs": self.predict(x if len(x) > 1 else x[0])}
 
 
 def _model(loop: dict, weights: list[np.ndarray]):
@@ -283,25 +289,109 @@ def _build(loop: dict):
 
 
 def predict(data: TrainingData, splits: tuple[str, ...], loop: dict, weights: list[np.ndarray],
-            lite_model: bytes | None, limits: Limits) -> dict[str, tuple[np.ndarray, ...]]:
-    """Per split, (probs [n, n_classes], y [n], song_ids [n]) of its frames (songs for bags),
-    predicted by actors in one pass; only these small arrays reach the driver."""
+            lite_model: bytes | None, limits: Limits):
+    """A dataset of the model's predictions over the rows of ``splits``, by actors:
+    ``song_id``, ``split``, ``y``, ``probs`` [n_classes], and ``frame`` for frame rows (songs
+    for bags)."""
     # LiteRT actors are light (one CPU each); TensorFlow ones take ~1 GB: one per 2 CPUs, or
     # one per GPU
     gpu = loop["use_gpu"] and lite_model is None
     most = limits.gpus if gpu else limits.cpus if lite_model is not None else limits.cpus // 2
-    predicted = data.dataset(*splits).map_batches(
+    return data.dataset(*splits).map_batches(
         Predictor, fn_constructor_kwargs={"loop": loop, "weights": weights,
                                           "inputs": data.inputs, "lite_model": lite_model},
         batch_size=64, num_gpus=1 if gpu else 0,
         compute=actor_pool(most, data.source.part_count() if data.source.root else most))
-    columns = {"probs": [], "y": [], "song_id": [], "split": []}
-    for batch in predicted.iter_batches(batch_size=None, batch_format="numpy"):
-        for key in columns:
-            columns[key].append(batch[key])
-    columns = {key: np.concatenate(parts) for key, parts in columns.items()}
-    return {split: tuple(columns[key][columns["split"] == split]
-                         for key in ("probs", "y", "song_id")) for split in splits}
+
+
+def song_results(data: TrainingData, predicted, limits: Limits):
+    """Frame predictions -> one row per song (its frames' sums: :func:`song_rows`), made in
+    the cluster: the frames are hash-partitioned by song, each block then holds whole
+    songs. Materialized."""
+    frames = sum(data.counts[s].frames for s in ("valid", "test"))
+    return latest_per_song(predicted, song_rows,
+                           partitions=partitions(frames, plan_size(limits))).materialize()
+
+
+def song_rows(batch: pa.Table) -> pa.Table:
+    """Ray Data fn: frame predictions of whole songs -> a row per song of
+    :func:`pipeline.evaluate.song_sums` (``logodds``, its frames' log-odds in order, as a flat
+    list)."""
+    from ray.data.extensions import ArrowTensorArray
+
+    probs = tensor_values(batch.column("probs"))
+    sums = song_sums(batch.column("song_id").to_numpy(zero_copy_only=False),
+                     batch.column("frame").to_numpy(zero_copy_only=False), probs,
+                     batch.column("y").to_numpy(zero_copy_only=False),
+                     split=batch.column("split").to_numpy(zero_copy_only=False))
+    out = {k: pa.array(sums[k]) for k in ("song_id", "split", "y", "frames", "correct")}
+    for k in ("sum_probs", "sum_logodds", "votes"):
+        out[k] = ArrowTensorArray.from_numpy(np.ascontiguousarray(sums[k]))
+    out["logodds"] = pa.array([s.ravel() for s in sums["logodds"]], pa.list_(pa.float32()))
+    return pa.table(out)
+
+
+def _collect(songs, columns: list[str], splits: tuple[str, ...]) -> dict[str, dict]:
+    """Per split, the per-song ``columns`` of ``songs`` (a dataset with ``split``) as arrays:
+    the validation and test songs' results, all the driver holds of them."""
+    parts: dict = {split: {k: [] for k in columns} for split in splits}
+    for batch in songs.select_columns(["split", *columns]).iter_batches(
+            batch_size=None, batch_format="numpy"):
+        for split in splits:
+            chosen = batch["split"] == split
+            for k in columns:
+                parts[split][k].append(batch[k][chosen])
+    return {split: {k: np.concatenate(v) if v else np.zeros(0) for k, v in cols.items()}
+            for split, cols in parts.items()}
+
+
+def _sequence(data: TrainingData, songs, loop: dict, n_classes: int):
+    """The learned ``sequence`` aggregator, fitted on at most ``_SEQUENCE_SONGS`` validation
+    songs (a deterministic sample by song_id; it has ~2k weights), and its class for each test
+    song, computed in the cluster: (the Keras model, {song_id: class})."""
+    from pipeline.models.sequence import fit_sequence, sequence_weights
+
+    share = min(1.0, _SEQUENCE_SONGS / max(1, data.counts["valid"].songs))
+    fit = songs.map_batches(_sampled, batch_format="pyarrow", batch_size=None,
+                            fn_kwargs={"split": "valid", "share": share})
+    rows = sorted(fit.select_columns(["song_id", "y", "logodds"]).iter_rows(),
+                  key=lambda r: r["song_id"])
+    if not rows:
+        return None, {}
+    model = fit_sequence([np.asarray(r["logodds"], np.float32).reshape(-1, n_classes)
+                          for r in rows], np.array([r["y"] for r in rows]), n_classes,
+                         seed=loop["seed"], logodds=True)
+    test = songs.map_batches(_sequence_classes, batch_format="pyarrow", batch_size=None,
+                             fn_kwargs={"weights": sequence_weights(model),
+                                        "n_classes": n_classes})
+    classes = {}
+    for batch in test.iter_batches(batch_size=None, batch_format="numpy"):
+        classes.update(zip(batch["song_id"], batch["pred"]))
+    return model, classes
+
+
+def _sampled(batch: pa.Table, *, split: str, share: float) -> pa.Table:
+    """Ray Data fn: the songs of ``split``, a ``share`` of them by a hash of their song_id."""
+    import zlib
+
+    keep = [s == split and zlib.crc32(i.encode()) < share * 2**32
+            for i, s in zip(batch.column("song_id").to_pylist(),
+                            batch.column("split").to_pylist())]
+    return batch.filter(pa.array(keep, pa.bool_()))
+
+
+def _sequence_classes(batch: pa.Table, *, weights: dict, n_classes: int) -> pa.Table:
+    """Ray Data fn: the test songs' class by the ``sequence`` aggregator (numpy, no
+    TensorFlow)."""
+    from pipeline.models.sequence import gru_scores
+
+    test = batch.filter(pc.equal(batch.column("split"), "test"))
+    if not test.num_rows:
+        return pa.table({"song_id": pa.array([], pa.string()), "pred": pa.array([], pa.int64())})
+    sequences = [np.asarray(v, np.float32).reshape(-1, n_classes)
+                 for v in test.column("logodds").to_pylist()]
+    return pa.table({"song_id": test.column("song_id"),
+                     "pred": gru_scores(weights, sequences).argmax(axis=1)})
 
 
 def run_identity(out: str, config: TrainConfig, data_fingerprint: str) -> tuple[str, dict]:
@@ -507,21 +597,24 @@ def _evaluate(data: TrainingData, fit: dict, limits: Limits) -> dict:
                            "resumed": state.get("resumed", 0)}}
     model = _model(loop, fit["best"])
     lite = to_tflite(model) if data.level == "frame" else None  # what scoring on CPU will run
-    predicted = predict(data, tuple(s for s in ("valid", "test") if data.examples(s)), loop,
-                        fit["best"], lite, limits)
+    splits = tuple(s for s in ("valid", "test") if data.examples(s))
+    predicted = predict(data, splits, loop, fit["best"], lite, limits)
     sequence = None
-    if data.level == "frame":  # the learned aggregator, on out-of-sample frame predictions
-        from pipeline.models.sequence import fit_sequence, sequence_scores
-
-        sequence = fit_sequence(*_songs(*predicted["valid"]), len(classes), seed=loop["seed"])
-    for split, (probs, y, song_ids) in predicted.items():
-        if data.level == "song":
-            metrics[split] = evaluate_songs(probs, y, classes, song_pooling(loop["model"]))
-        else:
-            # the sequence aggregator was fitted on the validation songs: test songs only
-            metrics[split] = evaluate(
-                probs, y, song_ids, classes,
-                sequence=(lambda songs: sequence_scores(sequence, songs)) if split == "test" else None)
+    if data.level == "song":  # a row per song already: its probabilities
+        for split, got in _collect(predicted, ["probs", "y"], splits).items():
+            metrics[split] = evaluate_songs(got["probs"].reshape(-1, len(classes)), got["y"],
+                                            classes, song_pooling(loop["model"]))
+        return {**fit, "model": model, "lite": lite, "sequence": None, "metrics": metrics}
+    songs = song_results(data, predicted, limits)
+    # the learned aggregator, on out-of-sample frame predictions: fitted on the validation
+    # songs, measured on the test songs only
+    sequence, test_classes = _sequence(data, songs, loop, len(classes))
+    columns = ["song_id", "y", "frames", "correct", "sum_probs", "sum_logodds", "votes"]
+    for split, got in _collect(songs, columns, splits).items():
+        chosen = None
+        if split == "test" and sequence is not None:
+            chosen = np.array([test_classes[s] for s in got["song_id"]], np.int64)
+        metrics[split] = evaluate_sums(got, classes, sequence=chosen)
     return {**fit, "model": model, "lite": lite, "sequence": sequence, "metrics": metrics}
 
 
@@ -546,9 +639,3 @@ def _baseline(heads: dict, kept: str) -> dict:
             out[split] = {"baseline": base, "kept": scored_accuracy(heads[kept][key]),
                           "margin": scored_accuracy(heads[kept][key]) - base}
     return out
-
-
-def _songs(probs: np.ndarray, y: np.ndarray, song_ids: np.ndarray):
-    """Frame probabilities grouped per song, with each song's class."""
-    groups = group_by_song(song_ids)
-    return [probs[rows] for rows in groups.values()], np.array([y[r[0]] for r in groups.values()])

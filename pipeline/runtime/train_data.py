@@ -318,11 +318,16 @@ def plan_training_data(source: Source, config) -> TrainingData:
     rules = tuple(SplitRule(m, seed=config.seed, valid=config.valid_fraction) for m in candidates)
     rows = source.rows(KEYS + [source.column])
     # One small global aggregate: the task-based shuffle takes ~2 s on 2 CPUs, the default
-    # hash shuffle's aggregator actors ~8 s.
-    rows.context.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
-    facts = rows.aggregate(Unique("label", ignore_nulls=True),
-                           plan_aggregate(source.column, rules, bands=source.shape[0]),
-                           label_aggregate(rules))
+    # hash shuffle's aggregator actors ~8 s. The context is shared with the datasets made
+    # from the same parts later (the evaluation partitions by song: a hash shuffle).
+    context, strategy = rows.context, rows.context.shuffle_strategy
+    context.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
+    try:
+        facts = rows.aggregate(Unique("label", ignore_nulls=True),
+                               plan_aggregate(source.column, rules, bands=source.shape[0]),
+                               label_aggregate(rules))
+    finally:
+        context.shuffle_strategy = strategy
     classes = tuple(sorted(facts["unique(label)"]))
     if not classes:
         raise ParameterError(f"{source.root or 'the table'} has no labelled songs; extract with "
@@ -443,7 +448,7 @@ def plan_aggregate(column: str, rules, *, bands: int) -> AggregateFn:
 def split_frames(batch: pa.Table, *, splits: list[str], rule: SplitRule, classes: list[str],
                  column: str):
     """Ray Data map_batches fn (pyarrow): the rows of ``splits`` as model input ``x``, ``y``,
-    ``song_id`` and ``split``. A batch without such a row yields nothing: Ray Data stores an
+    ``song_id``, ``frame`` and ``split``. A batch without such a row yields nothing: Ray Data stores an
     empty tensor column as pickled objects, with a warning in every task.
 
     Arrow in, Arrow out, fused with :func:`read_parts`: the frames are copied once, into
@@ -459,6 +464,7 @@ def split_frames(batch: pa.Table, *, splits: list[str], rule: SplitRule, classes
         return
     index = {c: i for i, c in enumerate(classes)}
     yield pa.table({"song_id": batch.column("song_id").filter(pa.array(keep)),
+                    "frame": batch.column("frame").filter(pa.array(keep)),
                     "split": pa.array(split[keep], pa.string()),
                     "x": ArrowTensorArray.from_numpy(tensor_rows(batch.column(column), keep,
                                                                  np.float32)),
