@@ -85,6 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="how long to wait for the nodes a stage cannot start without "
                             "(GPUs, Train's workers) before giving up (default 900)")
 
+    def songs_per_window(p):
+        p.add_argument("--songs-per-window", type=_positive_int, default=None,
+                       help="songs a run takes at a time, each window committed as it ends, so "
+                            "the driver's memory does not grow with the catalog (default: "
+                            "200k, or 16 tasks per CPU the job may use)")
+
     def commit_every(p):
         p.add_argument("--commit-every", type=_nonneg_float,
                        default=60.0, metavar="SECONDS",
@@ -121,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="musicnn features: each extract actor takes a GPU (TensorFlow runs "
                         "there; the autoscaler brings GPU nodes)")
     cluster_bounds(p, gpus="extract --use-gpu may use (an actor per GPU)")
+    songs_per_window(p)
     commit_every(p)
     p.add_argument("--overwrite", action="store_true",
                    help="delete OUT and start fresh (only a feature directory: a folder "
@@ -204,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="one GPU per model actor (up to --max-gpus; the autoscaler brings "
                             "GPU nodes)")
         cluster_bounds(p, gpus="score --use-gpu may use (a model actor per GPU)")
+        songs_per_window(p)
         commit_every(p)
         retry_errors(p)
         allow_http(p)
@@ -291,7 +299,7 @@ def cmd_extract(args) -> dict:
                     address=args.address, songs_per_task=args.songs_per_task,
                     use_gpu=args.use_gpu, commit_every_s=args.commit_every,
                     retry_errors=args.retry_errors, retries=_retries(args),
-                    bounds=_bounds(args))
+                    bounds=_bounds(args), songs_per_window=args.songs_per_window)
     failed = sum(s["errors"].values())
     kinds = ", ".join(f"{k}={v}" for k, v in sorted(s["errors"].items())) or "none"
     rtf = s["audio_seconds"] / s["seconds"] if s["seconds"] else 0.0
@@ -347,7 +355,7 @@ def cmd_score(args, *, tag: bool = False) -> dict:
                   batch_size=args.batch_size, address=args.address, zero_shot=args.tags,
                   top_k=args.top_k, use_gpu=args.use_gpu, commit_every_s=args.commit_every,
                   retry_errors=args.retry_errors, retries=_retries(args),
-                  bounds=_bounds(args))
+                  bounds=_bounds(args), songs_per_window=args.songs_per_window)
     kinds = ", ".join(f"{k}={v}" for k, v in sorted(s["errors"].items())) or "none"
     print(f"{'tag' if tag else 'score'}: {s['songs']} songs in, {s['skipped']} already labelled, "
           f"{_tried_again(s)}{s['labelled']} labelled, {s['failed']} failed ({kinds}), "

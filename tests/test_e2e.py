@@ -209,9 +209,11 @@ def test_tag_is_incremental_across_features_audio_and_model_versions(catalog, fe
     assert first.model_id != second.model_id
     labels = str(tmp_path / "labels")
 
-    # precomputed features: scored without decoding; the extraction error is carried over
-    s = run_score(features, first.root, labels)
+    # precomputed features: scored without decoding; the extraction error is carried over;
+    # in windows of 10 songs, each committed as it ends
+    s = run_score(features, first.root, labels, songs_per_window=10)
     assert s["labelled"] == 27 and s["failed"] == 1 and s["skipped"] == 0
+    assert s["commits"] == 1 + 3  # the carried error, then a commit per window
     # a LiteRT model is light: its actors read the parts themselves, no task waits for a CPU
     assert "MapBatches(SongScorer)" in s["plan"] and "read_feature_songs" not in s["plan"]
     table = _table(labels)

@@ -75,7 +75,11 @@ def _catalog(root, n=24, seconds=12.0):
     return root
 
 
-def test_kill_9_then_resume_gives_exactly_the_uninterrupted_rows(ray_session, tmp_path):
+@pytest.mark.parametrize("run", [
+    ["--commit-every", "0"],  # killed mid-window: a commit per task
+    ["--songs-per-window", "6", "--commit-every", "1000"],  # a commit per window: between two
+], ids=["mid-window", "between-windows"])
+def test_kill_9_then_resume_gives_exactly_the_uninterrupted_rows(ray_session, tmp_path, run):
     catalog = str(_catalog(tmp_path / "songs"))
     spec = FeatureSpec()
     reference = str(tmp_path / "reference")
@@ -83,7 +87,7 @@ def test_kill_9_then_resume_gives_exactly_the_uninterrupted_rows(ray_session, tm
 
     out = str(tmp_path / "killed")
     command = [sys.executable, "-m", "pipeline.cli", "extract", catalog, "--out", out,
-               "--songs-per-task", "1", "--commit-every", "0"]
+               "--songs-per-task", "1", *run]
     env = {**os.environ, "RAY_ADDRESS": ""}  # its own local Ray, killed along with it
     proc = subprocess.Popen(command, env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -95,6 +99,8 @@ def test_kill_9_then_resume_gives_exactly_the_uninterrupted_rows(ray_session, tm
     proc.wait()
     done = FeatureStore(out).read_index().num_rows
     assert 3 <= done < 24, f"kill landed after {done} of 24 songs"
+    if "--songs-per-window" in run:  # whole windows only
+        assert done % 6 == 0, done
 
     assert subprocess.run(command, env=env, timeout=300, capture_output=True).returncode == 0
     pd.testing.assert_frame_equal(_rows(reference), _rows(out))

@@ -20,7 +20,8 @@ from pipeline.runtime.catalog import (Todo, arrow_fs, catalog_dataset, partition
                                       plan_retries, tried_again, with_tries, without)
 from pipeline.runtime.commit import commit_stream, final, resolver
 from pipeline.runtime.cluster import (Bounds, Limits, actor_pool, apply_to_data, check_gpus,
-                                      gpus_seen_here, plan_batches, plan_size, wait_for)
+                                      gpus_seen_here, plan_batches, plan_size, plan_window,
+                                      wait_for, windows)
 from pipeline.runtime.session import init_ray
 from pipeline.storage.catalog import Song, describe_catalog
 from pipeline.storage.delta import ADD_SCHEMA, Committer, new_run_id
@@ -33,13 +34,16 @@ def run_extract(catalog: str, out: str, spec: FeatureSpec, *, labels_from_folder
                 overwrite: bool = False, address: str | None = None,
                 songs_per_task: int | None = None, use_gpu: bool = False,
                 commit_every_s: float = 60.0, retry_errors: bool = False,
-                retries: RetryPolicy = RetryPolicy(), bounds: Bounds = Bounds()) -> dict:
+                retries: RetryPolicy = RetryPolicy(), bounds: Bounds = Bounds(),
+                songs_per_window: int | None = None) -> dict:
     """Extract every song of ``catalog`` not yet in the feature directory ``out``; a summary.
 
     A song whose last try failed with a transient error (``missing``, ``io``, ``timeout``) is
     tried again when ``retries`` says it is due; with ``retry_errors`` every song with an
     error is. ``bounds``: the most of the cluster the run may use (its actor pool starts at
-    what the songs need, up to that).
+    what the songs need, up to that). The songs run in windows of ``songs_per_window``
+    (default :func:`plan_window`), each committed as it ends, so the driver's memory does not
+    grow with the catalog (a first extraction of 100M songs is one command).
     """
     started = time.perf_counter()
     if use_gpu and spec.kind != "musicnn":
@@ -70,16 +74,21 @@ def run_extract(catalog: str, out: str, spec: FeatureSpec, *, labels_from_folder
                      limits=limits)
         run_id = new_run_id()
         size = songs_per_task or plan_batches(n_todo, cpus)
-        written = _extracted(todo, size, limits, spec=spec, out=out, run_id=run_id,
-                             use_gpu=use_gpu, retries=retries)
         committer = Committer(
             store.index, run_id=run_id, version=version, every_s=commit_every_s,
             resolve=resolver(_Rewrite(out, run_id), key_columns=["song_id", "error"],
                              matches=final),
             combine=_Combine(out, run_id))
         progress = Progress(n_todo)
-        try:
-            totals = commit_stream(written, committer, progress=progress.update)
+        summary["windows"] = 0
+        parts = windows(todo, n_todo, songs_per_window or plan_window(limits, size))
+        del todo  # the windows hold its rows now
+        try:  # each window committed as it ends: a run killed between windows keeps them
+            for window in parts:
+                written = _extracted(window, size, limits, spec=spec, out=out, run_id=run_id,
+                                     use_gpu=use_gpu, retries=retries)
+                totals = commit_stream(written, committer, progress=progress.update)
+                summary["windows"] += 1
         finally:
             progress.close()
         for key in ("ok", "frames", "audio_seconds", "errors"):

@@ -33,7 +33,8 @@ from pipeline.runtime.catalog import (Todo, arrow_fs, catalog_dataset, column_or
                                       with_tries, without)
 from pipeline.runtime.commit import aggregator_is, commit_stream, resolver
 from pipeline.runtime.cluster import (Bounds, actor_pool, apply_to_data, check_gpus,
-                                      gpus_seen_here, plan_batches, plan_size, wait_for)
+                                      gpus_seen_here, plan_batches, plan_size, plan_window,
+                                      wait_for, windows)
 from pipeline.runtime.session import init_ray
 from pipeline.sandbox import sandbox
 from pipeline.storage import fs as fsio
@@ -234,7 +235,8 @@ def run_score(source: str, model: str | None, out: str, *, aggregate: str | None
               batch_size: int = 8, address: str | None = None, use_gpu: bool = False,
               zero_shot: str | None = None, top_k: int = 3, songs_per_file: int = _FILE_SONGS,
               commit_every_s: float = 60.0, retry_errors: bool = False,
-              retries: RetryPolicy = RetryPolicy(), bounds: Bounds = Bounds()) -> dict:
+              retries: RetryPolicy = RetryPolicy(), bounds: Bounds = Bounds(),
+              songs_per_window: int | None = None) -> dict:
     """Label every song of ``source`` not yet labelled in ``out`` by this model + aggregator.
 
     A song whose last try failed with a transient error (``missing``, ``io``, ``timeout``) is
@@ -247,7 +249,8 @@ def run_score(source: str, model: str | None, out: str, *, aggregate: str | None
     bundle's own pooling (``mil``). ``use_gpu`` gives each model actor one GPU, waiting for the
     autoscaler to bring one. Label files of ``songs_per_file`` songs are committed every
     ``commit_every_s`` seconds (and at the end). ``bounds``: the most of the cluster the run
-    may use.
+    may use. The songs run in windows of ``songs_per_window`` (default :func:`plan_window`),
+    each committed as it ends: the driver's memory does not grow with the catalog.
     """
     started = time.perf_counter()
     if zero_shot:
@@ -302,14 +305,15 @@ def run_score(source: str, model: str | None, out: str, *, aggregate: str | None
                               aggregate=aggregate, top_k=top_k, songs_per_file=songs_per_file,
                               commit_every_s=commit_every_s, batch_size=batch_size,
                               limits=limits, use_gpu=use_gpu, zero_shot=zero_shot, lite=lite,
-                              retries=retries))
+                              retries=retries, songs_per_window=songs_per_window))
     summary["skipped"] = n - summary["labelled"] - summary["failed"]
     summary["seconds"] = time.perf_counter() - started
     return summary
 
 
 def _label(todo, features, bundle, labels, *, version: int, aggregate: str, top_k: int,
-           songs_per_file: int, commit_every_s: float, limits, **scoring) -> dict:
+           songs_per_file: int, commit_every_s: float, limits, songs_per_window: int | None,
+           **scoring) -> dict:
     """Score the songs ``todo`` into label files and commit them; the run's figures."""
     run_id = new_run_id()
     write = functools.partial(
@@ -332,9 +336,10 @@ def _label(todo, features, bundle, labels, *, version: int, aggregate: str, top_
                 fn_kwargs={"n_classes": len(bundle.classes)})), committer)
         # songs of one part next to each other: each part is read once per block
         todo = ok.sort("part").materialize()
-    plan = ""
-    if todo.count():
-        written = write(_scored(work_blocks(todo, plan_size(limits)), features, bundle,
+    plan, n = "", todo.count()
+    size = songs_per_window or plan_window(limits, _BLOCK_SONGS)
+    for window in windows(todo, n, size) if n else ():  # each committed as it ends
+        written = write(_scored(work_blocks(window, plan_size(limits)), features, bundle,
                                 aggregate=aggregate, limits=limits, **scoring))
         commit_stream(written, committer)
         plan = _executed_plan(written)
