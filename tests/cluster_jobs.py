@@ -56,7 +56,7 @@ class Job:
 
     def succeeded(self) -> str:
         output = self.wait()
-        assert self.process.returncode == 0 and "succeeded" in output, output[-4000:]
+        assert self.process.returncode == 0 and "succeeded" in output, output[-12000:]
         return output
 
     def actors(self, class_fragment: str) -> list[dict]:

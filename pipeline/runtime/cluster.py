@@ -158,6 +158,13 @@ def _monitor_config_path() -> str | None:
     return None
 
 
+# an actor of a pool lost with its worker or node is started again 3 times at most, and its
+# batch waits for it: Ray counts a try at each call refused while the actor restarts, which uses
+# up any small max_task_retries before a model has loaded (ray-project/ray#44719). Deaths, not
+# calls, bound a run.
+ACTOR_RETRIES = {"max_restarts": 3, "max_task_retries": -1}
+
+
 def actor_pool(most: int, units: int):
     """An autoscaling Ray Data actor pool for ``units`` pieces of work (blocks): at least one
     actor, at most ``most``, starting with as many as the work can use. Started actors wait

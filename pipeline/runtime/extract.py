@@ -19,9 +19,9 @@ from pipeline.retry import RetryPolicy, utc_now
 from pipeline.runtime.catalog import (Todo, arrow_fs, catalog_dataset, partitions,
                                       plan_retries, tried_again, with_tries, without)
 from pipeline.runtime.commit import commit_stream, final, resolver
-from pipeline.runtime.cluster import (Bounds, Limits, actor_pool, apply_to_data, check_gpus,
-                                      gpus_seen_here, plan_batches, plan_size, plan_window,
-                                      wait_for, windows)
+from pipeline.runtime.cluster import (ACTOR_RETRIES, Bounds, Limits, actor_pool, apply_to_data,
+                                      check_gpus, gpus_seen_here, plan_batches, plan_size,
+                                      plan_window, wait_for, windows)
 from pipeline.runtime.session import init_ray
 from pipeline.storage.catalog import Song, describe_catalog
 from pipeline.storage.delta import ADD_SCHEMA, Committer, new_run_id
@@ -118,7 +118,7 @@ def _extracted(todo, size: int, limits: Limits, *, spec, out: str, run_id: str,
         run = {"fn": ExtractWorker, "fn_constructor_kwargs": {**kwargs, "use_gpu": use_gpu},
                "compute": actor_pool(limits.gpus if use_gpu else limits.cpus,
                                      blocks.num_blocks()),
-               "max_restarts": 3, "max_task_retries": 3}
+               **ACTOR_RETRIES}
     else:
         run = {"fn": extract_batch, "fn_kwargs": kwargs, "max_retries": 3,
                "retry_exceptions": [OSError]}

@@ -32,7 +32,7 @@ from pipeline.runtime.catalog import (Todo, arrow_fs, catalog_dataset, column_or
                                       latest_per_song, partitions, plan_retries, tried_again,
                                       with_tries, without)
 from pipeline.runtime.commit import aggregator_is, commit_stream, resolver
-from pipeline.runtime.cluster import (Bounds, actor_pool, apply_to_data, check_gpus,
+from pipeline.runtime.cluster import (ACTOR_RETRIES, Bounds, actor_pool, apply_to_data, check_gpus,
                                       gpus_seen_here, plan_batches, plan_size, plan_window,
                                       wait_for, windows)
 from pipeline.runtime.session import init_ray
@@ -395,8 +395,8 @@ def _scored(todo, features, bundle, *, aggregate: str, batch_size: int, limits,
                                  batch_format="numpy", num_cpus=1, max_retries=_RETRIES,
                                  fn_kwargs=kwargs)
         prepare = None
-    # bounded: Ray Data restarts a dead actor and retries its batch without limit by default
-    resources = {**resources, "max_restarts": _RETRIES, "max_task_retries": _RETRIES}
+    # bounded: Ray Data restarts a dead actor without limit by default
+    resources = {**resources, **ACTOR_RETRIES}
     return songs.map_batches(SongScorer, batch_size=batch_size, batch_format="numpy",
                              fn_constructor_kwargs={"bundle_root": bundle.root,
                                                     "aggregator": aggregate,
