@@ -108,8 +108,9 @@ def latest_per_song(rows, latest, *, partitions: int):
 class Todo:
     """What a run is to do of a table it adds to: ``done``, the song ids it leaves alone
     (labelled or extracted, failed for good, or failed for a passing reason and not due
-    again yet), and ``due``, the songs it tries again (``song_id``, ``tries``: how many times
-    they failed); each a materialized dataset, or None when empty."""
+    again yet), and ``due``, the failed tries whose wait has passed (``song_id``,
+    ``attempt``: rows, not songs; a song tried again since has an older row here and a
+    waiting one in ``done``); each a materialized dataset, or None when empty."""
 
     done: object = None
     due: object = None
@@ -131,9 +132,6 @@ def plan_retries(rows, *, retry: str, policy: RetryPolicy, now) -> Todo:
     done = done.materialize()
     due = marked.map_batches(_where, batch_format="pyarrow", batch_size=None,
                              fn_kwargs={"column": "due"}).materialize()
-    if due.count():
-        due = due.groupby("song_id").max("attempt").rename_columns(
-            {"max(attempt)": "tries"}).materialize()
     return Todo(done=done if done.count() else None, due=due if due.count() else None)
 
 
@@ -168,11 +166,15 @@ def column_or_nulls(batch: pa.Table, name: str, type_: pa.DataType) -> pa.Array:
 
 
 def with_tries(todo, due, *, partitions: int):
-    """``todo`` (catalog rows) with a ``tries`` column: how many times each song failed
-    before (0 for a new song), from ``due`` (see :class:`Todo`)."""
-    if due is None:
+    """``todo`` (catalog rows, materialized) with a ``tries`` column: how many times each
+    song failed before (0 for a new song), the most ``attempt`` of its ``due`` rows (see
+    :class:`Todo`). A night with nothing to do skips the groupby and the join: the rows of
+    songs tried again since their wait passed stay in ``due`` until the song ends."""
+    if due is None or not todo.count():
         return todo.map_batches(_no_tries, batch_format="pyarrow", batch_size=None)
-    joined = todo.join(due, join_type="left_outer", num_partitions=partitions, on=("song_id",))
+    tries = due.groupby("song_id").max("attempt").rename_columns({"max(attempt)": "tries"})
+    joined = todo.join(tries, join_type="left_outer", num_partitions=partitions,
+                       on=("song_id",))
     return joined.map_batches(_no_tries, batch_format="pyarrow", batch_size=None)
 
 

@@ -63,8 +63,8 @@ def run_extract(catalog: str, out: str, spec: FeatureSpec, *, labels_from_folder
     cpus = plan_size(limits)
     songs, n = catalog_dataset(catalog, labels_from_folders=labels_from_folders, cpus=cpus)
     plan = _plan(store, version, retry="all" if retry_errors else "transient", retries=retries)
-    todo = with_tries(without(songs, plan.done, partitions=partitions(n, cpus)), plan.due,
-                      partitions=partitions(n, cpus)).materialize()
+    todo = without(songs, plan.done, partitions=partitions(n, cpus)).materialize()
+    todo = with_tries(todo, plan.due, partitions=partitions(n, cpus)).materialize()
     n_todo = todo.count()
     summary.update(songs=n, skipped=n - n_todo, ok=0, frames=0, audio_seconds=0.0, errors={},
                    retried=tried_again(todo) if plan.due is not None else 0)

@@ -291,8 +291,8 @@ def run_score(source: str, model: str | None, out: str, *, aggregate: str | None
     # errors carried from a feature directory stay until it is re-extracted
     retry = "all" if retry_errors else "none" if features is not None else "transient"
     plan = _labelled(labels, bundle.model_id, aggregate, version, retry=retry, retries=retries)
-    todo = with_tries(without(songs, plan.done, partitions=partitions(n, cpus)), plan.due,
-                      partitions=partitions(n, cpus)).materialize()
+    todo = without(songs, plan.done, partitions=partitions(n, cpus)).materialize()
+    todo = with_tries(todo, plan.due, partitions=partitions(n, cpus)).materialize()
     summary = {"songs": n, "labelled": 0, "failed": 0, "frames": 0, "errors": {}, "commits": 0,
                "out": out, "model_id": bundle.model_id, "plan": "",
                "limits": limits.describe(),
