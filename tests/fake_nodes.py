@@ -3,8 +3,8 @@ autoscaling cluster of the tests (``servers.AutoscalingRayCluster``).
 
 Ray's own ``fake_multinode`` provider does this, but its type loads a default config that is
 not in the wheel (``fake_multi_node/example.yaml``), and its nodes share the head's disk. This
-is the same provider loaded as ``type: external``, each node with its own GENRES_CACHE and
-temp folder (as a machine of its own would have), and a record of every launch and
+is the same provider loaded as ``type: external``, each node with its own GENRES_CACHE, temp
+folder and Ray temp dir (as a machine of its own would have), and a record of every launch and
 termination in ``nodes.jsonl`` beside them, which the tests read.
 
 The autoscaler's monitor imports it (the head is started with this folder on PYTHONPATH).
@@ -12,14 +12,18 @@ The autoscaler's monitor imports it (the head is started with this folder on PYT
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import pathlib
 import time
 from unittest import mock
 
+import ray._private.parameter
 from ray.autoscaler._private.fake_multi_node.node_provider import FakeMultiNodeProvider
 from ray.autoscaler.tags import TAG_RAY_USER_NODE_TYPE
+
+RAY_PARAMS = ray._private.parameter.RayParams
 
 
 class LocalNodes(FakeMultiNodeProvider):
@@ -38,9 +42,13 @@ class LocalNodes(FakeMultiNodeProvider):
             (folder / "cache").mkdir(parents=True, exist_ok=True)
             (folder / "tmp").mkdir(exist_ok=True)
             before = set(self._nodes)
-            # the raylet passes its environment on to the workers it starts
+            # the raylet passes its environment on to the workers it starts; Ray's own folder
+            # of the node (sessions, a job's working_dir unpacked) is its own too: shared, a
+            # node set up or taken down removed the files of a job running on another one
             with mock.patch.dict(os.environ, GENRES_CACHE=str(folder / "cache"),
-                                 TMPDIR=str(folder / "tmp")):
+                                 TMPDIR=str(folder / "tmp")), \
+                    mock.patch.object(ray._private.parameter, "RayParams",
+                                      functools.partial(RAY_PARAMS, temp_dir=str(folder / "r"))):
                 super()._create_node_with_resources_and_labels(node_config, tags, count,
                                                                resources, labels)
             for node_id in set(self._nodes) - before:
