@@ -26,17 +26,25 @@ BIN = pathlib.Path(sys.executable).parent
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port(low: int = 20000, high: int = 29999) -> int:
-    """A free port outside Ray's default worker range (10002-19999)."""
+    """A free port outside Ray's default worker range (10002-19999), never one handed out
+    before in this process: the ports of one `ray start` are all free when picked, and two
+    picks of the same one made a node refuse to start (node_manager = object_manager)."""
     rng = secrets.SystemRandom()
     for _ in range(100):
         port = rng.randrange(low, high)
+        if port in _HANDED_OUT:
+            continue
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
-                return port
             except OSError:
                 continue
+        _HANDED_OUT.add(port)
+        return port
     raise RuntimeError("no free port")
 
 
