@@ -104,3 +104,18 @@ def test_window_features_match_the_naive_librosa_path(long_files, which):
                                   top_db=80.0)
         assert np.abs(logmel[i] - mel).mean() < 0.05
         assert np.percentile(np.abs(logmel[i] - mel), 99) < 0.5
+
+
+def test_missing_files_are_found_by_a_stat_before_any_decoder(tmp_path):
+    """A local file that is not there is a ``missing`` error without the sandbox; a file, a
+    folder, or a URI whose scheme is refused is left to the decoder (None)."""
+    from pipeline.storage.audio import missing_files
+
+    (tmp_path / "here.wav").write_bytes(b"RIFF")
+    uris = [str(tmp_path / "here.wav"), str(tmp_path / "gone.ogg"), f"file://{tmp_path}/x.ogg",
+            str(tmp_path), str(tmp_path / "here.wav" / "under.ogg"), "ftp://host/a.ogg"]
+    found = missing_files(uris, [0, 0, 3, 0, 0, 1])
+    assert [type(e).__name__ if e else None for e in found] == [
+        None, "AudioMissingError", "AudioMissingError", None, "AudioMissingError", None]
+    assert str(found[1]) == f"no such file: {tmp_path / 'gone.ogg'}"
+    assert found[1].kind == "missing"

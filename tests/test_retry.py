@@ -10,7 +10,7 @@ from pipeline.errors import ParameterError
 from pipeline.extract import extract_shard
 from pipeline.features import FeatureSpec
 from pipeline.retry import GONE, RetryPolicy, utc_now
-from pipeline.runtime.catalog import retry_marks
+from pipeline.runtime.catalog import _mark_side, _song_side, _todo_block, retry_marks
 from pipeline.storage.catalog import Song
 from pipeline.storage.shards import FeatureStore
 
@@ -43,7 +43,7 @@ def _rows():
 def _verdict(hours: float, retry: str = "transient") -> dict:
     now = (T0 + datetime.timedelta(hours=hours)).timestamp()
     marks = retry_marks(_rows(), retry=retry, policy=POLICY, now=now).to_pylist()
-    return {m["song_id"]: "due" if m["due"] else "done" if m["done"] else "?" for m in marks}
+    return {m["song_id"]: "done" if m["done"] else "due" for m in marks}
 
 
 @pytest.mark.parametrize("hours,due", [
@@ -69,8 +69,27 @@ def test_the_attempt_of_a_due_row_is_carried_and_nulls_read_as_one():
     now = (T0 + datetime.timedelta(hours=100)).timestamp()
     marks = retry_marks(_rows(), retry="transient", policy=POLICY, now=now).to_pandas()
     assert marks.set_index("song_id").attempt.to_dict()["old"] == 1
-    assert marks[marks.due].set_index("song_id").attempt.to_dict() == {
+    assert marks[~marks.done].set_index("song_id").attempt.to_dict() == {
         "missing1": 1, "missing2": 2, "io3": 3, "old": 1}
+
+
+def test_a_block_of_songs_and_marks_gives_the_songs_to_do_with_their_tries():
+    """The reduce of ``todo_of`` (the shuffle puts a song's rows and marks in one block): a
+    new song has 0 tries, a due one the most attempt of its due rows, and a song with any
+    row that says leave it (done, or a newer try still waiting) is not done again."""
+    schema = pa.schema([("song_id", pa.string()), ("uri", pa.string())])
+    songs = pa.table({"song_id": ["new", "due", "again", "ok", "waiting"],
+                      "uri": ["n.ogg", "d.ogg", "a.ogg", "o.ogg", "w.ogg"]}, schema=schema)
+    marks = pa.table({"song_id": ["due", "again", "again", "ok", "waiting", "waiting",
+                                  "removed"],
+                      "done": [False, False, False, True, False, True, False],
+                      "attempt": pa.array([1, 1, 2, 1, 1, 2, 3], pa.int32())})
+    block = pa.concat_tables([_song_side(songs), _mark_side(marks, schema=schema)])
+    todo = _todo_block(block, schema=schema)
+    assert todo.schema.names == ["song_id", "uri", "tries"]
+    assert sorted(zip(*todo.to_pydict().values())) == [
+        ("again", "a.ogg", 2), ("due", "d.ogg", 1), ("new", "n.ogg", 0)]
+    assert _todo_block(block.slice(0, 0), schema=schema).num_rows == 0
 
 
 def test_the_last_allowed_try_of_a_missing_file_is_recorded_gone(tmp_path):

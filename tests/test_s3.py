@@ -129,6 +129,22 @@ def test_a_connection_lost_mid_read_is_an_io_error_and_the_next_run_reads_the_so
     assert store.read_errors().num_rows == 0
 
 
+def test_missing_objects_are_checked_only_for_songs_tried_before(s3_endpoint, tmp_path,
+                                                                monkeypatch):
+    """In an object store a song tried before is checked up front (one request each, in
+    parallel); a new song's object is left to the decoder, which checks as it opens it."""
+    from pipeline.storage.audio import missing_files
+
+    _bucket_of_songs(s3_endpoint, monkeypatch, tmp_path, "checks", "songs",
+                     ("a.ogg", "b.flac"), 1, seed=5)
+    uris = ["s3://checks/songs/a.ogg", "s3://checks/songs/never.ogg",
+            "s3://checks/songs/never.ogg", "s3://nobucket/x.ogg"]
+    found = missing_files(uris, [2, 2, 0, 1])
+    assert [type(e).__name__ if e else None for e in found] == [
+        None, "AudioMissingError", None, "AudioMissingError"]
+    assert str(found[1]) == "no such file: s3://checks/songs/never.ogg"
+
+
 def test_delta_commits_on_s3_refuse_a_taken_version(s3_endpoint, monkeypatch):
     """delta-rs commits on moto's S3 server with conditional PUTs: no lock server."""
     import boto3

@@ -3,7 +3,7 @@ driver; and what is already done taken away by an anti-join there."""
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 import logging
 
 import numpy as np
@@ -13,7 +13,7 @@ import pyarrow.compute as pc
 from pipeline.errors import TRANSIENT_KINDS, CatalogError, GenresError
 from pipeline.retry import RetryPolicy
 from pipeline.storage import fs as fsio
-from pipeline.storage.delta import RUN_TIME_FORMAT
+from pipeline.storage.delta import RUN_TIME_FORMAT, read_columns
 from pipeline.storage.catalog import (CatalogSource, as_strings, check_unique,
                                       csv_convert_options, describe_catalog, duplicates_error,
                                       file_rows, folder_rows, manifest_header, manifest_rows,
@@ -104,40 +104,44 @@ def latest_per_song(rows, latest, *, partitions: int):
         latest, batch_format="pyarrow", batch_size=None)
 
 
-@dataclasses.dataclass(frozen=True)
-class Todo:
-    """What a run is to do of a table it adds to: ``done``, the song ids it leaves alone
-    (labelled or extracted, failed for good, or failed for a passing reason and not due
-    again yet), and ``due``, the failed tries whose wait has passed (``song_id``,
-    ``attempt``: rows, not songs; a song tried again since has an older row here and a
-    waiting one in ``done``); each a materialized dataset, or None when empty."""
+def table_rows(files: list[str], schema: pa.Schema, *, cpus: int):
+    """The rows of a table's Parquet ``files`` (URIs, from its Delta log) in the columns of
+    ``schema``, read by map tasks of a few files each, up to 8 tasks per CPU of ``cpus``.
 
-    done: object = None
-    due: object = None
+    ``read_parquet`` took 6.5-7 s on 150 label files (200k rows, 5 columns) on 2 CPUs, most
+    of a night's plan, where pyarrow reads them in 0.05 s: its planning (metadata and size
+    sampling per file) costs what the reading does not."""
+    import ray
+
+    listed = ray.data.from_items([{"file": f} for f in files],
+                                 override_num_blocks=max(1, min(len(files), 8 * cpus)))
+    return listed.map_batches(_read_files, batch_format="pyarrow", batch_size=None,
+                              fn_kwargs={"schema": schema})
 
 
-def plan_retries(rows, *, retry: str, policy: RetryPolicy, now) -> Todo:
-    """The :class:`Todo` of a table's rows (``song_id``, ``error``, ``attempt``, ``run_id``:
-    index or label rows), in the cluster. ``retry``: ``"transient"`` (transient errors by
-    ``policy``'s schedule, as of ``now``), ``"all"`` (every error, now) or ``"none"``.
+def _read_files(batch: pa.Table, *, schema: pa.Schema) -> pa.Table:
+    """Ray Data fn: file URIs -> their rows in ``schema``."""
+    return pa.concat_tables([read_columns(uri, schema) for uri in batch.column("file").to_pylist()]
+                            or [schema.empty_table()])
+
+
+def plan_retries(rows, *, retry: str, policy: RetryPolicy, now):
+    """The marks (:func:`retry_marks`) of a table's rows (``song_id``, ``error``, ``attempt``,
+    ``run_id``: index or label rows), made in the cluster. ``retry``: ``"transient"``
+    (transient errors by ``policy``'s schedule, as of ``now``), ``"all"`` (every error, now)
+    or ``"none"``.
 
     Each row decides alone: a song is left alone when any of its rows says so. With a
     schedule whose waits never shrink, a song's latest failed try is the one due last, so
     its older rows never make it due early."""
-    marked = rows.map_batches(retry_marks, batch_format="pyarrow", batch_size=None,
-                              fn_kwargs={"retry": retry, "policy": policy,
-                                         "now": now.timestamp()}).materialize()
-    done = marked.map_batches(_where, batch_format="pyarrow", batch_size=None,
-                              fn_kwargs={"column": "done"}).select_columns(["song_id"])
-    done = done.materialize()
-    due = marked.map_batches(_where, batch_format="pyarrow", batch_size=None,
-                             fn_kwargs={"column": "due"}).materialize()
-    return Todo(done=done if done.count() else None, due=due if due.count() else None)
+    return rows.map_batches(retry_marks, batch_format="pyarrow", batch_size=None,
+                            fn_kwargs={"retry": retry, "policy": policy,
+                                       "now": now.timestamp()})
 
 
 def retry_marks(batch: pa.Table, *, retry: str, policy: RetryPolicy, now: float) -> pa.Table:
-    """Ray Data fn: per row, ``song_id``, ``done`` (leave the song alone) and ``due`` (try it
-    again) with its ``attempt`` (null read as 1): see :func:`plan_retries`."""
+    """Ray Data fn: per row, ``song_id``, ``done`` (leave the song alone; else the row is a
+    failed try that is due) and its ``attempt`` (null read as 1): see :func:`plan_retries`."""
     error = pc.if_else(pc.equal(batch.column("error"), ""), None, batch.column("error"))
     failed = pc.is_valid(error).to_numpy(zero_copy_only=False)
     attempt = pc.fill_null(column_or_nulls(batch, "attempt", pa.int32()), 1).to_numpy()
@@ -154,8 +158,8 @@ def retry_marks(batch: pa.Table, *, retry: str, policy: RetryPolicy, now: float)
         waits = policy.after_hours * 3600 * policy.factor ** (np.maximum(attempt, 1) - 1)
         waiting = (tried + waits > now) & (attempt < policy.attempts)
         done = ~failed | ~transient | (attempt >= policy.attempts) | waiting
-    return pa.table({"song_id": batch.column("song_id"), "done": pa.array(done),
-                     "due": pa.array(failed & ~done), "attempt": pa.array(attempt, pa.int32())})
+    return pa.table({"song_id": batch.column("song_id").cast(pa.string()),
+                     "done": pa.array(done), "attempt": pa.array(attempt, pa.int32())})
 
 
 def column_or_nulls(batch: pa.Table, name: str, type_: pa.DataType) -> pa.Array:
@@ -165,17 +169,70 @@ def column_or_nulls(batch: pa.Table, name: str, type_: pa.DataType) -> pa.Array:
     return pa.nulls(batch.num_rows, type_)
 
 
-def with_tries(todo, due, *, partitions: int):
-    """``todo`` (catalog rows, materialized) with a ``tries`` column: how many times each
-    song failed before (0 for a new song), the most ``attempt`` of its ``due`` rows (see
-    :class:`Todo`). A night with nothing to do skips the groupby and the join: the rows of
-    songs tried again since their wait passed stay in ``due`` until the song ends."""
-    if due is None or not todo.count():
-        return todo.map_batches(_no_tries, batch_format="pyarrow", batch_size=None)
-    tries = due.groupby("song_id").max("attempt").rename_columns({"max(attempt)": "tries"})
-    joined = todo.join(tries, join_type="left_outer", num_partitions=partitions,
-                       on=("song_id",))
-    return joined.map_batches(_no_tries, batch_format="pyarrow", batch_size=None)
+def todo_of(songs, marks, *, partitions: int):
+    """The rows of ``songs`` (a materialized dataset with ``song_id``) that a run is to do,
+    each with ``tries``: how many times the song failed before (0 for a new song).
+
+    ``marks`` (:func:`plan_retries`; None for an empty table) leave a song alone when any of
+    its rows is ``done``; ``tries`` is the most ``attempt`` of its other (due) rows. A song
+    tried again since its wait passed has an older due row and a newer waiting one, and is
+    left alone. Both sides go through one hash shuffle by song_id
+    (:func:`latest_per_song`), each block reduced by one vectorised call. Measured on 2 CPUs,
+    100k songs all due: 1.3-2.7 s; the anti-join, groupby of the due rows and join with them
+    that this replaces (3 shuffles) took 14.4 s."""
+    if marks is None:
+        return songs.map_batches(_no_tries, batch_format="pyarrow", batch_size=None)
+    schema = songs.schema().base_schema
+    both = songs.map_batches(_song_side, batch_format="pyarrow", batch_size=None).union(
+        marks.map_batches(_mark_side, batch_format="pyarrow", batch_size=None,
+                          fn_kwargs={"schema": schema}))
+    return latest_per_song(both, functools.partial(_todo_block, schema=schema),
+                           partitions=partitions)
+
+
+_MARK_COLUMNS = {"_mark": pa.bool_(), "_done": pa.bool_(), "_attempt": pa.int32()}
+
+
+def _song_side(batch: pa.Table) -> pa.Table:
+    """Ray Data fn: song rows with the mark columns, null (see :func:`todo_of`)."""
+    for name, type_ in _MARK_COLUMNS.items():
+        batch = batch.append_column(name, pa.nulls(batch.num_rows, type_))
+    return batch.set_column(batch.schema.get_field_index("_mark"), "_mark",
+                            pa.array(np.zeros(batch.num_rows, bool)))
+
+
+def _mark_side(batch: pa.Table, *, schema: pa.Schema) -> pa.Table:
+    """Ray Data fn: marks in the song rows' schema (nulls but song_id) + the mark columns."""
+    n = batch.num_rows
+    columns = [batch.column("song_id").cast(schema.field("song_id").type)
+               if f.name == "song_id" else pa.nulls(n, f.type) for f in schema]
+    columns += [pa.array(np.ones(n, bool)), batch.column("done"), batch.column("attempt")]
+    return pa.Table.from_arrays(columns, schema=_with_marks(schema))
+
+
+def _with_marks(schema: pa.Schema) -> pa.Schema:
+    for name, type_ in _MARK_COLUMNS.items():
+        schema = schema.append(pa.field(name, type_))
+    return schema
+
+
+def _todo_block(batch: pa.Table, *, schema: pa.Schema) -> pa.Table:
+    """Ray Data fn: all song rows and marks of some songs -> the song rows to do, with
+    ``tries`` (see :func:`todo_of`)."""
+    out = schema.append(pa.field("tries", pa.int32()))
+    if not batch.num_rows or "_mark" not in batch.column_names:
+        return out.empty_table()
+    mark = pc.fill_null(batch.column("_mark"), False)
+    marks, rows = batch.filter(mark), batch.filter(pc.invert(mark))
+    done = pc.fill_null(marks.column("_done"), True)
+    skip = pc.unique(marks.filter(done).column("song_id"))
+    rows = rows.filter(pc.invert(pc.is_in(rows.column("song_id"), value_set=skip)))
+    tries = marks.filter(pc.invert(done)).select(["song_id", "_attempt"]).group_by(
+        "song_id").aggregate([("_attempt", "max")])
+    found = pc.take(tries.column("_attempt_max"),
+                    pc.index_in(rows.column("song_id"), value_set=tries.column("song_id")))
+    return rows.select(schema.names).append_column(
+        "tries", pc.fill_null(found, 0).cast(pa.int32())).cast(out)
 
 
 def _no_tries(batch: pa.Table) -> pa.Table:
@@ -188,8 +245,10 @@ def _no_tries(batch: pa.Table) -> pa.Table:
 
 def tried_again(todo) -> int:
     """Songs of ``todo`` (with ``tries``) that failed before."""
-    counted = todo.map_batches(_tried, batch_format="pyarrow", batch_size=None).sum("n")
-    return int(counted or 0)
+    # a row per block streamed to the driver: Dataset.sum's first aggregate in a process
+    # took ~2 s (measured on 2 CPUs), this ~0.1 s
+    counts = todo.map_batches(_tried, batch_format="pyarrow", batch_size=None)
+    return sum(int(row["n"]) for row in counts.iter_rows())
 
 
 def _tried(batch: pa.Table) -> pa.Table:

@@ -16,8 +16,8 @@ from pipeline.errors import ParameterError
 from pipeline.extract import extract_shard
 from pipeline.features import FeatureSpec
 from pipeline.retry import RetryPolicy, utc_now
-from pipeline.runtime.catalog import (Todo, arrow_fs, catalog_dataset, partitions,
-                                      plan_retries, tried_again, with_tries, without)
+from pipeline.runtime.catalog import (catalog_dataset, partitions, plan_retries, table_rows,
+                                      todo_of, tried_again)
 from pipeline.runtime.commit import commit_stream, final, resolver
 from pipeline.runtime.cluster import (ACTOR_RETRIES, Bounds, Limits, actor_pool, apply_to_data,
                                       check_gpus, gpus_seen_here, plan_batches, plan_size,
@@ -25,7 +25,7 @@ from pipeline.runtime.cluster import (ACTOR_RETRIES, Bounds, Limits, actor_pool,
 from pipeline.runtime.session import init_ray
 from pipeline.storage.catalog import Song, describe_catalog
 from pipeline.storage.delta import ADD_SCHEMA, Committer, new_run_id
-from pipeline.storage.shards import FeatureStore
+from pipeline.storage.shards import INDEX_SCHEMA, FeatureStore
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +62,12 @@ def run_extract(catalog: str, out: str, spec: FeatureSpec, *, labels_from_folder
     version = store.index.version()
     cpus = plan_size(limits)
     songs, n = catalog_dataset(catalog, labels_from_folders=labels_from_folders, cpus=cpus)
-    plan = _plan(store, version, retry="all" if retry_errors else "transient", retries=retries)
-    todo = without(songs, plan.done, partitions=partitions(n, cpus)).materialize()
-    todo = with_tries(todo, plan.due, partitions=partitions(n, cpus)).materialize()
+    marks = _plan(store, version, retry="all" if retry_errors else "transient", retries=retries,
+                  cpus=cpus)
+    todo = todo_of(songs, marks, partitions=partitions(n, cpus)).materialize()
     n_todo = todo.count()
     summary.update(songs=n, skipped=n - n_todo, ok=0, frames=0, audio_seconds=0.0, errors={},
-                   retried=tried_again(todo) if plan.due is not None else 0)
+                   retried=tried_again(todo) if marks is not None else 0)
     if n_todo:
         if use_gpu:  # before any work: a cluster that cannot bring a GPU stops the run here
             wait_for([{"GPU": 1}], purpose="extract --use-gpu", timeout_s=bounds.wait_s,
@@ -189,17 +189,18 @@ def _combine(out: str, adds: list[dict], name: str) -> dict:
     return FeatureStore(out).combine(adds, name=name)
 
 
-def _plan(store: FeatureStore, version: int, *, retry: str, retries: RetryPolicy) -> Todo:
-    """What the directory holds at ``version`` that this run leaves alone or tries again (see
-    :func:`plan_retries`)."""
-    import ray
-
+def _plan(store: FeatureStore, version: int, *, retry: str, retries: RetryPolicy, cpus: int):
+    """The marks of what the directory holds at ``version`` (:func:`plan_retries`): what this
+    run leaves alone or tries again; None when it holds nothing."""
     files = store.index_files(version)
     if not files:
-        return Todo()
-    rows = ray.data.read_parquet(files, filesystem=arrow_fs(store.root))
-    return plan_retries(rows.select_columns(["song_id", "error", "attempt", "run_id"]),
-                        retry=retry, policy=retries, now=utc_now())
+        return None
+    rows = table_rows(files, _PLAN_COLUMNS, cpus=cpus)
+    return plan_retries(rows, retry=retry, policy=retries, now=utc_now())
+
+
+_PLAN_COLUMNS = pa.schema([INDEX_SCHEMA.field(name) for name in (
+    "song_id", "error", "attempt", "run_id")])
 
 
 class Progress:

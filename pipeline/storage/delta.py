@@ -270,6 +270,17 @@ class Committer:
         self._last = time.monotonic()
 
 
+def read_columns(uri: str, schema: pa.Schema) -> pa.Table:
+    """The columns of ``schema`` of one Parquet file of a table, read alone (a file of an
+    earlier genres without ``attempt`` gives nulls there: :func:`conform`)."""
+    fs, path = fsio.url_to_fs(uri)
+    with fs.open(path, "rb") as f:
+        parquet = pq.ParquetFile(f)
+        have = set(parquet.schema_arrow.names)
+        table = parquet.read(columns=[n for n in schema.names if n in have])
+    return conform(table, schema)
+
+
 def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     """``table`` with the columns of ``schema``, in its order and types: a column a file of an
     earlier genres lacks (``attempt``) comes as nulls."""
