@@ -113,9 +113,11 @@ def test_missing_files_are_found_by_a_stat_before_any_decoder(tmp_path):
 
     (tmp_path / "here.wav").write_bytes(b"RIFF")
     uris = [str(tmp_path / "here.wav"), str(tmp_path / "gone.ogg"), f"file://{tmp_path}/x.ogg",
-            str(tmp_path), str(tmp_path / "here.wav" / "under.ogg"), "ftp://host/a.ogg"]
-    found = missing_files(uris, [0, 0, 3, 0, 0, 1])
+            str(tmp_path), str(tmp_path / "here.wav" / "under.ogg"), "ftp://host/a.ogg",
+            str(tmp_path / "no-folder" / "a.ogg"), str(tmp_path / "no-folder" / "b.ogg")]
+    found = missing_files(uris, [0, 0, 3, 0, 0, 1, 0, 0])
     assert [type(e).__name__ if e else None for e in found] == [
-        None, "AudioMissingError", "AudioMissingError", None, "AudioMissingError", None]
+        None, "AudioMissingError", "AudioMissingError", None, "AudioMissingError", None,
+        "AudioMissingError", "AudioMissingError"]
     assert str(found[1]) == f"no such file: {tmp_path / 'gone.ogg'}"
     assert found[1].kind == "missing"

@@ -1,5 +1,6 @@
 """Catalogs as Ray Datasets: read, listed and validated in the cluster, never listed in the
-driver; and what is already done taken away by an anti-join there."""
+driver; and what is already done taken away there, by one shuffle of the catalog with the
+table's marks."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Extraction on Ray Data: catalog -> songs not yet done (anti-join) -> extract actors that
-write parts -> the driver commits their index files as they finish."""
+"""Extraction on Ray Data: catalog -> songs not yet done (one shuffle with the table's marks)
+-> extract actors that write parts -> the driver commits their index files as they finish."""
 
 from __future__ import annotations
 
