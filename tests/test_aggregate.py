@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from pipeline.errors import ParameterError
-from pipeline.evaluate import evaluate
+from pipeline.evaluate import calibration_error, evaluate, fit_temperature, with_temperature
 from pipeline.models.aggregate import aggregate, decide
 
 CLASSES = ["blues", "jazz", "metal", "rock"]
@@ -146,3 +146,35 @@ def test_the_numpy_gru_scores_as_the_keras_sequence_model(rng):
     songs = [frame_logodds(rng.dirichlet(np.ones(3), size=k)) for k in (1, 4, 9, 2)]
     np.testing.assert_allclose(gru_scores(sequence_weights(model), songs),
                                model.predict(pad_sequences(songs), verbose=0), atol=1e-5)
+
+
+def _overconfident(rng, n=2000, classes=5):
+    """Songs whose true probabilities are softmax(z) but reported as softmax(3 z): sure of
+    themselves three times too much."""
+    z = rng.normal(0, 1.0, (n, classes))
+    true = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+    y = np.array([rng.choice(classes, p=p) for p in true])
+    shown = np.exp(3 * z) / np.exp(3 * z).sum(1, keepdims=True)
+    return true, shown, y
+
+
+def test_temperature_scaling_finds_the_overconfidence_and_keeps_every_argmax(rng):
+    true, shown, y = _overconfident(rng)
+    t = fit_temperature(shown, y)
+    assert 2.5 < t < 3.5
+    calibrated = with_temperature(shown, t)
+    assert (calibrated.argmax(1) == shown.argmax(1)).all()
+    np.testing.assert_allclose(calibrated.sum(1), 1.0, rtol=1e-6)
+    assert calibration_error(shown, y) > 0.15
+    assert calibration_error(calibrated, y) < 0.05
+    assert abs(calibration_error(true, y) - calibration_error(calibrated, y)) < 0.03
+
+
+def test_calibration_error_of_exact_and_of_always_wrong_confidences():
+    probs = np.array([[0.9, 0.1], [0.9, 0.1], [0.6, 0.4], [0.4, 0.6]])
+    assert calibration_error(probs, np.array([0, 0, 0, 1])) == pytest.approx(
+        (2 * 0.1 + 2 * 0.4) / 4)  # bins: {0.9, 0.9} all right, {0.6, 0.6} all right
+    assert calibration_error(probs, np.array([1, 1, 1, 0])) == pytest.approx(
+        (2 * 0.9 + 2 * 0.6) / 4)
+    assert calibration_error(np.zeros((0, 3)), np.zeros(0, int)) == 0.0
+    assert fit_temperature(np.zeros((0, 3)), np.zeros(0, int)) == 1.0
