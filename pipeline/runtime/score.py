@@ -69,12 +69,10 @@ def decode_batch(batch: dict, *, spec, feature: str, retries: RetryPolicy) -> di
     out = {"song_id": [], "uri": [], "error": [], "message": [], "attempt": [], "x": []}
     shape = (PATCH_FRAMES, MUSICNN_MELS) if spec.kind == "musicnn" else spec.columns()[feature]
     tries = batch["tries"] if "tries" in batch else np.zeros(len(batch["song_id"]), np.int32)
-    absent = missing_files(batch["uri"], tries)
-    for song_id, uri, tried, missing in zip(batch["song_id"], batch["uri"], tries, absent):
+    # the run checked every file before its windows (check_files): no second stat or request
+    for song_id, uri, tried in zip(batch["song_id"], batch["uri"], tries):
         attempt = int(tried) + 1
         try:
-            if missing:
-                raise missing
             x, error, message = sandbox().call(model_input, Song(song_id, uri), spec, feature,
                                                name=fsio.redact(uri)), "", ""
         except AudioError as e:

@@ -68,9 +68,10 @@ def missing_files(uris: Sequence[str], tried: Sequence[int]) -> list[AudioMissin
     decoder or sandbox is involved; None where it may be there (the decoder decides).
 
     A local file costs one stat (~1 us; a missing song through the sandbox ~95 us, measured),
-    and a folder that is not there one stat for all its songs of the batch. In an object store only the songs tried before (``tried`` > 0: they failed for a reason
-    that may pass, most often a file that never came) are checked, ``_CHECKS`` at a time; a
-    new song's file is checked by the decoder as it opens it, so it costs no extra request.
+    and a folder that is not there one stat for all its songs of the batch. In an object
+    store only the songs tried before (``tried`` > 0: they failed for a reason that may pass,
+    most often a file that never came) are checked, ``_CHECKS`` at a time; a new song's file
+    is checked by the decoder as it opens it, so it costs no extra request.
     A check that fails (permissions, network) says nothing: the decoder meets the same error
     and reports it with its kind.
     """
