@@ -1,6 +1,7 @@
 """Transfer learning on musicnn features: each embed head and feature against a logistic baseline.
 
 Run quietly:  .venv/bin/python benchmarks/transfer_bench.py [--catalogs gtzan3 games]
+              [--features embedding pools] [--seeds 0 1 2]
 
 For each catalog (GTZAN-3's artist-filtered manifest; the game-music catalog that
 ``benchmarks/game_music.py`` builds from Debian's packages, 60 s per track from 30 s in):
@@ -16,7 +17,9 @@ For each catalog (GTZAN-3's artist-filtered manifest; the game-music catalog tha
   validation song log-loss is within one standard error of the best.
 
 It prints every head's validation log-loss and validation and test song accuracy (per
-aggregator), which one was kept, and the kept head's margin over the baseline.
+aggregator), which one was kept, and the kept head's margin over the baseline (first seed),
+then the kept head's test song accuracy and test-song expected calibration error before and
+after temperature scaling over the seeds (mean, min-max).
 """
 
 from __future__ import annotations
@@ -73,15 +76,17 @@ def baseline(root: str) -> dict:
             "test songs": sum(side == "test" for side in first.values())}
 
 
-def train(root: str, work: pathlib.Path, name: str, feature: str) -> dict:
-    """`genres train --model embed --head auto --feature feature`: its metrics.json."""
-    out = work / f"{name}-embed-{feature}"
+def train(root: str, work: pathlib.Path, name: str, feature: str, seed: int) -> dict:
+    """`genres train --model embed --head auto --feature feature --seed seed`: its
+    metrics.json."""
+    out = work / f"{name}-embed-{feature}-{seed}"
     # a fresh fit: the same out and run name would resume an earlier bench's finished run
     shutil.rmtree(out, ignore_errors=True)
     started = time.perf_counter()
     subprocess.run([GENRES, "train", root, "--out", str(out), "--model", "embed", "--head",
                     "auto", "--feature", feature, "--epochs", "100", "--patience", "15",
-                    "--batch-size", "16", "--storage-path", str(work / "ray-results")],
+                    "--batch-size", "16", "--seed", str(seed),
+                    "--storage-path", str(work / "ray-results")],
                    check=True)
     from pipeline.storage.bundle import read_bundle
 
@@ -93,37 +98,62 @@ def train(root: str, work: pathlib.Path, name: str, feature: str) -> dict:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--catalogs", nargs="+", default=list(CATALOGS), choices=list(CATALOGS))
+    parser.add_argument("--features", nargs="+", default=list(FEATURES), choices=FEATURES)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2],
+                        help="fresh fits per catalog and feature (run-to-run spread)")
     parser.add_argument("--work", type=pathlib.Path, default=pathlib.Path("/tmp/genres-bench"))
     args = parser.parse_args(argv)
     from pipeline.evaluate import scored_accuracy
 
     shutil.rmtree(args.work / "ray-results", ignore_errors=True)  # earlier benches' runs
-    rows = []
+    rows, kept = [], []
     for name in args.catalogs:
         root = features(name, args.work)
         base = baseline(root)
         print(f"{name}: baseline {base}", flush=True)
-        for feature in FEATURES:
-            m = train(root, args.work, name, feature)
-            print(f"{name}: --feature {feature}: kept {m['head']}, {m['valid']['songs']} "
-                  f"validation songs, {m['seconds']:.0f} s", flush=True)
-            for head, figures in m["heads"].items():
-                rows.append((name, base, feature, head, head == m["head"], figures))
+        for feature in args.features:
+            for seed in args.seeds:
+                m = train(root, args.work, name, feature, seed)
+                c = m["calibration"]
+                print(f"{name}: --feature {feature} --seed {seed}: kept {m['head']}, "
+                      f"{m['valid']['songs']} validation songs, {m['seconds']:.0f} s; test "
+                      f"{scored_accuracy(m['test']['song_accuracy']):.3f}, ECE "
+                      f"{c['test']['ece_before']:.3f} -> {c['test']['ece_after']:.3f} "
+                      f"(T = {c['temperature']:.2f})", flush=True)
+                kept.append((name, feature, scored_accuracy(m["test"]["song_accuracy"]),
+                             c["test"]["ece_before"], c["test"]["ece_after"], m["head"]))
+                if seed != args.seeds[0]:
+                    continue
+                for head, figures in m["heads"].items():
+                    rows.append((name, base, feature, head, head == m["head"], figures))
+    print(f"\nseed {args.seeds[0]}, every head:")
     print("\n| catalog | train/test songs | baseline | feature | head | kept | valid log-loss "
           "| valid | majority | mean | logodds | sequence | pooled | as scored - baseline |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for name, base, feature, head, kept, figures in rows:
+    for name, base, feature, head, chosen, figures in rows:
         test = figures["test_song_accuracy"]
         cells = " | ".join(f"{test[k]:.3f}" if k in test else "" for k in
                            ("majority", "mean", "logodds", "sequence", "pooled"))
         print(f"| {name} | {base['train songs']}/{base['test songs']} | "
-              f"{base['patches, mean']:.3f} | {feature} | {head} | {'**kept**' if kept else ''} "
+              f"{base['patches, mean']:.3f} | {feature} | {head} | "
+              f"{'**kept**' if chosen else ''} "
               f"| {figures['valid_song_log_loss']:.3f}±{figures['valid_song_log_loss_se']:.3f} "
               f"| {scored_accuracy(figures['valid_song_accuracy']):.3f} | {cells} "
               f"| {scored_accuracy(test) - base['patches, mean']:+.3f} |")
+    print(f"\nthe kept head over seeds {args.seeds} (mean, min-max):")
+    print("\n| catalog | feature | heads kept | test song accuracy | test ECE before | after |")
+    print("|---|---|---|---|---|---|")
+    for name, feature in dict.fromkeys((k[0], k[1]) for k in kept):
+        runs = [k for k in kept if k[:2] == (name, feature)]
+        cells = []
+        for i in (2, 3, 4):
+            v = np.array([r[i] for r in runs])
+            cells.append(f"{v.mean():.3f} ({v.min():.3f}-{v.max():.3f})")
+        print(f"| {name} | {feature} | {', '.join(r[5] for r in runs)} | {' | '.join(cells)} |")
     for name, base in dict((r[0], r[1]) for r in rows).items():
         pooled = ", ".join(f"{f} {base[f'{f} pooled']:.3f}" for f in FEATURES)
         print(f"{name}: scikit-learn on song-pooled vectors (C=0.01): {pooled}")
+
 
 if __name__ == "__main__":
     main()

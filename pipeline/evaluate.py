@@ -162,6 +162,17 @@ def simplest_within_one_se(losses: dict[str, tuple[float, float]]) -> str:
     return next(name for name, (loss, _) in losses.items() if loss <= limit + 1e-12)
 
 
+def reliability(probs: np.ndarray, y: np.ndarray, bins: int = 15) -> list[dict]:
+    """Songs binned by their top probability into ``bins`` equal widths of [0, 1]: each
+    non-empty bin's lower edge ``low``, ``songs``, mean ``confidence`` and ``accuracy`` (the
+    share whose top class is the truth). probs [n_songs, n_classes], y [n_songs]."""
+    confidence, right = probs.max(1), (probs.argmax(1) == y)
+    which = np.minimum((confidence * bins).astype(int), bins - 1)
+    return [{"low": float(b / bins), "songs": int((which == b).sum()),
+             "confidence": float(confidence[which == b].mean()),
+             "accuracy": float(right[which == b].mean())} for b in np.unique(which)]
+
+
 def calibration_error(probs: np.ndarray, y: np.ndarray, bins: int = 15) -> float:
     """Expected calibration error of songs' probabilities: the mean over the songs of
     |accuracy - confidence| within equal-width bins of the top probability (Guo et al. 2017).
@@ -174,13 +185,8 @@ def calibration_error(probs: np.ndarray, y: np.ndarray, bins: int = 15) -> float
     """
     if not len(y):
         return 0.0
-    confidence, right = probs.max(1), (probs.argmax(1) == y)
-    which = np.minimum((confidence * bins).astype(int), bins - 1)
-    gap = 0.0
-    for b in np.unique(which):
-        held = which == b
-        gap += held.sum() * abs(right[held].mean() - confidence[held].mean())
-    return float(gap / len(y))
+    return float(sum(b["songs"] * abs(b["accuracy"] - b["confidence"])
+                     for b in reliability(probs, y, bins)) / len(y))
 
 
 def with_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
@@ -209,3 +215,26 @@ def fit_temperature(probs: np.ndarray, y: np.ndarray) -> float:
     found = minimize_scalar(loss, bounds=(math.log(0.05), math.log(20.0)), method="bounded",
                             options={"xatol": 1e-4})
     return float(math.exp(found.x))
+
+
+def calibrate(scored: dict[str, tuple[np.ndarray, np.ndarray]], aggregator: str) -> dict:
+    """Temperature scaling of the songs' probabilities ``aggregator`` gives, fitted on the
+    validation songs; ``scored``: split -> (probs [n_songs, n_classes], y [n_songs]).
+
+    Returns what the bundle and metrics.json record: ``aggregator``, ``temperature``, the
+    ``songs`` it was fitted on, and per split the expected calibration error, song log-loss
+    and reliability bins before and after (the test songs are never fitted on)."""
+    valid = scored.get("valid", (np.zeros((0, 1)), np.zeros(0, np.int64)))
+    t = fit_temperature(*valid)
+    out = {"aggregator": aggregator, "temperature": t, "fitted_on": "valid",
+           "songs": int(len(valid[1]))}
+    for split, (probs, y) in scored.items():
+        if not len(y):
+            continue
+        after = with_temperature(probs, t)
+        out[split] = {
+            "ece_before": calibration_error(probs, y), "ece_after": calibration_error(after, y),
+            "log_loss_before": song_log_loss(probs, y)["song_log_loss"],
+            "log_loss_after": song_log_loss(after, y)["song_log_loss"],
+            "reliability_before": reliability(probs, y), "reliability_after": reliability(after, y)}
+    return out

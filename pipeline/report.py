@@ -106,6 +106,14 @@ def _bundle(bundle: dict) -> str:
     if accuracy:
         out += ", test song accuracy " + ", ".join(f"{k} {v:.3f}" for k, v in accuracy.items())
     out += f" ({test.get('songs', 0)} test songs).</p>"
+    calibration = bundle.get("calibration") or {}
+    if calibration.get("test"):  # what the confidences below mean
+        figures = calibration["test"]
+        out += (f"<p>Confidences are calibrated probabilities of the "
+                f"<code>{_e(calibration['aggregator'])}</code> scores: temperature "
+                f"{calibration['temperature']:.2f} fitted on {calibration['songs']} validation "
+                f"songs; expected calibration error on the test songs "
+                f"{figures['ece_before']:.3f} before, {figures['ece_after']:.3f} after.</p>")
     classes = bundle.get("classes") or []
     for name, matrix in (test.get("confusion") or {}).items():
         out += f"<h3>Confusion ({_e(name)}; rows: truth)</h3>" + _svg(confusion_figure(matrix, classes))

@@ -2,7 +2,9 @@ import numpy as np
 import pytest
 
 from pipeline.errors import ParameterError
-from pipeline.evaluate import calibration_error, evaluate, fit_temperature, with_temperature
+from pipeline.evaluate import (calibrate, calibration_error, evaluate, fit_temperature,
+                               with_temperature)
+from pipeline.storage.bundle import Bundle
 from pipeline.models.aggregate import aggregate, decide
 
 CLASSES = ["blues", "jazz", "metal", "rock"]
@@ -178,3 +180,25 @@ def test_calibration_error_of_exact_and_of_always_wrong_confidences():
         (2 * 0.9 + 2 * 0.6) / 4)
     assert calibration_error(np.zeros((0, 3)), np.zeros(0, int)) == 0.0
     assert fit_temperature(np.zeros((0, 3)), np.zeros(0, int)) == 1.0
+
+
+def test_calibrate_fits_on_validation_songs_only_and_keeps_every_test_argmax(rng):
+    _, shown, y = _overconfident(rng, n=600)
+    valid, test = slice(0, 300), slice(300, 600)
+    out = calibrate({"valid": (shown[valid], y[valid]), "test": (shown[test], y[test])}, "mean")
+    assert out["aggregator"] == "mean" and out["songs"] == 300 and 2 < out["temperature"] < 4
+    assert out["temperature"] == fit_temperature(shown[valid], y[valid])  # never the test songs
+    figures = out["test"]
+    assert figures["ece_after"] < 0.06 < 0.15 < figures["ece_before"]
+    assert figures["log_loss_after"] < figures["log_loss_before"]
+    assert sum(b["songs"] for b in figures["reliability_after"]) == 300
+    # a bundle applies it to the aggregator it was fitted for, and to no other
+    bundle = Bundle(root="", model_id="m", model="cnn2d", feature="logmel", classes=tuple("abcde"),
+                    spec=None, mean=np.zeros(1), std=np.ones(1), calibrated="mean",
+                    temperature=out["temperature"])
+    calibrated = bundle.calibrate(shown[test], "mean")
+    assert (calibrated.argmax(1) == shown[test].argmax(1)).all()
+    np.testing.assert_allclose(calibrated, with_temperature(shown[test], out["temperature"]))
+    kept = shown[test]
+    assert bundle.calibrate(kept, "majority") is kept
+    assert calibrate({}, "mean")["temperature"] == 1.0  # no validation songs: as they are

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -70,11 +71,29 @@ def test_embeddings_train_embed_and_score(ray_session, catalog, tmp_path):
         scored_accuracy(metrics["test"]["song_accuracy"]) - base["test"]["baseline"])
     assert list(metrics["heads"]["pooled"]["valid_song_accuracy"]) == ["pooled"]  # songs
     assert json.loads((bundle / "bundle.json").read_text())["feature"] == "pools"
-    # the kept head scores the feature directory as it scored its test songs
+    # its confidences are calibrated on the validation songs, and the bundle carries that
+    calibration = json.loads((bundle / "calibration.json").read_text())
+    assert calibration["temperature"] == metrics["calibration"]["temperature"] > 0
+    assert calibration["songs"] == metrics["valid"]["songs"]
+    assert calibration["aggregator"] == ("pooled" if metrics["head"] == "pooled" else "mean")
+    assert "calibration.json" in json.loads((bundle / "bundle.json").read_text())["files"]
+    assert (bundle / "plots" / "reliability.png").exists()
+    # the kept head scores the feature directory as it scored its test songs (calibration
+    # keeps each song's winner)
     assert cli.main(["score", features, "--model", model, "--out", labels]) == 0
-    test = _merged(labels, catalog).query("split == 'test'")
+    scored = _merged(labels, catalog)
+    test = scored.query("split == 'test'")
     assert len(test) == 3 and (test.genre == test.label).mean() == scored_accuracy(
         metrics["test"]["song_accuracy"])
+    # and scores the audio the same: the same winners and (calibrated) probabilities
+    audio = str(tmp_path / "model-from-audio")
+    assert cli.main(["score", catalog, "--model", model, "--out", audio]) == 0
+    both = scored.merge(_merged(audio, catalog), on="song_id", suffixes=("", "_audio"))
+    assert len(both) == 18 and (both.genre == both.genre_audio).all()
+    for a, b in zip(both.probabilities, both.probabilities_audio):  # [(genre, p), ...]
+        assert [g for g, _ in a] == [g for g, _ in b]
+        np.testing.assert_allclose([p for _, p in a], [p for _, p in b], atol=2e-3)
+        assert abs(sum(p for _, p in a) - 1) < 1e-4
 
     # the other level's head (songs: pooled; patches: logistic) on 2 workers, then scoring
     # from audio: musicnn's pools through that head

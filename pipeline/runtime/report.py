@@ -92,13 +92,16 @@ def last_run(table: LabelTable) -> dict | None:
 
 
 def bundle_figures(bundle: str) -> dict:
-    """A model bundle's ``model_id``, classes and test metrics (accuracies, confusion)."""
+    """A model bundle's ``model_id``, classes, test metrics (accuracies, confusion) and
+    calibration (temperature, test ECE before and after)."""
     from pipeline.storage.bundle import read_bundle
 
     found = read_bundle(bundle)
     metrics = json.loads(fsio.read_bytes(fsio.join(found.root, "metrics.json")))
     return {"model_id": found.model_id, "classes": metrics.get("classes"),
-            "test": metrics.get("test"), "epochs_run": metrics.get("epochs_run")}
+            "test": metrics.get("test"), "epochs_run": metrics.get("epochs_run"),
+            "calibration": {k: v for k, v in (metrics.get("calibration") or {}).items()
+                            if k in ("aggregator", "temperature", "songs", "test")}}
 
 
 def changes_since(table: LabelTable, model: str, since: int | str, *, now=None) -> dict:

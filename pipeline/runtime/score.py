@@ -228,7 +228,10 @@ class SongScorer:
         genre, confidence = [""] * n, np.zeros(n, np.float32)
         scores = np.zeros((n, len(self.bundle.classes)), np.float32)
         if ok:
-            for i, (s, best) in zip(ok, self.song_scores([xs[i] for i in ok])):
+            found = self.song_scores([xs[i] for i in ok])
+            # calibrated probabilities where the bundle has a temperature for this aggregator
+            calibrated = self.bundle.calibrate(np.stack([s for s, _ in found]), self.aggregator)
+            for i, s, (_, best) in zip(ok, calibrated, found):
                 genre[i], confidence[i], scores[i] = self.bundle.classes[best], s[best], s
         return {"song_id": batch["song_id"], "uri": batch["uri"], "error": batch["error"],
                 "message": batch["message"], "attempt": batch["attempt"],

@@ -37,7 +37,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.errors import ParameterError
-from pipeline.evaluate import (evaluate_songs, evaluate_sums, scored_accuracy,
+from pipeline.evaluate import (calibrate, evaluate_songs, evaluate_sums, scored_accuracy,
                                simplest_within_one_se, song_sums)
 from pipeline.models.cnn import HEADS, build_model, model_level, pooled_l2, song_pooling
 from pipeline.models.keras import select_legacy_keras
@@ -484,7 +484,8 @@ def run_train(features: str, out: str, config: TrainConfig, *, address: str | No
                                    "split_method": data.method},
                            metrics=metrics, history=state["history"],
                            level=model_level(config.model, chosen["head"]),
-                           pooling=song_pooling(config.model), sequence_model=chosen["sequence"])
+                           pooling=song_pooling(config.model), sequence_model=chosen["sequence"],
+                           calibration=metrics["calibration"])
     return {"model": config.model, "model_id": model_id, "out": out, "metrics": metrics,
             "epochs": state["epoch"], "seconds": time.perf_counter() - started,
             "run": chosen["run"], "head": chosen["head"], "limits": limits.describe(),
@@ -601,20 +602,27 @@ def _evaluate(data: TrainingData, fit: dict, limits: Limits) -> dict:
     predicted = predict(data, splits, loop, fit["best"], lite, limits)
     sequence = None
     if data.level == "song":  # a row per song already: its probabilities
+        aggregator, scored = song_pooling(loop["model"]), {}
         for split, got in _collect(predicted, ["probs", "y"], splits).items():
-            metrics[split] = evaluate_songs(got["probs"].reshape(-1, len(classes)), got["y"],
-                                            classes, song_pooling(loop["model"]))
+            scored[split] = (got["probs"].reshape(-1, len(classes)), got["y"])
+            metrics[split] = evaluate_songs(*scored[split], classes, aggregator)
+        metrics["calibration"] = calibrate(scored, aggregator)
         return {**fit, "model": model, "lite": lite, "sequence": None, "metrics": metrics}
     songs = song_results(data, predicted, limits)
     # the learned aggregator, on out-of-sample frame predictions: fitted on the validation
     # songs, measured on the test songs only
     sequence, test_classes = _sequence(data, songs, loop, len(classes))
     columns = ["song_id", "y", "frames", "correct", "sum_probs", "sum_logodds", "votes"]
+    scored = {}
     for split, got in _collect(songs, columns, splits).items():
         chosen = None
         if split == "test" and sequence is not None:
             chosen = np.array([test_classes[s] for s in got["song_id"]], np.int64)
         metrics[split] = evaluate_sums(got, classes, sequence=chosen)
+        # the mean aggregator's song probabilities: what scoring gives by default
+        scored[split] = (got["sum_probs"].reshape(-1, len(classes))
+                         / np.asarray(got["frames"], np.float64)[:, None], got["y"])
+    metrics["calibration"] = calibrate(scored, "mean")
     return {**fit, "model": model, "lite": lite, "sequence": sequence, "metrics": metrics}
 
 

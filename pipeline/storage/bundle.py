@@ -20,6 +20,9 @@ meanwhile changes what the next run scores with, never half of this one. Each ve
     normalization.json   per-band mean/std fitted on train songs only (bundles that say
                          ``"normalization": "in_model"`` apply it in the model's first layer)
     config.json          the training configuration
+    calibration.json     the temperature that turns the song scores of one aggregator into
+                         calibrated probabilities (fitted on the validation songs); bundles
+                         without one score uncalibrated (temperature 1)
     metrics.json         frame / song accuracy per aggregator on the test split, confusion
     history.csv          per-epoch loss and accuracy (train and validation)
     plots/*.png          learning curves, confusion matrix
@@ -39,7 +42,7 @@ import tempfile
 import numpy as np
 
 from pipeline.errors import BundleError
-from pipeline.evaluate import scored_accuracy
+from pipeline.evaluate import scored_accuracy, with_temperature
 from pipeline.features.spec import FeatureSpec, spec_from_record
 from pipeline.plots import confusion_figure, pyplot, save
 from pipeline.storage import fs as fsio
@@ -49,6 +52,7 @@ log = logging.getLogger(__name__)
 MODEL_FILE = "model.keras"
 LITE_FILE = "model.tflite"
 SEQUENCE_FILE = "sequence.keras"
+CALIBRATION_FILE = "calibration.json"
 MUSICNN_FILE = "musicnn.npz"  # embedding bundles: the pretrained network travels with the head
 
 
@@ -68,6 +72,15 @@ class Bundle:
     aggregators: tuple[str, ...] = ("majority", "mean", "logodds")
     normalized_in_model: bool = False  # older bundles: the scorer normalises the input
     files: tuple[tuple[str, str], ...] = ()  # (name, sha256) of the files model_id covers
+    calibrated: str | None = None  # the aggregator whose song scores ``temperature`` calibrates
+    temperature: float = 1.0
+
+    def calibrate(self, scores: np.ndarray, aggregator: str) -> np.ndarray:
+        """Song scores [n_songs, n_classes] of ``aggregator``, calibrated when the bundle was
+        calibrated for it (same order of classes, so the same winner), else as they are."""
+        if aggregator != self.calibrated or self.temperature == 1.0:
+            return scores
+        return with_temperature(np.asarray(scores, np.float64), self.temperature)
 
     def normalize(self, x: np.ndarray) -> np.ndarray:
         """Rows [n, n_bands, ...] as the model takes them (float32): normalised with the
@@ -96,13 +109,15 @@ def save_bundle(out: str, *, model, lite_model: bytes | None = None, model_name:
                 feature: str, classes: list[str],
                 spec: FeatureSpec, mean: np.ndarray, std: np.ndarray, config: dict,
                 metrics: dict, history: list[dict], level: str = "frame",
-                pooling: str | None = None, sequence_model=None) -> str:
+                pooling: str | None = None, sequence_model=None,
+                calibration: dict | None = None) -> str:
     """Write a bundle version to ``out`` (local or URI) and make it the current one; returns
     its model_id. Versions already there stay (runs may be using them).
 
     ``model`` normalises its own input (``mean``/``std`` are recorded for reference);
     ``lite_model`` is a frame model's LiteRT copy (:func:`pipeline.models.lite.to_tflite`);
-    ``pooling`` names a song-level model's own aggregation (default: the model's name)."""
+    ``pooling`` names a song-level model's own aggregation (default: the model's name);
+    ``calibration``: {"aggregator", "temperature", ...} (:func:`pipeline.evaluate.calibrate`)."""
     with tempfile.TemporaryDirectory(prefix="genres-bundle-") as tmp:
         model.save(os.path.join(tmp, MODEL_FILE))
         aggregators = [pooling or model_name] if level == "song" else ["majority", "mean", "logodds"]
@@ -113,6 +128,9 @@ def save_bundle(out: str, *, model, lite_model: bytes | None = None, model_name:
                                    "std": np.asarray(std).tolist()},
             "config.json": config,
         }
+        if calibration is not None:
+            docs["calibration.json"] = {k: calibration[k] for k in
+                                        ("aggregator", "temperature", "fitted_on", "songs")}
         for name, doc in docs.items():
             _write_json(os.path.join(tmp, name), doc)
         names = [MODEL_FILE, *docs]
@@ -147,6 +165,9 @@ def save_bundle(out: str, *, model, lite_model: bytes | None = None, model_name:
             save(confusion_figure(metrics["test"]["confusion"][best], classes,
                                   f"song-level confusion ({best}), test split"),
                  os.path.join(tmp, "plots", "confusion.png"))
+        if (metrics.get("calibration") or {}).get("test"):
+            _plot_reliability(metrics["calibration"], os.path.join(tmp, "plots",
+                                                                   "reliability.png"))
         if len(metrics.get("heads") or {}) > 1:
             _plot_heads(metrics["heads"], metrics["head"], os.path.join(tmp, "plots", "heads.png"))
         fsio.check_ours(out, BUNDLE_FILE, "a model bundle")
@@ -185,6 +206,8 @@ def read_bundle(uri: str) -> Bundle:
         classes = json.loads(fsio.read_text(fsio.join(uri, "labels.json")))
         spec = spec_from_record(json.loads(fsio.read_text(fsio.join(uri, "spec.json"))))
         norm = json.loads(fsio.read_text(fsio.join(uri, "normalization.json")))
+        calibration = (json.loads(fsio.read_text(fsio.join(uri, CALIBRATION_FILE)))
+                       if CALIBRATION_FILE in meta.get("files", {}) else {})
     except FileNotFoundError as e:
         raise BundleError(f"{uri} is not a model bundle (missing {e.filename or e}); "
                           f"train one with `genres train`") from e
@@ -194,7 +217,9 @@ def read_bundle(uri: str) -> Bundle:
                   level=meta.get("level", "frame"),
                   aggregators=tuple(meta.get("aggregators", Bundle.aggregators)),
                   normalized_in_model=meta.get("normalization") == "in_model",
-                  files=tuple(sorted(meta.get("files", {}).items())))
+                  files=tuple(sorted(meta.get("files", {}).items())),
+                  calibrated=calibration.get("aggregator"),
+                  temperature=float(calibration.get("temperature", 1.0)))
 
 
 def verify_bundle(bundle: Bundle) -> None:
@@ -328,4 +353,28 @@ def _plot_heads(heads: dict, chosen: str, path: str) -> None:
     ax.set_ylabel("song accuracy (as scored)")
     ax.set_title("embed heads: the logistic baseline vs the others")
     ax.legend(loc="lower right")
+    save(fig, path)
+
+
+def _plot_reliability(calibration: dict, path: str) -> None:
+    """The test songs' reliability diagram before and after temperature scaling: accuracy
+    against confidence per bin (the diagonal is a calibrated model), with songs per bin."""
+    plt = pyplot()
+    test = calibration["test"]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.5), sharey=True)
+    for ax, when in zip(axes, ("before", "after")):
+        bins = test[f"reliability_{when}"]
+        ax.plot([0, 1], [0, 1], ":", color="grey")
+        ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], "o-")
+        for b in bins:
+            ax.annotate(str(b["songs"]), (b["confidence"], b["accuracy"]), fontsize=8,
+                        textcoords="offset points", xytext=(4, -10))
+        ax.set_xlim(0, 1.02)
+        ax.set_ylim(0, 1.05)
+        ax.set_xlabel("confidence (top probability)")
+        shown = f" (T = {calibration['temperature']:.2f})" if when == "after" else ""
+        ax.set_title(f"{when}{shown}: ECE {test[f'ece_{when}']:.3f}")
+    axes[0].set_ylabel("accuracy of the songs in the bin")
+    fig.suptitle(f"test songs' {calibration['aggregator']} scores; temperature fitted on "
+                 f"{calibration['songs']} validation songs")
     save(fig, path)
