@@ -10,6 +10,7 @@ from pipeline.features.bags import group_by_song
 from pipeline.models.aggregate import AGGREGATORS, aggregate, decide
 
 _EPS = 1e-6  # log-odds clip, as pipeline.models.aggregate.logodds
+MIN_CALIBRATION_SONGS = 30  # validation songs a temperature is fitted on, at least
 
 
 def confusion(truth: np.ndarray, pred: np.ndarray, n_classes: int) -> np.ndarray:
@@ -223,15 +224,23 @@ def calibrate(scored: dict[str, tuple[np.ndarray, np.ndarray]], aggregator: str)
 
     Returns what the bundle and metrics.json record: ``aggregator``, ``temperature``, the
     ``songs`` it was fitted on, and per split the expected calibration error, song log-loss
-    and reliability bins before and after (the test songs are never fitted on)."""
+    and reliability bins before and after (the test songs are never fitted on).
+
+    Fewer than ``MIN_CALIBRATION_SONGS`` validation songs leave the scores as they are (T = 1):
+    on the game catalog's 13-18 validation songs, right more often than its test songs, the
+    fitted temperature sharpened scores that were already over-sure (test ECE 0.230 -> 0.237
+    and 0.287 -> 0.332), where GTZAN-3's 61 gave 0.048-0.076 -> 0.027-0.041."""
     valid = scored.get("valid", (np.zeros((0, 1)), np.zeros(0, np.int64)))
-    t = fit_temperature(*valid)
-    out = {"aggregator": aggregator, "temperature": t, "fitted_on": "valid",
+    enough = len(valid[1]) >= MIN_CALIBRATION_SONGS
+    t = fit_temperature(*valid) if enough else 1.0
+    out = {"aggregator": aggregator, "temperature": t,
+           "fitted_on": "valid" if enough else f"none: fewer than {MIN_CALIBRATION_SONGS} "
+                                               f"validation songs",
            "songs": int(len(valid[1]))}
     for split, (probs, y) in scored.items():
         if not len(y):
             continue
-        after = with_temperature(probs, t)
+        after = with_temperature(probs, t) if t != 1.0 else probs
         out[split] = {
             "ece_before": calibration_error(probs, y), "ece_after": calibration_error(after, y),
             "log_loss_before": song_log_loss(probs, y)["song_log_loss"],

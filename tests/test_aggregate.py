@@ -202,3 +202,6 @@ def test_calibrate_fits_on_validation_songs_only_and_keeps_every_test_argmax(rng
     kept = shown[test]
     assert bundle.calibrate(kept, "majority") is kept
     assert calibrate({}, "mean")["temperature"] == 1.0  # no validation songs: as they are
+    few = calibrate({"valid": (shown[:29], y[:29]), "test": (shown[test], y[test])}, "mean")
+    assert few["temperature"] == 1.0 and few["fitted_on"].startswith("none: fewer than 30")
+    assert few["test"]["ece_after"] == few["test"]["ece_before"]
