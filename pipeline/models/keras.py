@@ -7,6 +7,7 @@ goes through :func:`tf_keras`, which selects tf-keras before TensorFlow is first
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
@@ -48,3 +49,36 @@ def tf_keras():
             + (" (imported earlier in this process)" if already else "")
             + "; set it in the environment of every driver, worker and actor")
     return tf.keras
+
+
+@contextlib.contextmanager
+def native_stderr_quiet():
+    """File descriptor 2 to /dev/null for a moment, unless ``--verbose`` (GENRES_VERBOSE=1):
+    TensorFlow's and LiteRT's C++ write their notes there through absl before anything can set
+    a level (``I0000 ... port.cc:153] oneDNN custom operations are on``, ``cudart_stub``,
+    ``E0000 ... failed call to cuInit`` on a machine without a GPU, "Created TensorFlow Lite
+    XNNPACK delegate"); TF_CPP_MIN_LOG_LEVEL does not reach them. A failure still raises."""
+    if os.environ.get("GENRES_VERBOSE") == "1":
+        yield
+        return
+    sys.stderr.flush()
+    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+
+
+def load_tensorflow_quietly() -> None:
+    """Import TensorFlow (tf-keras) and let it look for GPUs once, its import-time and device
+    notes silenced (:func:`native_stderr_quiet`); later imports are free and quiet."""
+    if "tensorflow" in sys.modules:
+        return
+    with native_stderr_quiet():
+        tf_keras()
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()

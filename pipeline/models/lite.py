@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.models.keras import tf_keras
+from pipeline.models.keras import native_stderr_quiet, tf_keras
 
 
 def to_tflite(model) -> bytes:
@@ -33,6 +33,8 @@ class LiteModel:
         from ai_edge_litert.interpreter import Interpreter
 
         self.interpreter = Interpreter(model_content=flatbuffer, num_threads=threads)
+        with native_stderr_quiet():  # the first allocation creates the XNNPACK delegate
+            self.interpreter.allocate_tensors()
         (self.input,), (self.output,) = (self.interpreter.get_input_details(),
                                          self.interpreter.get_output_details())
         self.batch_size = batch_size

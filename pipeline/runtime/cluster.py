@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import time
+import warnings
 
 from pipeline.errors import ClusterError
 
@@ -165,6 +166,19 @@ def _monitor_config_path() -> str | None:
 ACTOR_RETRIES = {"max_restarts": 3, "max_task_retries": -1}
 
 
+def map_bounded(ds, fn, *, retries: dict, **named):
+    """``ds.map_batches(fn, **named)`` with bounds on Ray's retries (``retries``:
+    ``max_retries``/``retry_exceptions`` for tasks, :data:`ACTOR_RETRIES` for actors).
+
+    Ray Data retries a task and restarts an actor without limit by default, and Ray 2.60 takes
+    bounds only through ``**ray_remote_args``, deprecated for Ray 2.64 with no named parameter
+    to replace them yet. A run that never ends is worse than a deprecated argument, so they
+    are passed here, the only place, and its deprecation warning silenced by its message."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+        return ds.map_batches(fn, **named, **retries)
+
+
 def actor_pool(most: int, units: int):
     """An autoscaling Ray Data actor pool for ``units`` pieces of work (blocks): at least one
     actor, at most ``most``, starting with as many as the work can use. Started actors wait
@@ -175,6 +189,24 @@ def actor_pool(most: int, units: int):
     most = max(1, most)
     return ray.data.ActorPoolStrategy(min_size=1, max_size=most,
                                       initial_size=max(1, min(most, units)))
+
+
+def by_reference(value):
+    """``value`` (large: model weights, a flatbuffer) put in the object store once, for an
+    actor's constructor: Ray Data pickles constructor arguments into each actor's creation
+    task, and one of over 100 KB becomes an object-store argument, which Ray 2.60 reports as an
+    error line for a restartable actor (core_worker.cc, ray#53727); a reference inside a small
+    argument does not. The actor takes it back with :func:`resolved`. None stays None."""
+    import ray
+
+    return None if value is None else ray.put(value)
+
+
+def resolved(value):
+    """What :func:`by_reference` put in the object store (anything else as it is)."""
+    import ray
+
+    return ray.get(value) if isinstance(value, ray.ObjectRef) else value
 
 
 def apply_to_data(limits: Limits) -> None:

@@ -8,7 +8,6 @@ import logging
 import sys
 import time
 import uuid
-import warnings
 
 import pyarrow as pa
 
@@ -20,8 +19,8 @@ from pipeline.runtime.catalog import (catalog_dataset, partitions, plan_retries,
                                       todo_of, tried_again)
 from pipeline.runtime.commit import commit_stream, final, resolver
 from pipeline.runtime.cluster import (ACTOR_RETRIES, Bounds, Limits, actor_pool, apply_to_data,
-                                      check_gpus, gpus_seen_here, plan_batches, plan_size,
-                                      plan_window, wait_for, windows)
+                                      check_gpus, gpus_seen_here, map_bounded, plan_batches,
+                                      plan_size, plan_window, wait_for, windows)
 from pipeline.runtime.session import init_ray
 from pipeline.storage.catalog import Song, describe_catalog
 from pipeline.storage.delta import ADD_SCHEMA, Committer, new_run_id
@@ -118,14 +117,12 @@ def _extracted(todo, size: int, limits: Limits, *, spec, out: str, run_id: str,
         run = {"fn": ExtractWorker, "fn_constructor_kwargs": {**kwargs, "use_gpu": use_gpu},
                "compute": actor_pool(limits.gpus if use_gpu else limits.cpus,
                                      blocks.num_blocks()),
-               **ACTOR_RETRIES}
+               "retries": ACTOR_RETRIES}
     else:
-        run = {"fn": extract_batch, "fn_kwargs": kwargs, "max_retries": 3,
-               "retry_exceptions": [OSError]}
-    with warnings.catch_warnings():  # Ray 2.60 has no named parameter for retries
-        warnings.simplefilter("ignore", DeprecationWarning)
-        written = blocks.map_batches(batch_size=size, batch_format="pyarrow", num_cpus=1,
-                                     num_gpus=1 if use_gpu else 0, **run)
+        run = {"fn": extract_batch, "fn_kwargs": kwargs,
+               "retries": {"max_retries": 3, "retry_exceptions": [OSError]}}
+    written = map_bounded(blocks, batch_size=size, batch_format="pyarrow", num_cpus=1,
+                          num_gpus=1 if use_gpu else 0, **run)
     written.context.actor_task_retry_on_errors = [OSError]
     # Ray Data reserves part of the CPUs for each operator of a pipeline; this one has a
     # single operator that needs CPUs, and with the reservation it ran one task at a time

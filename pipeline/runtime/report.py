@@ -153,7 +153,8 @@ def _row_kinds(table: LabelTable, paths: list[str], *, labels: bool = False) -> 
     kinds: dict = {}
     if not paths:
         return kinds
-    rows = ray.data.read_parquet(paths, filesystem=arrow_fs(table.root), columns=["error"])
+    # the projection is pushed into the read (read_parquet's columns= is deprecated)
+    rows = ray.data.read_parquet(paths, filesystem=arrow_fs(table.root)).select_columns(["error"])
     for row in rows.map_batches(_error_kinds, batch_format="pyarrow", batch_size=None,
                                 fn_kwargs={"labels": labels}).iter_rows():
         kinds[row["error"]] = kinds.get(row["error"], 0) + row["songs"]

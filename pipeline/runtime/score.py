@@ -33,9 +33,10 @@ from pipeline.runtime.catalog import (catalog_dataset, column_or_nulls,
                                       latest_per_song, partitions, plan_retries, table_rows,
                                       todo_of, tried_again, without)
 from pipeline.runtime.commit import aggregator_is, commit_stream, resolver
-from pipeline.runtime.cluster import (ACTOR_RETRIES, Bounds, actor_pool, apply_to_data, check_gpus,
-                                      gpus_seen_here, plan_batches, plan_size, plan_window,
-                                      wait_for, windows)
+from pipeline.runtime.cluster import (ACTOR_RETRIES, Bounds, actor_pool, apply_to_data,
+                                      by_reference, check_gpus, gpus_seen_here, map_bounded,
+                                      plan_batches, plan_size, plan_window, resolved, wait_for,
+                                      windows)
 from pipeline.runtime.session import init_ray
 from pipeline.sandbox import sandbox
 from pipeline.storage import fs as fsio
@@ -145,11 +146,11 @@ class SongScorer:
 
     def __init__(self, bundle_root: str, aggregator: str, zero_shot: str | None = None,
                  precomputed: bool = False, use_gpu: bool = False,
-                 lite_model: bytes | None = None, model_id: str | None = None,
-                 prepare: tuple | None = None):
-        """``lite_model``: the bundle's LiteRT flatbuffer, read once by the driver, when the
-        model runs in LiteRT (see :func:`runs_lite`); Keras otherwise. ``model_id``: the
-        bundle the driver verified; an actor that finds another there stops the run.
+                 lite_model=None, model_id: str | None = None, prepare: tuple | None = None):
+        """``lite_model``: the bundle's LiteRT flatbuffer, read once by the driver and passed
+        by reference (:func:`by_reference`), when the model runs in LiteRT (see
+        :func:`runs_lite`); Keras otherwise. ``model_id``: the bundle the driver verified; an
+        actor that finds another there stops the run.
         ``prepare``: (fn, kwargs) the actor applies to its batches first: :func:`decode_batch`
         (catalog rows: decoded here) or :func:`read_feature_songs` (index rows: their parts
         read here); None: batches come ready."""
@@ -174,7 +175,7 @@ class SongScorer:
         if lite_model is not None:
             from pipeline.models.lite import LiteModel
 
-            self.model = LiteModel(lite_model, threads=1)
+            self.model = LiteModel(resolved(lite_model), threads=1)
             self.predict_frames = self.model.predict
         else:
             self.model = load_keras_model(self.bundle)
@@ -423,8 +424,8 @@ def _write(scored, **kwargs):
     is light, and the model actors may hold every CPU (a write task waiting for one would
     stall them behind their unread output)."""
     size = kwargs.pop("songs_per_file")
-    return scored.map_batches(write_labels, batch_size=size, batch_format="numpy", num_cpus=0,
-                              max_retries=_RETRIES, fn_kwargs=kwargs)
+    return map_bounded(scored, write_labels, retries={"max_retries": _RETRIES},
+                       batch_size=size, batch_format="numpy", num_cpus=0, fn_kwargs=kwargs)
 
 
 def _scored(todo, features, bundle, *, aggregate: str, batch_size: int, limits,
@@ -446,21 +447,20 @@ def _scored(todo, features, bundle, *, aggregate: str, batch_size: int, limits,
         batch_size = max(batch_size, _BLOCK_SONGS) if features is not None else batch_size
     else:
         read, kwargs = prepare
-        songs = todo.map_batches(read, batch_size=None if features is not None else 2,
-                                 batch_format="numpy", num_cpus=1, max_retries=_RETRIES,
-                                 fn_kwargs=kwargs)
+        songs = map_bounded(todo, read, retries={"max_retries": _RETRIES},
+                            batch_size=None if features is not None else 2,
+                            batch_format="numpy", num_cpus=1, fn_kwargs=kwargs)
         prepare = None
     # bounded: Ray Data restarts a dead actor without limit by default
-    resources = {**resources, **ACTOR_RETRIES}
-    return songs.map_batches(SongScorer, batch_size=batch_size, batch_format="numpy",
-                             fn_constructor_kwargs={"bundle_root": bundle.root,
-                                                    "aggregator": aggregate,
-                                                    "zero_shot": zero_shot,
-                                                    "precomputed": features is not None,
-                                                    "use_gpu": use_gpu, "lite_model": lite,
-                                                    "model_id": bundle.model_id,
-                                                    "prepare": prepare},
-                             compute=actor_pool(most, todo.num_blocks()), **resources)
+    return map_bounded(songs, SongScorer, retries=ACTOR_RETRIES,
+                       batch_size=batch_size, batch_format="numpy",
+                       fn_constructor_kwargs={"bundle_root": bundle.root, "aggregator": aggregate,
+                                              "zero_shot": zero_shot,
+                                              "precomputed": features is not None,
+                                              "use_gpu": use_gpu,
+                                              "lite_model": by_reference(lite),
+                                              "model_id": bundle.model_id, "prepare": prepare},
+                       compute=actor_pool(most, todo.num_blocks()), **resources)
 
 
 def write_labels(batch: dict, *, root: str, model_id: str, classes: list[str], top_k: int,

@@ -14,7 +14,7 @@ log = logging.getLogger(__name__)
 # default depends on the CPU), so every worker takes the path the driver was told to take; the
 # URI schemes songs may name (--allow-http).
 PASSED_ON = ("TF_ENABLE_ONEDNN_OPTS", "GENRES_URI_SCHEMES", "GENRES_SONG_LIMITS",
-             "GENRES_FAULTS")
+             "GENRES_FAULTS", "TF_CPP_MIN_LOG_LEVEL", "GENRES_VERBOSE")
 
 
 def runtime_env() -> dict:
@@ -22,6 +22,28 @@ def runtime_env() -> dict:
     the job's runtime env on a cluster (embedded Ray's workers inherit the driver's env)."""
     env = {key: os.environ.get(key, value) for key, value in KERAS_ENV.items()}
     return {"env_vars": {**env, **{key: os.environ[key] for key in PASSED_ON if key in os.environ}}}
+
+
+VERBOSE_ENV = "GENRES_VERBOSE"  # "1": Ray's and TensorFlow's own logs and progress bars too
+
+
+def verbose() -> bool:
+    """Whether the command was asked for its libraries' logs (``--verbose``)."""
+    return os.environ.get(VERBOSE_ENV) == "1"
+
+
+def quiet_libraries() -> None:
+    """A command prints its own progress and summary; its libraries' logs stay off unless
+    ``--verbose`` asks for them: Ray Data's plans (RAY_DATA_LOG_LEVEL, read when ray.data is
+    first imported) and TensorFlow's Python-side C++ log level. The rest is set where Ray
+    starts (:func:`init_ray`). What the user set wins."""
+    loud = verbose()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if loud else "3")
+    # ERROR: its warnings are about its own machinery ("Progress bars disabled", operator
+    # backpressure); a failure raises
+    os.environ.setdefault("RAY_DATA_LOG_LEVEL", "INFO" if loud else "ERROR")
+    # TensorFlow's Python logger ("Assets written to ..." when a model is saved)
+    logging.getLogger("tensorflow").setLevel(logging.INFO if loud else logging.WARNING)
 
 
 def init_ray(address: str | None = None) -> None:
@@ -34,7 +56,12 @@ def init_ray(address: str | None = None) -> None:
     # "local" forces a new embedded instance: a bare ray.init() would join the last cluster
     # `ray start` launched on this machine, even a dead one whose record was left behind.
     address = address or os.environ.get("RAY_ADDRESS") or "local"
-    kwargs = {"logging_level": logging.WARNING}
+    # Quiet unless --verbose: the workers' and actors' own output (TensorFlow's C++ notes in
+    # each Train worker, Ray Train's controller lines, Ray Data's coordinators) stays in the
+    # session's log files instead of being forwarded to this terminal; a failure in them
+    # still raises here with its traceback. Ray's own start-up warnings likewise.
+    kwargs = {"logging_level": logging.INFO if verbose() else logging.ERROR,
+              "log_to_driver": verbose()}
     if address != "local":  # a cluster's workers get the env from the job, merged with this
         kwargs["runtime_env"] = runtime_env()
     # Embedded Ray's workers inherit the env select_legacy_keras() just set, so no runtime env:
@@ -44,8 +71,13 @@ def init_ray(address: str | None = None) -> None:
     log.info("starting Ray (%s)", "embedded local" if address == "local" else address)
     # Ray Data logs every dataset's plan and progress at INFO; the commands report their own.
     # Read when ray.data is first imported (RAY_DATA_LOG_LEVEL=INFO brings them back).
-    os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")
+    quiet_libraries()
     if "ray.data" in sys.modules:
         logging.getLogger("ray.data").setLevel(os.environ["RAY_DATA_LOG_LEVEL"])
+    from ray.data import DataContext
+
+    # progress bars drawn by Ray Data, here and in Ray Train's dataset coordinators (they
+    # take this context); the commands log their own progress
+    DataContext.get_current().enable_progress_bars = verbose()
     ray.init(address=address, **kwargs)
 

@@ -40,12 +40,12 @@ from pipeline.errors import ParameterError
 from pipeline.evaluate import (calibrate, evaluate_songs, evaluate_sums, scored_accuracy,
                                simplest_within_one_se, song_sums)
 from pipeline.models.cnn import HEADS, build_model, model_level, pooled_l2, song_pooling
-from pipeline.models.keras import select_legacy_keras
+from pipeline.models.keras import load_tensorflow_quietly
 from pipeline.models.lite import to_tflite
 from pipeline.runtime.catalog import latest_per_song, partitions
-from pipeline.runtime.cluster import (Bounds, Limits, actor_pool, apply_to_data, check_gpus,
-                                      gpus_seen_here, plan_size, wait_for)
-from pipeline.runtime.session import init_ray, runtime_env
+from pipeline.runtime.cluster import (Bounds, Limits, actor_pool, apply_to_data, by_reference,
+                                      check_gpus, gpus_seen_here, plan_size, resolved, wait_for)
+from pipeline.runtime.session import init_ray, runtime_env, verbose
 from pipeline.runtime.train_data import (TrainingData, open_source, plan_training_data,
                                          song_stats)
 from pipeline.storage import fs as fsio
@@ -255,15 +255,15 @@ class Predictor:
     """Ray Data actor: the trained model over one split's rows, in LiteRT (``lite_model``, as
     scoring runs frame models on CPU: no TensorFlow in the actor) or rebuilt in Keras."""
 
-    def __init__(self, loop: dict, weights: list[np.ndarray], inputs: list[str],
-                 lite_model: bytes | None = None):
+    def __init__(self, loop: dict, weights, inputs: list[str], lite_model=None):
+        """``weights`` and ``lite_model``: by reference (:func:`by_reference`)."""
         if lite_model is not None:
             from pipeline.models.lite import LiteModel
 
-            self.predict = LiteModel(lite_model, threads=1).predict
+            self.predict = LiteModel(resolved(lite_model), threads=1).predict
         else:
-            self.predict = functools.partial(_model(loop, weights).predict, batch_size=64,
-                                             verbose=0)
+            self.predict = functools.partial(_model(loop, resolved(weights)).predict,
+                                             batch_size=64, verbose=0)
         self.inputs = inputs
 
     def __call__(self, batch: dict) -> dict:
@@ -298,8 +298,9 @@ def predict(data: TrainingData, splits: tuple[str, ...], loop: dict, weights: li
     gpu = loop["use_gpu"] and lite_model is None
     most = limits.gpus if gpu else limits.cpus if lite_model is not None else limits.cpus // 2
     return data.dataset(*splits).map_batches(
-        Predictor, fn_constructor_kwargs={"loop": loop, "weights": weights,
-                                          "inputs": data.inputs, "lite_model": lite_model},
+        Predictor, fn_constructor_kwargs={"loop": loop, "weights": by_reference(weights),
+                                          "inputs": data.inputs,
+                                          "lite_model": by_reference(lite_model)},
         batch_size=64, num_gpus=1 if gpu else 0,
         compute=actor_pool(most, data.source.part_count() if data.source.root else most))
 
@@ -441,7 +442,8 @@ def run_train(features: str, out: str, config: TrainConfig, *, address: str | No
     heads = _heads(config)
     source = open_source(features, config)
     fsio.check_ours(out, "bundle.json", "a model bundle")  # before the work, not after it
-    select_legacy_keras()  # before ray.train.tensorflow imports TensorFlow in this process
+    # before ray.train.tensorflow imports TensorFlow in this process: tf-keras, its notes quiet
+    load_tensorflow_quietly()
     init_ray(address)
     limits = bounds.limits()
     if config.use_gpu:  # a cluster that can never have them stops the run before any work
@@ -512,7 +514,8 @@ def _fit(data: TrainingData, config: TrainConfig, out: str, *, storage_path: str
     Ray Train gives a group 60 s to be placed, less than an autoscaler takes to bring a
     node."""
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import (CheckpointConfig, FailureConfig, LoggingConfig, RunConfig,
+                           ScalingConfig)
     from ray.train.tensorflow import TensorflowTrainer
 
     unit = "songs" if data.level == "song" else "frames"
@@ -557,7 +560,9 @@ def _fit(data: TrainingData, config: TrainConfig, out: str, *, storage_path: str
             failure_config=FailureConfig(max_failures=_MAX_FAILURES,
                                          controller_failure_limit=_MAX_FAILURES,
                                          max_preemption_failures=_MAX_FAILURES),
-            worker_runtime_env=runtime_env()),
+            worker_runtime_env=runtime_env(),
+            # its per-epoch "Reporting training result" lines: the run logs its own progress
+            logging_config=LoggingConfig(log_level="INFO" if verbose() else "WARNING")),
         datasets={"train": data.dataset("train", shuffle=True, cache=cache),
                   "valid": data.dataset("valid", cache=cache)})
     result = trainer.fit()
