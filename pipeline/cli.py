@@ -9,6 +9,7 @@ import os
 import sys
 
 from pipeline.errors import GenresError, ParameterError
+from pipeline.runtime.session import VERBOSE_ENV, quiet_libraries
 
 log = logging.getLogger("genres")
 
@@ -48,7 +49,8 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="genres", description="Tag music catalogs with genres on Ray.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="debug logging, and Ray's and TensorFlow's own logs and progress bars")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     def ray_address(p):
@@ -245,8 +247,10 @@ def build_parser() -> argparse.ArgumentParser:
     ray_address(p)
 
     p = sub.add_parser("migrate", help="convert a feature directory or labels of genres 0.1 "
-                                       "(parts with _commits/ records) to this version's tables")
-    p.add_argument("directory", help="feature directory or labels directory (local or URI)")
+                                       "(parts with _commits/ records) to this version's "
+                                       "tables, or record an older model bundle's file hashes")
+    p.add_argument("directory", help="feature directory, labels directory or model bundle "
+                                     "(local or URI)")
 
     sub.add_parser("weights", help="fetch the pretrained musicnn weights into the cache "
                                    "($GENRES_CACHE or ~/.cache/genres)")
@@ -465,8 +469,12 @@ def cmd_migrate(args) -> dict:
     from pipeline.storage.migrate import migrate
 
     s = migrate(args.directory)
-    print(f"migrate: {s['kind']} of {s['songs']} songs in {s['files']} file(s) -> "
-          f"{s['table']}")
+    if s["kind"] == "bundle":
+        print(f"migrate: bundle {s['model_id']}: the hashes of its {s['files']} files recorded "
+              f"in {s['table']}/bundle.json")
+    else:
+        print(f"migrate: {s['kind']} of {s['songs']} songs in {s['files']} file(s) -> "
+              f"{s['table']}")
     return s
 
 
@@ -493,6 +501,9 @@ def cmd_weights(args) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.verbose:  # the libraries' own logs too (see quiet_libraries)
+        os.environ[VERBOSE_ENV] = "1"
+    quiet_libraries()
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     commands = {"extract": cmd_extract, "train": cmd_train, "score": cmd_score,

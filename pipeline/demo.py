@@ -10,10 +10,12 @@ import shutil
 import numpy as np
 
 from pipeline.features import FeatureSpec
+from pipeline.storage import fs as fsio
 
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 22050
+DEMO_MARKER = ".genres-demo"  # in every folder the demo made: the only ones it deletes in
 GENRES = ("chords", "drums", "noise")
 
 
@@ -114,6 +116,11 @@ def run_demo(workdir: str, *, songs_per_genre: int = 12, epochs: int = 12,
     from pipeline.runtime.train import TrainConfig, run_train
 
     workdir = os.path.abspath(workdir)
+    # everything below is deleted or replaced: only in a folder the demo made (or an empty one)
+    fsio.check_ours(workdir, DEMO_MARKER, "a genres demo folder")
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, DEMO_MARKER), "w") as f:
+        f.write("made by `genres demo`: its catalog, features, model, runs and labels\n")
     outputs = {"catalog": os.path.join(workdir, "catalog"),
                "features": os.path.join(workdir, "features"),
                "model": os.path.join(workdir, "model"),

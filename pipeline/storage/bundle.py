@@ -224,14 +224,33 @@ def read_bundle(uri: str) -> Bundle:
 
 def verify_bundle(bundle: Bundle) -> None:
     """Refuse a bundle whose files are not the ones its model_id was made of (changed by hand,
-    half replaced by a copy): every file ``bundle.json`` lists is read and hashed. Bundles
-    older than the list are not checked."""
+    half replaced by a copy): every file ``bundle.json`` lists is read and hashed. A bundle
+    that lists none (saved by an older genres, or with the list deleted) is refused too:
+    deleting one key must not turn the check off; `genres migrate` records the list once."""
     if not bundle.files:
-        log.warning("%s lists no file hashes (saved by an older genres): not verified",
-                    bundle.root)
-        return
+        raise BundleError(f"{bundle.root} lists no file hashes (saved by an older genres, or "
+                          f"its list removed), so its files cannot be verified; if you trust "
+                          f"them, record them once with `genres migrate {bundle.root}`")
     for name, digest in bundle.files:
         _check_file(bundle, name, fsio.read_bytes(fsio.join(bundle.root, name)), digest)
+
+
+def record_files(uri: str) -> dict:
+    """`genres migrate` of a bundle saved before file hashes: its current version's
+    ``bundle.json`` gets the sha256 of each of its files (what is there now, trusted by the
+    user who asks), keeping its model_id, so label tables keep their partition."""
+    bundle = read_bundle(uri)
+    if bundle.files:
+        raise BundleError(f"{uri} already lists its files' hashes: nothing to migrate")
+    meta_uri = fsio.join(bundle.root, BUNDLE_FILE)
+    meta = json.loads(fsio.read_text(meta_uri))
+    names = [MODEL_FILE, LITE_FILE, SEQUENCE_FILE, "labels.json", "spec.json",
+             "normalization.json", "config.json", CALIBRATION_FILE, MUSICNN_FILE]
+    meta["files"] = {name: _sha256(fsio.read_bytes(fsio.join(bundle.root, name)))
+                     for name in names if fsio.exists(fsio.join(bundle.root, name))}
+    fsio.write_bytes_atomic(meta_uri, json.dumps(meta, indent=2).encode())
+    return {"kind": "bundle", "model_id": bundle.model_id, "files": len(meta["files"]),
+            "table": bundle.root}
 
 
 def _check_file(bundle: Bundle, name: str, data: bytes, digest: str | None = None) -> None:

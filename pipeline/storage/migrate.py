@@ -1,6 +1,6 @@
 """``genres migrate``: feature directories and labels of genres 0.1 (Parquet parts, a JSON
 commit record per part in ``_commits/``, error rows in ``_errors/``) into this version's
-Delta tables, once.
+Delta tables, once; a model bundle saved before file hashes gets them recorded.
 
 Features keep their parts where they are; their commit records become the ``_songs`` table
 (an index file per 1,000 parts). Labels are rewritten into the labels table. The old records
@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 
 from pipeline.errors import CatalogError
 from pipeline.storage import fs as fsio
+from pipeline.storage.bundle import BUNDLE_FILE, record_files
 from pipeline.storage.delta import conform
 from pipeline.storage.labels import FILE_SCHEMA, LabelTable
 from pipeline.storage.shards import ERROR_SCHEMA, SPEC_FILE, FeatureStore, index_rows
@@ -30,6 +31,8 @@ _BATCH = 1000  # files per commit
 def migrate(root: str) -> dict:
     """Convert the genres 0.1 directory ``root``; a summary (kind, songs, files, table)."""
     root = str(root).rstrip("/")
+    if fsio.exists(fsio.join(root, BUNDLE_FILE)):  # a model bundle: its files' hashes
+        return record_files(root)
     fs, path = fsio.url_to_fs(root)
     commits = posixpath.join(path, "_commits")
     if not fs.exists(commits):
