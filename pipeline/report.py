@@ -48,7 +48,7 @@ def render(figures: dict) -> str:
     changes."""
     models = figures["models"]
     parts = [f"<h1>Catalog report</h1><p>Labels table <code>{_e(figures['table'])}</code>, "
-             f"version {figures['version']}.</p>"]
+             f"version {figures['version']}.</p>", _summary(figures)]
     if figures.get("run"):
         run = figures["run"]
         parts.append("<h2>Last run</h2>" + _table(
@@ -115,9 +115,45 @@ def _bundle(bundle: dict) -> str:
                 f"songs; expected calibration error on the test songs "
                 f"{figures['ece_before']:.3f} before, {figures['ece_after']:.3f} after.</p>")
     classes = bundle.get("classes") or []
-    for name, matrix in (test.get("confusion") or {}).items():
-        out += f"<h3>Confusion ({_e(name)}; rows: truth)</h3>" + _svg(confusion_figure(matrix, classes))
+    matrices = test.get("confusion") or {}
+    if matrices:  # the aggregator scoring uses large, the others as small multiples
+        kept = (bundle.get("calibration") or {}).get("aggregator")
+        kept = kept if kept in matrices else next(iter(matrices))
+        out += (f"<h3>Confusion of the test songs ({_e(kept)}; rows: truth)</h3>"
+                + _svg(confusion_figure(matrices[kept], classes)))
+        others = [name for name in matrices if name != kept]
+        if others:
+            out += ("<h4>Other aggregators</h4><div style='display:flex;flex-wrap:wrap'>"
+                    + "".join(_svg(confusion_figure(matrices[name], classes, name, scale=0.6))
+                              for name in others) + "</div>")
     return out
+
+
+def _summary(figures: dict) -> str:
+    """One paragraph at the top: what was labelled, by which model, how sure, what failed."""
+    models = figures["models"]
+    labelled = sum(d["labelled"] for d in models.values())
+    songs = sum(d["songs"] for d in models.values())
+    errors: dict = {}
+    for d in models.values():
+        for kind, n in d["errors"].items():
+            errors[kind] = errors.get(kind, 0) + n
+    below = sum(d["below_threshold"] for d in models.values())
+    parts = [f"{labelled} of {songs} songs labelled by {len(models)} model(s)",
+             f"{below} below confidence {figures['threshold']}",
+             f"errors: {_kinds(errors) or 'none'}"]
+    bundle = figures.get("bundle") or {}
+    accuracy = ((bundle.get("test") or {}).get("song_accuracy") or {})
+    if accuracy:
+        kept = (bundle.get("calibration") or {}).get("aggregator")
+        name = kept if kept in accuracy else next(iter(accuracy))
+        parts.append(f"model {bundle['model_id']}: test song accuracy {accuracy[name]:.3f} "
+                     f"({name})")
+    if figures.get("run"):
+        run = figures["run"]
+        parts.append(f"last run {run['run_id']}: {run['labelled']} labelled, "
+                     f"{float(run['seconds'] or 0):.0f} s")
+    return "<p><strong>Summary:</strong> " + "; ".join(_e(p) for p in parts) + ".</p>"
 
 
 def _genre_bars(models: dict):
@@ -136,16 +172,26 @@ def _genre_bars(models: dict):
 
 
 def _histograms(histograms: dict, threshold: float):
+    """Each genre's confidence histogram in a small plot of its own (overlaid, the last one
+    hid the others), the threshold dashed."""
     plt = pyplot()
 
-    fig, ax = plt.subplots(figsize=(8, 3))
-    for genre, counts in sorted(histograms.items()):
-        edges = np.linspace(0, 1, len(counts) + 1)
-        ax.stairs(counts, edges, label=genre)
-    ax.axvline(threshold, color="grey", linestyle="--")
-    ax.set_xlabel("confidence")
-    ax.set_ylabel("songs")
-    ax.legend(fontsize="small")
+    genres = sorted(histograms)
+    columns = min(4, max(1, len(genres)))
+    rows = -(-max(1, len(genres)) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 2 * rows), sharex=True,
+                             squeeze=False)
+    for ax, genre in zip(axes.flat, genres):
+        counts = histograms[genre]
+        ax.stairs(counts, np.linspace(0, 1, len(counts) + 1), fill=True, alpha=0.7)
+        ax.axvline(threshold, color="grey", linestyle="--")
+        ax.set_title(f"{genre} ({sum(counts)})", fontsize="small")
+    for ax in axes.flat[len(genres):]:
+        ax.axis("off")
+    for ax in axes[-1]:
+        ax.set_xlabel("confidence")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("songs")
     return fig
 
 
@@ -171,6 +217,8 @@ def _matrix(changed: dict) -> str:
 
 
 def _table(header: list, rows: list) -> str:
+    if not rows:
+        return "<p><em>none</em></p>"
     head = "".join(f"<th>{_e(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{_e(v)}</td>" for v in row) + "</tr>" for row in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
