@@ -41,7 +41,7 @@ class Limits:
 
     base_s: float = 60.0
     per_audio_s: float = 0.5
-    memory_mb: int = 4096  # the child's resident memory (a 2-hour 48 kHz file: see README)
+    memory_mb: int = 4096  # the child's resident memory (a 2-hour 48 kHz file: see docs/operations.md)
     attempts: int = 2  # tries of a song that crashed, hung or ran out of memory
     io_attempts: int = 3  # tries of a song whose reads failed
     backoff_s: float = 1.0  # before the second io try; doubles after

@@ -64,7 +64,7 @@ def _kuberay(name: str) -> dict:
 
 def test_the_kuberay_cluster_autoscales_from_a_head_without_tasks():
     # no package ships KubeRay's CRD schema (its Go module is not on this machine's
-    # registries): the fields the README relies on, checked by hand
+    # registries): the fields docs/operations.md relies on, checked by hand
     cluster = _kuberay("raycluster.yaml")
     assert (cluster["apiVersion"], cluster["kind"]) == ("ray.io/v1", "RayCluster")
     spec = cluster["spec"]
