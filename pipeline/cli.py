@@ -348,10 +348,14 @@ def cmd_train(args) -> dict:
         quality += f"; head {s['head']}"
     calibration = s["metrics"].get("calibration") or {}
     if calibration.get("test"):  # what the confidences in the labels will mean
-        quality += (f"; confidence calibrated (T = {calibration['temperature']:.2f} on "
-                    f"{calibration['songs']} validation songs): test ECE "
-                    f"{calibration['test']['ece_before']:.3f} -> "
-                    f"{calibration['test']['ece_after']:.3f}")
+        test = calibration["test"]
+        if calibration.get("fitted_on") == "valid":
+            quality += (f"; confidence calibrated (T = {calibration['temperature']:.2f} on "
+                        f"{calibration['songs']} validation songs): test ECE "
+                        f"{test['ece_before']:.3f} -> {test['ece_after']:.3f}")
+        else:
+            quality += (f"; confidence not calibrated ({calibration['songs']} validation "
+                        f"songs, fewer than 30): test ECE {test['ece_before']:.3f}")
     print(f"train: {s['model']} on {s['train_songs']} train / {s['valid_songs']} valid songs, "
           f"{s['epochs']} epochs, {s['seconds']:.1f} s; {quality} -> {s['out']} "
           f"(model_id {s['model_id']}; cluster: {s['limits']})")

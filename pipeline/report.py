@@ -109,11 +109,17 @@ def _bundle(bundle: dict) -> str:
     calibration = bundle.get("calibration") or {}
     if calibration.get("test"):  # what the confidences below mean
         figures = calibration["test"]
-        out += (f"<p>Confidences are calibrated probabilities of the "
-                f"<code>{_e(calibration['aggregator'])}</code> scores: temperature "
-                f"{calibration['temperature']:.2f} fitted on {calibration['songs']} validation "
-                f"songs; expected calibration error on the test songs "
-                f"{figures['ece_before']:.3f} before, {figures['ece_after']:.3f} after.</p>")
+        if calibration.get("fitted_on", "valid") == "valid":
+            out += (f"<p>Confidences are calibrated probabilities of the "
+                    f"<code>{_e(calibration['aggregator'])}</code> scores: temperature "
+                    f"{calibration['temperature']:.2f} fitted on {calibration['songs']} "
+                    f"validation songs; expected calibration error on the test songs "
+                    f"{figures['ece_before']:.3f} before, {figures['ece_after']:.3f} after.</p>")
+        else:
+            out += (f"<p>Confidences are the <code>{_e(calibration['aggregator'])}</code> "
+                    f"scores as the model gives them: {calibration['songs']} validation songs "
+                    f"are too few to fit a temperature on. Expected calibration error on the "
+                    f"test songs {figures['ece_before']:.3f}.</p>")
     classes = bundle.get("classes") or []
     matrices = test.get("confusion") or {}
     if matrices:  # the aggregator scoring uses large, the others as small multiples

@@ -101,7 +101,8 @@ def bundle_figures(bundle: str) -> dict:
     return {"model_id": found.model_id, "classes": metrics.get("classes"),
             "test": metrics.get("test"), "epochs_run": metrics.get("epochs_run"),
             "calibration": {k: v for k, v in (metrics.get("calibration") or {}).items()
-                            if k in ("aggregator", "temperature", "songs", "test")}}
+                            if k in ("aggregator", "temperature", "fitted_on", "songs",
+                                     "test")}}
 
 
 def changes_since(table: LabelTable, model: str, since: int | str, *, now=None) -> dict:
