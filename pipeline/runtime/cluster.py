@@ -191,24 +191,6 @@ def actor_pool(most: int, units: int):
                                       initial_size=max(1, min(most, units)))
 
 
-def by_reference(value):
-    """``value`` (large: model weights, a flatbuffer) put in the object store once, for an
-    actor's constructor: Ray Data pickles constructor arguments into each actor's creation
-    task, and one of over 100 KB becomes an object-store argument, which Ray 2.60 reports as an
-    error line for a restartable actor (core_worker.cc, ray#53727); a reference inside a small
-    argument does not. The actor takes it back with :func:`resolved`. None stays None."""
-    import ray
-
-    return None if value is None else ray.put(value)
-
-
-def resolved(value):
-    """What :func:`by_reference` put in the object store (anything else as it is)."""
-    import ray
-
-    return ray.get(value) if isinstance(value, ray.ObjectRef) else value
-
-
 def apply_to_data(limits: Limits) -> None:
     """Bound Ray Data's own use and its requests to the autoscaler by ``limits``."""
     from ray.data import DataContext, ExecutionResources

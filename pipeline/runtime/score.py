@@ -34,9 +34,8 @@ from pipeline.runtime.catalog import (catalog_dataset, column_or_nulls,
                                       todo_of, tried_again, without)
 from pipeline.runtime.commit import aggregator_is, commit_stream, resolver
 from pipeline.runtime.cluster import (ACTOR_RETRIES, Bounds, actor_pool, apply_to_data,
-                                      by_reference, check_gpus, gpus_seen_here, map_bounded,
-                                      plan_batches, plan_size, plan_window, resolved, wait_for,
-                                      windows)
+                                      check_gpus, gpus_seen_here, map_bounded, plan_batches,
+                                      plan_size, plan_window, wait_for, windows)
 from pipeline.runtime.session import init_ray
 from pipeline.sandbox import sandbox
 from pipeline.storage import fs as fsio
@@ -146,11 +145,11 @@ class SongScorer:
 
     def __init__(self, bundle_root: str, aggregator: str, zero_shot: str | None = None,
                  precomputed: bool = False, use_gpu: bool = False,
-                 lite_model=None, model_id: str | None = None, prepare: tuple | None = None):
-        """``lite_model``: the bundle's LiteRT flatbuffer, read once by the driver and passed
-        by reference (:func:`by_reference`), when the model runs in LiteRT (see
-        :func:`runs_lite`); Keras otherwise. ``model_id``: the bundle the driver verified; an
-        actor that finds another there stops the run.
+                 lite_model: bytes | None = None, model_id: str | None = None,
+                 prepare: tuple | None = None):
+        """``lite_model``: the bundle's LiteRT flatbuffer, read once by the driver, when the
+        model runs in LiteRT (see :func:`runs_lite`); Keras otherwise. ``model_id``: the
+        bundle the driver verified; an actor that finds another there stops the run.
         ``prepare``: (fn, kwargs) the actor applies to its batches first: :func:`decode_batch`
         (catalog rows: decoded here) or :func:`read_feature_songs` (index rows: their parts
         read here); None: batches come ready."""
@@ -175,7 +174,7 @@ class SongScorer:
         if lite_model is not None:
             from pipeline.models.lite import LiteModel
 
-            self.model = LiteModel(resolved(lite_model), threads=1)
+            self.model = LiteModel(lite_model, threads=1)
             self.predict_frames = self.model.predict
         else:
             self.model = load_keras_model(self.bundle)
@@ -458,7 +457,7 @@ def _scored(todo, features, bundle, *, aggregate: str, batch_size: int, limits,
                                               "zero_shot": zero_shot,
                                               "precomputed": features is not None,
                                               "use_gpu": use_gpu,
-                                              "lite_model": by_reference(lite),
+                                              "lite_model": lite,
                                               "model_id": bundle.model_id, "prepare": prepare},
                        compute=actor_pool(most, todo.num_blocks()), **resources)
 

@@ -43,8 +43,8 @@ from pipeline.models.cnn import HEADS, build_model, model_level, pooled_l2, song
 from pipeline.models.keras import load_tensorflow_quietly
 from pipeline.models.lite import to_tflite
 from pipeline.runtime.catalog import latest_per_song, partitions
-from pipeline.runtime.cluster import (Bounds, Limits, actor_pool, apply_to_data, by_reference,
-                                      check_gpus, gpus_seen_here, plan_size, resolved, wait_for)
+from pipeline.runtime.cluster import (Bounds, Limits, actor_pool, apply_to_data, check_gpus,
+                                      gpus_seen_here, plan_size, wait_for)
 from pipeline.runtime.session import init_ray, runtime_env, verbose
 from pipeline.runtime.train_data import (TrainingData, open_source, plan_training_data,
                                          song_stats)
@@ -255,15 +255,15 @@ class Predictor:
     """Ray Data actor: the trained model over one split's rows, in LiteRT (``lite_model``, as
     scoring runs frame models on CPU: no TensorFlow in the actor) or rebuilt in Keras."""
 
-    def __init__(self, loop: dict, weights, inputs: list[str], lite_model=None):
-        """``weights`` and ``lite_model``: by reference (:func:`by_reference`)."""
+    def __init__(self, loop: dict, weights: list[np.ndarray], inputs: list[str],
+                 lite_model: bytes | None = None):
         if lite_model is not None:
             from pipeline.models.lite import LiteModel
 
-            self.predict = LiteModel(resolved(lite_model), threads=1).predict
+            self.predict = LiteModel(lite_model, threads=1).predict
         else:
-            self.predict = functools.partial(_model(loop, resolved(weights)).predict,
-                                             batch_size=64, verbose=0)
+            self.predict = functools.partial(_model(loop, weights).predict, batch_size=64,
+                                             verbose=0)
         self.inputs = inputs
 
     def __call__(self, batch: dict) -> dict:
@@ -298,9 +298,8 @@ def predict(data: TrainingData, splits: tuple[str, ...], loop: dict, weights: li
     gpu = loop["use_gpu"] and lite_model is None
     most = limits.gpus if gpu else limits.cpus if lite_model is not None else limits.cpus // 2
     return data.dataset(*splits).map_batches(
-        Predictor, fn_constructor_kwargs={"loop": loop, "weights": by_reference(weights),
-                                          "inputs": data.inputs,
-                                          "lite_model": by_reference(lite_model)},
+        Predictor, fn_constructor_kwargs={"loop": loop, "weights": weights,
+                                          "inputs": data.inputs, "lite_model": lite_model},
         batch_size=64, num_gpus=1 if gpu else 0,
         compute=actor_pool(most, data.source.part_count() if data.source.root else most))
 
