@@ -100,7 +100,7 @@ class Sandbox:
 
     def _once(self, fn, args, name: str):
         if self.process is None or self.process.poll() is not None:
-            self._start()
+            self._start(fn.__module__)
         try:
             self._send.send((fn, args))
         except OSError:  # the child died after the last song
@@ -151,12 +151,14 @@ class Sandbox:
         how = signal.Signals(-code).name if code < 0 else f"exit status {code}"
         return SongCrashError(f"{name} crashed the decoder ({how})")
 
-    def _start(self) -> None:
+    def _start(self, preload: str) -> None:
+        """A fresh child, importing module ``preload`` (the first function's) before it reads
+        a song."""
         self.stop()
         # the child imports what this process imports (a Ray job's working dir included)
         path = os.pathsep.join(p for p in sys.path if p)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.sandbox"], stdin=subprocess.PIPE,
+            [sys.executable, "-m", "pipeline.sandbox", preload], stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, close_fds=True, env={**os.environ, "PYTHONPATH": path})
         # the Connections own duplicates of the pipe ends
         self._send = Connection(os.dup(self.process.stdin.fileno()), readable=False)
@@ -196,8 +198,9 @@ def _resident_mb(pid: int) -> float:
         return 0.0
 
 
-def _serve() -> None:
-    """The child: songs in on stdin, results out on stdout, until stdin closes."""
+def _serve(preload: str) -> None:
+    """The child: songs in on stdin, results out on stdout, until stdin closes; module
+    ``preload`` (numpy, pyarrow, the decoders, ...) is imported before the first song."""
     receive = Connection(os.dup(0), writable=False)
     send = Connection(os.dup(1), readable=False)
     os.dup2(2, 1)  # what libraries print goes to the worker's log, not into the channel
@@ -210,7 +213,7 @@ def _serve() -> None:
     audio.window_hook = lambda seconds: send.send(("window", float(seconds)))
     import importlib
 
-    importlib.import_module("pipeline.extract")  # numpy, pyarrow, ... before the first song
+    importlib.import_module(preload)
 
     while True:
         try:
@@ -246,4 +249,4 @@ def _die_with_parent() -> None:
 
 
 if __name__ == "__main__":
-    _serve()
+    _serve(sys.argv[1])
