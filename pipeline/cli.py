@@ -52,53 +52,82 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="debug logging, and Ray's and TensorFlow's own logs and progress bars")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _extract_parser(sub)
+    _train_parser(sub)
+    _score_parser(sub, "score", "label every song of a catalog")
+    _score_parser(sub, "tag", "label only songs not yet labelled by this model (schedules)")
+    _latest_parser(sub)
+    _report_parser(sub)
+    _other_parsers(sub)
+    return parser
 
-    def ray_address(p):
-        p.add_argument("--address", default=None,
-                       help="Ray cluster address (default: RAY_ADDRESS, else embedded local Ray)")
 
-    def allow_http(p):
-        p.add_argument("--allow-http", action="store_true",
-                       help="let the catalog name http(s):// songs (off by default: a manifest "
-                            "would make workers fetch any URL)")
+# Options several subcommands share
 
-    def retry_errors(p):
-        p.add_argument("--retry-errors", action="store_true",
-                       help="try again now every song whose last try failed, gone ones too "
-                            "(by default only transient failures are, on a schedule)")
-        p.add_argument("--retry-after", type=_nonneg_float, default=20.0, metavar="HOURS",
-                       help="a song whose try failed for a reason that may pass (missing, io, "
-                            "timeout) is tried again this long after its first failure, then "
-                            "twice as long after each next one (default 20: every night at "
-                            "first, then every other night, ...)")
-        p.add_argument("--max-attempts", type=_positive_int, default=6,
-                       help="tries of such a song in all; the last failure is recorded as "
-                            "kind gone, final (default 6)")
 
-    def cluster_bounds(p, *, gpus: str):
-        p.add_argument("--max-cpus", type=_positive_int, default=None,
-                       help="most CPUs the job's work may use (default: what the cluster's "
-                            "autoscaler may bring up, else what is up); its actors start at "
-                            "what the work needs, and the autoscaler launches their nodes")
-        p.add_argument("--max-gpus", type=_nonneg_int, default=None,
-                       help=f"most GPUs {gpus} (default: as --max-cpus)")
-        p.add_argument("--wait-for-nodes", type=_positive_float, default=900.0,
-                       metavar="SECONDS",
-                       help="how long to wait for the nodes a stage cannot start without "
-                            "(GPUs, Train's workers) before giving up (default 900)")
+def _ray_address(p):
+    """--address."""
+    p.add_argument("--address", default=None,
+                   help="Ray cluster address (default: RAY_ADDRESS, else embedded local Ray)")
 
-    def songs_per_window(p):
-        p.add_argument("--songs-per-window", type=_positive_int, default=None,
-                       help="songs a run takes at a time, each window committed as it ends, so "
-                            "the driver's memory does not grow with the catalog (default: "
-                            "200k, or 16 tasks per CPU the job may use)")
 
-    def commit_every(p):
-        p.add_argument("--commit-every", type=_nonneg_float,
-                       default=60.0, metavar="SECONDS",
-                       help="commit finished work at least this often (default 60): a killed "
-                            "run loses at most this much, and its re-run skips the rest")
+def _allow_http(p):
+    """--allow-http."""
+    p.add_argument("--allow-http", action="store_true",
+                   help="let the catalog name http(s):// songs (off by default: a manifest "
+                        "would make workers fetch any URL)")
 
+
+def _retry_errors(p):
+    """--retry-errors, --retry-after, --max-attempts."""
+    p.add_argument("--retry-errors", action="store_true",
+                   help="try again now every song whose last try failed, gone ones too "
+                        "(by default only transient failures are, on a schedule)")
+    p.add_argument("--retry-after", type=_nonneg_float, default=20.0, metavar="HOURS",
+                   help="a song whose try failed for a reason that may pass (missing, io, "
+                        "timeout) is tried again this long after its first failure, then "
+                        "twice as long after each next one (default 20: every night at "
+                        "first, then every other night, ...)")
+    p.add_argument("--max-attempts", type=_positive_int, default=6,
+                   help="tries of such a song in all; the last failure is recorded as "
+                        "kind gone, final (default 6)")
+
+
+def _cluster_bounds(p, *, gpus: str):
+    """--max-cpus, --max-gpus, --wait-for-nodes."""
+    p.add_argument("--max-cpus", type=_positive_int, default=None,
+                   help="most CPUs the job's work may use (default: what the cluster's "
+                        "autoscaler may bring up, else what is up); its actors start at "
+                        "what the work needs, and the autoscaler launches their nodes")
+    p.add_argument("--max-gpus", type=_nonneg_int, default=None,
+                   help=f"most GPUs {gpus} (default: as --max-cpus)")
+    p.add_argument("--wait-for-nodes", type=_positive_float, default=900.0,
+                   metavar="SECONDS",
+                   help="how long to wait for the nodes a stage cannot start without "
+                        "(GPUs, Train's workers) before giving up (default 900)")
+
+
+def _songs_per_window(p):
+    """--songs-per-window."""
+    p.add_argument("--songs-per-window", type=_positive_int, default=None,
+                   help="songs a run takes at a time, each window committed as it ends, so "
+                        "the driver's memory does not grow with the catalog (default: "
+                        "200k, or 16 tasks per CPU the job may use)")
+
+
+def _commit_every(p):
+    """--commit-every."""
+    p.add_argument("--commit-every", type=_nonneg_float,
+                   default=60.0, metavar="SECONDS",
+                   help="commit finished work at least this often (default 60): a killed "
+                        "run loses at most this much, and its re-run skips the rest")
+
+
+# One function per subcommand
+
+
+def _extract_parser(sub) -> None:
+    """genres extract."""
     p = sub.add_parser("extract", help="decode audio into frame features (Parquet shards)")
     p.add_argument("catalog", help="audio file, folder, manifest (.csv/.parquet) or URI")
     p.add_argument("--out", required=True, help="feature directory (local or URI)")
@@ -128,16 +157,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--use-gpu", action="store_true",
                    help="musicnn features: each extract actor takes a GPU (TensorFlow runs "
                         "there; the autoscaler brings GPU nodes)")
-    cluster_bounds(p, gpus="extract --use-gpu may use (an actor per GPU)")
-    songs_per_window(p)
-    commit_every(p)
+    _cluster_bounds(p, gpus="extract --use-gpu may use (an actor per GPU)")
+    _songs_per_window(p)
+    _commit_every(p)
     p.add_argument("--overwrite", action="store_true",
                    help="delete OUT and start fresh (only a feature directory: a folder "
                         "without its spec.json is left alone)")
-    retry_errors(p)
-    allow_http(p)
-    ray_address(p)
+    _retry_errors(p)
+    _allow_http(p)
+    _ray_address(p)
 
+
+def _train_parser(sub) -> None:
+    """genres train."""
     p = sub.add_parser("train", help="fit a model on Ray Train and write a model bundle")
     p.add_argument("features", help="feature directory written by `genres extract` (or, with "
                                     "--frame-table, a CSV/Parquet table of frame features)")
@@ -145,6 +177,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="cnn2d",
                    help="cnn2d (default), cnn1d, cnn1d_mel100ms, dnn, mil, or embed (musicnn "
                         "features)")
+    _train_data_options(p)
+    _train_model_options(p)
+    p.add_argument("--epochs", type=_positive_int, default=30)
+    p.add_argument("--batch-size", type=_positive_int, default=16,
+                   help="frames (songs for mil) per optimizer step, over all workers")
+    p.add_argument("--patience", type=_positive_int, default=6,
+                   help="early stopping: epochs without validation-loss improvement")
+    p.add_argument("--num-workers", type=_positive_int, default=1)
+    p.add_argument("--use-gpu", action="store_true",
+                   help="one GPU per Train worker (the autoscaler brings GPU nodes)")
+    _cluster_bounds(p, gpus="the cluster may give (--use-gpu needs --num-workers of them)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--bag-frames", type=_positive_int, default=16,
+                   help="mil: at most this many frames per song in a bag (drawn anew each epoch)")
+    p.add_argument("--storage-path", default=None,
+                   help="Ray Train checkpoint storage (shared storage on multi-node clusters; "
+                        "default ~/ray_results)")
+    p.add_argument("--run-name", default=None,
+                   help="Ray Train run name (default: derived from --out, the settings and the "
+                        "data, so a re-run resumes from its last epoch checkpoint)")
+    _ray_address(p)
+
+
+def _train_data_options(p) -> None:
+    """Train: where the labelled songs come from and how they are split."""
     p.add_argument("--frame-table", action="store_true",
                    help="FEATURES is a table with one row per frame: name, label, features...")
     p.add_argument("--name-column", default="filename", help="frame table: frame name column")
@@ -160,65 +217,60 @@ def build_parser() -> argparse.ArgumentParser:
                    help="share of the songs held out for validation (early stopping): by song "
                         "or artist, or, when the manifest names no 'valid' song, of its train "
                         "songs (by artist where the manifest has one); recorded in the bundle")
+
+
+def _train_model_options(p) -> None:
+    """Train: the embed model's head, its choice, its feature, the class weights."""
     p.add_argument("--head", default=None, choices=["auto", "logistic", "pooled", "dense"],
                    help="embed: pooled (a linear model of each song's patch mean and std), "
                         "logistic (a linear model of each patch), dense (a hidden layer), or "
                         "auto (default): fit each and keep the simplest within one standard "
-                        "error of the best on the validation songs")
+                        "error of the best song log-loss, by cross-validation where the train "
+                        "and validation songs are few (see --cv-folds), else on the validation "
+                        "songs")
+    p.add_argument("--cv-folds", type=_nonneg_int, default=None,
+                   help="--head auto: folds of the cross-validation that chooses the head, "
+                        "held out by artist (else by song); default 5 for up to 1,000 train "
+                        "and validation songs, 0 above; 0 chooses on the validation songs")
     p.add_argument("--feature", default=None, choices=["embedding", "pools", "taggram"],
                    help="embed: the musicnn column to train on (default embedding; pools "
                         "needs features extracted with --pools)")
     p.add_argument("--class-weights", default="balanced", choices=["balanced", "none"],
                    help="balanced (default): each class weighs the same in the loss, however "
                         "many train songs it has")
-    p.add_argument("--epochs", type=_positive_int, default=30)
-    p.add_argument("--batch-size", type=_positive_int, default=16,
-                   help="frames (songs for mil) per optimizer step, over all workers")
-    p.add_argument("--patience", type=_positive_int, default=6,
-                   help="early stopping: epochs without validation-loss improvement")
-    p.add_argument("--num-workers", type=_positive_int, default=1)
+
+
+def _score_parser(sub, name: str, text: str) -> None:
+    """genres score and genres tag (``name``)."""
+    p = sub.add_parser(name, help=text)
+    p.add_argument("catalog", help="audio file, folder, manifest or URI; or a feature "
+                                   "directory from `genres extract` (same spec as the model)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help="model bundle directory")
+    source.add_argument("--tags", choices=["MSD", "MTT"],
+                        help="zero-shot: musicnn's own tags (Million Song Dataset or "
+                             "MagnaTagATune), no trained model")
+    p.add_argument("--out", required=True, help="labels directory")
+    p.add_argument("--aggregate", default=None,
+                   choices=["mean", "majority", "logodds", "sequence"],
+                   help="song aggregation of frame predictions (default: mean; mil bundles "
+                        "pool frames themselves)")
+    p.add_argument("--top-k", type=_positive_int, default=3,
+                   help="classes/tags listed in top_tags")
+    p.add_argument("--batch-size", type=_positive_int, default=8, help="songs per model call")
     p.add_argument("--use-gpu", action="store_true",
-                   help="one GPU per Train worker (the autoscaler brings GPU nodes)")
-    cluster_bounds(p, gpus="the cluster may give (--use-gpu needs --num-workers of them)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--bag-frames", type=_positive_int, default=16,
-                   help="mil: at most this many frames per song in a bag (drawn anew each epoch)")
-    p.add_argument("--storage-path", default=None,
-                   help="Ray Train checkpoint storage (shared storage on multi-node clusters; "
-                        "default ~/ray_results)")
-    p.add_argument("--run-name", default=None,
-                   help="Ray Train run name (default: derived from --out, the settings and the "
-                        "data, so a re-run resumes from its last epoch checkpoint)")
-    ray_address(p)
+                   help="one GPU per model actor (up to --max-gpus; the autoscaler brings "
+                        "GPU nodes)")
+    _cluster_bounds(p, gpus="score --use-gpu may use (a model actor per GPU)")
+    _songs_per_window(p)
+    _commit_every(p)
+    _retry_errors(p)
+    _allow_http(p)
+    _ray_address(p)
 
-    for name, text in (("score", "label every song of a catalog"),
-                       ("tag", "label only songs not yet labelled by this model (schedules)")):
-        p = sub.add_parser(name, help=text)
-        p.add_argument("catalog", help="audio file, folder, manifest or URI; or a feature "
-                                       "directory from `genres extract` (same spec as the model)")
-        source = p.add_mutually_exclusive_group(required=True)
-        source.add_argument("--model", help="model bundle directory")
-        source.add_argument("--tags", choices=["MSD", "MTT"],
-                            help="zero-shot: musicnn's own tags (Million Song Dataset or "
-                                 "MagnaTagATune), no trained model")
-        p.add_argument("--out", required=True, help="labels directory")
-        p.add_argument("--aggregate", default=None,
-                       choices=["mean", "majority", "logodds", "sequence"],
-                       help="song aggregation of frame predictions (default: mean; mil bundles "
-                            "pool frames themselves)")
-        p.add_argument("--top-k", type=_positive_int, default=3,
-                       help="classes/tags listed in top_tags")
-        p.add_argument("--batch-size", type=_positive_int, default=8, help="songs per model call")
-        p.add_argument("--use-gpu", action="store_true",
-                       help="one GPU per model actor (up to --max-gpus; the autoscaler brings "
-                            "GPU nodes)")
-        cluster_bounds(p, gpus="score --use-gpu may use (a model actor per GPU)")
-        songs_per_window(p)
-        commit_every(p)
-        retry_errors(p)
-        allow_http(p)
-        ray_address(p)
 
+def _latest_parser(sub) -> None:
+    """genres latest."""
     p = sub.add_parser("latest", help="the latest label of every song in a labels table")
     p.add_argument("labels", help="labels table written by `genres score`/`genres tag`")
     p.add_argument("--model-id", default=None, help="only labels of this model_id")
@@ -228,8 +280,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None,
                    help="a .parquet or .csv file, or a folder (or URI) that Ray Data fills "
                         "with Parquet files (default: CSV on stdout)")
-    ray_address(p)
+    _ray_address(p)
 
+
+def _report_parser(sub) -> None:
+    """genres report."""
     p = sub.add_parser("report", help="a catalog report of a labels table: one self-contained "
                                       "HTML page, review lists as CSV, figures as JSON")
     p.add_argument("labels", help="labels table written by `genres score`/`genres tag`")
@@ -244,8 +299,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-n", type=int, default=20, help="songs per review list")
     p.add_argument("--threshold", type=float, default=0.5,
                    help="confidence below which a song counts as unsure")
-    ray_address(p)
+    _ray_address(p)
 
+
+def _other_parsers(sub) -> None:
+    """migrate, weights, demo."""
     p = sub.add_parser("migrate", help="convert a feature directory or labels of genres 0.1 "
                                        "(parts with _commits/ records) to this version's "
                                        "tables, or record an older model bundle's file hashes")
@@ -260,7 +318,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--songs-per-genre", type=_positive_int, default=12)
     p.add_argument("--epochs", type=_positive_int, default=12)
     p.add_argument("--num-workers", type=_positive_int, default=2)
-    return parser
 
 
 def _spec_from(args):
@@ -325,8 +382,8 @@ def cmd_train(args) -> dict:
                          frame_table=args.frame_table, name_column=args.name_column,
                          song_pattern=args.song_pattern, label_column=args.label_column,
                          splits=args.splits, valid_fraction=args.valid_fraction,
-                         head=args.head, class_weights=args.class_weights,
-                         feature=args.feature)
+                         head=args.head, cv_folds=args.cv_folds,
+                         class_weights=args.class_weights, feature=args.feature)
     s = run_train(args.features, args.out, config, address=args.address,
                   storage_path=args.storage_path, run_name=args.run_name, bounds=_bounds(args))
     test = s["metrics"].get("test")
@@ -338,9 +395,11 @@ def cmd_train(args) -> dict:
     else:
         quality = "no test songs in this split"
     heads = s["metrics"].get("heads") or {}
-    if len(heads) > 1:  # the embed model's head, chosen on the validation songs
-        valid = ", ".join(f"{h} {v['valid_song_log_loss']:.3f}" for h, v in heads.items())
-        quality += f"; head {s['head']} (validation song log-loss {valid})"
+    if len(heads) > 1:  # the embed model's head, chosen by cross-validation or on validation
+        by = s["metrics"]["selection"]["by"]
+        key = "cv_song_log_loss" if "cross" in by else "valid_song_log_loss"
+        losses = ", ".join(f"{h} {v[key]:.3f}" for h, v in heads.items())
+        quality += f"; head {s['head']} (song log-loss by {by}: {losses})"
         margin = (s["metrics"].get("baseline") or {}).get("test")
         if margin:
             quality += f", {margin['margin']:+.3f} over the logistic baseline on test"
@@ -349,13 +408,14 @@ def cmd_train(args) -> dict:
     calibration = s["metrics"].get("calibration") or {}
     if calibration.get("test"):  # what the confidences in the labels will mean
         test = calibration["test"]
-        if calibration.get("fitted_on") == "valid":
+        if calibration.get("fitted_on") in ("valid", "cv"):
+            on = "validation songs" if calibration["fitted_on"] == "valid" else "out-of-fold songs"
             quality += (f"; confidence calibrated (T = {calibration['temperature']:.2f} on "
-                        f"{calibration['songs']} validation songs): test ECE "
+                        f"{calibration['songs']} {on}): test ECE "
                         f"{test['ece_before']:.3f} -> {test['ece_after']:.3f}")
         else:
-            quality += (f"; confidence not calibrated ({calibration['songs']} validation "
-                        f"songs, fewer than 30): test ECE {test['ece_before']:.3f}")
+            quality += (f"; confidence not calibrated ({calibration['songs']} songs, fewer "
+                        f"than 30): test ECE {test['ece_before']:.3f}")
     print(f"train: {s['model']} on {s['train_songs']} train / {s['valid_songs']} valid songs, "
           f"{s['epochs']} epochs, {s['seconds']:.1f} s; {quality} -> {s['out']} "
           f"(model_id {s['model_id']}; cluster: {s['limits']})")

@@ -218,25 +218,35 @@ def fit_temperature(probs: np.ndarray, y: np.ndarray) -> float:
     return float(math.exp(found.x))
 
 
-def calibrate(scored: dict[str, tuple[np.ndarray, np.ndarray]], aggregator: str) -> dict:
+# What a temperature may be fitted on, as the summaries name it
+FITTED_ON = {"valid": "validation songs",
+             "cv": "train and validation songs, each predicted by a fold model that did not "
+                   "see it"}
+
+
+def calibrate(scored: dict[str, tuple[np.ndarray, np.ndarray]], aggregator: str, *,
+              fit_on: str = "valid") -> dict:
     """Temperature scaling of the songs' probabilities ``aggregator`` gives, fitted on the
-    validation songs; ``scored``: split -> (probs [n_songs, n_classes], y [n_songs]).
+    songs of ``fit_on``: the validation songs, or (``cv``) the out-of-fold probabilities of
+    cross-validation over the train and validation songs, as scikit-learn's
+    ``CalibratedClassifierCV(ensemble=False)`` fits its calibrator. ``scored``: split ->
+    (probs [n_songs, n_classes], y [n_songs]).
 
-    Returns what the bundle and metrics.json record: ``aggregator``, ``temperature``, the
-    ``songs`` it was fitted on, and per split the expected calibration error, song log-loss
-    and reliability bins before and after (the test songs are never fitted on).
+    Returns what the bundle and metrics.json record: ``aggregator``, ``temperature``, what it
+    was ``fitted_on`` and on how many ``songs``, and per split the expected calibration error,
+    song log-loss and reliability bins before and after (the test songs are never fitted on).
 
-    Fewer than ``MIN_CALIBRATION_SONGS`` validation songs leave the scores as they are (T = 1):
-    on the game catalog's 13-18 validation songs, right more often than its test songs, the
-    fitted temperature sharpened scores that were already over-sure (test ECE 0.230 -> 0.237
-    and 0.287 -> 0.332), where GTZAN-3's 61 gave 0.048-0.076 -> 0.027-0.041."""
-    valid = scored.get("valid", (np.zeros((0, 1)), np.zeros(0, np.int64)))
-    enough = len(valid[1]) >= MIN_CALIBRATION_SONGS
-    t = fit_temperature(*valid) if enough else 1.0
+    Fewer than ``MIN_CALIBRATION_SONGS`` songs leave the scores as they are (T = 1): on the
+    game catalog's 13-18 validation songs, right more often than its test songs, the fitted
+    temperature sharpened scores that were already over-sure (test ECE 0.230 -> 0.237 and
+    0.287 -> 0.332), where GTZAN-3's 61 gave 0.048-0.076 -> 0.027-0.041."""
+    fitted = scored.get(fit_on, (np.zeros((0, 1)), np.zeros(0, np.int64)))
+    enough = len(fitted[1]) >= MIN_CALIBRATION_SONGS
+    t = fit_temperature(*fitted) if enough else 1.0
     out = {"aggregator": aggregator, "temperature": t,
-           "fitted_on": "valid" if enough else f"none: fewer than {MIN_CALIBRATION_SONGS} "
-                                               f"validation songs",
-           "songs": int(len(valid[1]))}
+           "fitted_on": fit_on if enough else f"none: fewer than {MIN_CALIBRATION_SONGS} "
+                                              f"{FITTED_ON[fit_on]}",
+           "songs": int(len(fitted[1]))}
     for split, (probs, y) in scored.items():
         if not len(y):
             continue

@@ -11,6 +11,7 @@ import json
 
 import numpy as np
 
+from pipeline.evaluate import FITTED_ON
 from pipeline.plots import confusion_figure, pyplot
 
 REVIEW_LISTS = ("least_confident", "most_confused")
@@ -109,16 +110,17 @@ def _bundle(bundle: dict) -> str:
     calibration = bundle.get("calibration") or {}
     if calibration.get("test"):  # what the confidences below mean
         figures = calibration["test"]
-        if calibration.get("fitted_on", "valid") == "valid":
+        fitted_on = calibration.get("fitted_on", "valid")
+        if fitted_on in FITTED_ON:
             out += (f"<p>Confidences are calibrated probabilities of the "
                     f"<code>{_e(calibration['aggregator'])}</code> scores: temperature "
                     f"{calibration['temperature']:.2f} fitted on {calibration['songs']} "
-                    f"validation songs; expected calibration error on the test songs "
+                    f"{FITTED_ON[fitted_on]}; expected calibration error on the test songs "
                     f"{figures['ece_before']:.3f} before, {figures['ece_after']:.3f} after.</p>")
         else:
             out += (f"<p>Confidences are the <code>{_e(calibration['aggregator'])}</code> "
-                    f"scores as the model gives them: {calibration['songs']} validation songs "
-                    f"are too few to fit a temperature on. Expected calibration error on the "
+                    f"scores as the model gives them: {calibration['songs']} songs are too "
+                    f"few to fit a temperature on. Expected calibration error on the "
                     f"test songs {figures['ece_before']:.3f}.</p>")
     classes = bundle.get("classes") or []
     matrices = test.get("confusion") or {}

@@ -99,3 +99,23 @@ def split_rows(song_ids, artists, given, method: str, *, seed: int = 0, test: fl
             memo[key] = "test" if u < test else "valid" if u < test + valid else "train"
         out[i] = memo[key]
     return out
+
+
+def fold_of(song_ids, artists, folds: int, *, seed: int = 0) -> np.ndarray:
+    """Each row's cross-validation fold in [0, ``folds``): by a hash of its artist where the
+    row has one, else of its song_id, so that no artist and no song is in two folds (a song's
+    frames, and an artist's songs, are held out together).
+
+    song_ids, artists : sequences of the same length (an artist may be None or "").
+    Returns int64 [n_rows].
+    """
+    if folds < 2:
+        raise ParameterError(f"cross-validation needs at least 2 folds, not {folds}")
+    out = np.empty(len(song_ids), np.int64)
+    memo: dict[str, int] = {}
+    for i, (sid, artist) in enumerate(zip(song_ids, artists)):
+        key = f"artist:{artist}" if artist else f"song:{sid}"
+        if key not in memo:
+            memo[key] = int(_unit("fold:" + key, seed) * folds)
+        out[i] = memo[key]
+    return out

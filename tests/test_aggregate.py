@@ -205,3 +205,8 @@ def test_calibrate_fits_on_validation_songs_only_and_keeps_every_test_argmax(rng
     few = calibrate({"valid": (shown[:29], y[:29]), "test": (shown[test], y[test])}, "mean")
     assert few["temperature"] == 1.0 and few["fitted_on"].startswith("none: fewer than 30")
     assert few["test"]["ece_after"] == few["test"]["ece_before"]
+    # where cross-validation ran, on its out-of-fold songs (many), not the validation songs (few)
+    cv = calibrate({"valid": (shown[:29], y[:29]), "cv": (shown[valid], y[valid]),
+                    "test": (shown[test], y[test])}, "mean", fit_on="cv")
+    assert cv["fitted_on"] == "cv" and cv["songs"] == 300
+    assert cv["temperature"] == out["temperature"] and cv["test"] == figures

@@ -56,13 +56,16 @@ def test_embeddings_train_embed_and_score(ray_session, catalog, tmp_path):
     assert config["split_method"] == "manifest+valid" and config["valid_fraction"] == 0.3
     metrics = json.loads((bundle / "metrics.json").read_text())
     assert metrics["test"]["songs"] == 3 and 1 <= metrics["valid"]["songs"] <= 14
-    # every head was fitted; the simplest within one standard error of the best on the
-    # validation songs was kept, the others shown
-    assert config["head_choice"] == "validation" and config["head"] == metrics["head"]
+    # every head was fitted; on these 15 train and validation songs, 5-fold cross-validation
+    # over them (held out by artist) kept the simplest within one standard error of the best,
+    # the others shown
+    assert config["head_choice"] == "5-fold cross-validation" == metrics["selection"]["by"]
+    assert config["head"] == metrics["head"] and metrics["selection"]["songs"] == 15
     assert list(metrics["heads"]) == ["pooled", "logistic", "dense"]  # simplest first
     assert (bundle / "plots" / "heads.png").exists()
-    losses = {h: (v["valid_song_log_loss"], v["valid_song_log_loss_se"])
+    losses = {h: (v["cv_song_log_loss"], v["cv_song_log_loss_se"])
               for h, v in metrics["heads"].items()}
+    assert all(v["cv_songs"] == 15 for v in metrics["heads"].values())
     assert metrics["head"] == simplest_within_one_se(losses)
     base = metrics["baseline"]  # the logistic head, beside the kept one
     assert base["head"] == "logistic" and base["valid"]["baseline"] == scored_accuracy(
@@ -71,10 +74,12 @@ def test_embeddings_train_embed_and_score(ray_session, catalog, tmp_path):
         scored_accuracy(metrics["test"]["song_accuracy"]) - base["test"]["baseline"])
     assert list(metrics["heads"]["pooled"]["valid_song_accuracy"]) == ["pooled"]  # songs
     assert json.loads((bundle / "bundle.json").read_text())["feature"] == "pools"
-    # its confidences are calibrated on the validation songs, and the bundle carries that
+    # its confidences would be calibrated on the 15 songs' out-of-fold probabilities (fewer
+    # than 30: left as they are), and the bundle carries that
     calibration = json.loads((bundle / "calibration.json").read_text())
-    assert calibration["temperature"] == metrics["calibration"]["temperature"] > 0
-    assert calibration["songs"] == metrics["valid"]["songs"]
+    assert calibration["temperature"] == metrics["calibration"]["temperature"] == 1.0
+    assert calibration["songs"] == 15 and calibration["fitted_on"].startswith("none: fewer")
+    assert metrics["calibration"]["cv"]["ece_before"] >= 0  # the out-of-fold songs' figures
     assert calibration["aggregator"] == ("pooled" if metrics["head"] == "pooled" else "mean")
     assert "calibration.json" in json.loads((bundle / "bundle.json").read_text())["files"]
     assert (bundle / "plots" / "reliability.png").exists()

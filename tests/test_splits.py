@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from pipeline.errors import ParameterError
-from pipeline.splits import VALID_FROM_TRAIN, SplitRule, resolve_method, split_rows
+from pipeline.splits import VALID_FROM_TRAIN, SplitRule, fold_of, resolve_method, split_rows
 
 
 def _rows(n, artists=7, frames=3):
@@ -69,3 +69,24 @@ def test_validation_songs_are_taken_from_the_manifests_train_songs_by_artist():
     assert list(rule.of(songs[::-1], artists[::-1], given[::-1])) == list(sides[::-1])
     assert list(split_rows(songs, artists, given, VALID_FROM_TRAIN, seed=2, valid=0.2)) != \
         list(sides)
+
+
+def test_cv_folds_never_split_an_artist_or_a_song():
+    songs, artists, _ = _rows(300, artists=40)
+    artists = [a if int(s[4:]) % 3 else None for s, a in zip(songs, artists)]  # some have none
+    first = fold_of(songs, artists, 5, seed=1)
+    order = np.random.default_rng(1).permutation(len(songs))  # any order, any batching
+    again = np.empty_like(first)
+    for chunk in np.array_split(order, 9):
+        again[chunk] = fold_of([songs[i] for i in chunk], [artists[i] for i in chunk], 5, seed=1)
+    assert list(first) == list(again) and set(first) == {0, 1, 2, 3, 4}
+    by_artist, by_song = {}, {}
+    for sid, artist, fold in zip(songs, artists, first):
+        by_song.setdefault(sid, set()).add(fold)
+        if artist:
+            by_artist.setdefault(artist, set()).add(fold)
+    assert all(len(f) == 1 for f in by_song.values()) and len(by_song) == 300
+    assert all(len(f) == 1 for f in by_artist.values()) and len(by_artist) == 40
+    assert list(fold_of(songs, artists, 5, seed=2)) != list(first)  # the seed draws anew
+    with pytest.raises(ParameterError, match="at least 2 folds"):
+        fold_of(songs, artists, 1)

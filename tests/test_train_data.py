@@ -58,6 +58,22 @@ def test_artist_split_keeps_every_artist_on_one_side(ray_session, features):
     assert all(len(s) == 1 for s in sides.values()) and len(sides) == 8
 
 
+@pytest.mark.parametrize("model", ["cnn2d", "mil"])
+def test_cv_folds_of_streamed_rows_never_split_an_artist_or_a_song(ray_session, features, model):
+    from pipeline.splits import fold_of
+
+    config = TrainConfig(model=model, split="song")
+    data = plan_training_data(open_source(features, config), config)
+    artist = {f"s{i:02d}": f"r{i % 8}" for i in range(40)}
+    rows = data.dataset("train", "valid", folds=3).select_columns(["song_id", "fold"]).take_all()
+    assert len(rows) == sum(data.examples(s) for s in ("train", "valid"))  # frames, or bags
+    folds = {}
+    for row in rows:
+        folds.setdefault(artist[row["song_id"]], set()).add(row["fold"])
+        assert row["fold"] == fold_of([row["song_id"]], [artist[row["song_id"]]], 3)[0]
+    assert all(len(f) == 1 for f in folds.values()) and len(set().union(*folds.values())) > 1
+
+
 @pytest.fixture(scope="module")
 def train_test_only(tmp_path_factory):
     """30 songs whose manifest split names train and test only; 10 artists, each on one side."""

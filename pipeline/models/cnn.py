@@ -274,6 +274,15 @@ def build_model(name: str, input_shape: tuple[int, ...], n_classes: int, *,
     return _entry(name)[0](input_shape, n_classes, normalization=normalization, **options)
 
 
+def build_run_model(run: dict):
+    """The model of a training run's settings (its ``model``, ``input_shape``, ``n_classes``,
+    ``normalization``, ``head`` and ``head_options``), as every worker, actor and fold
+    builds it."""
+    return build_model(run["model"], tuple(run["input_shape"]), run["n_classes"],
+                       normalization=run["normalization"], head=run["head"],
+                       **run["head_options"])
+
+
 def feature_column(name: str) -> str:
     """The feature column (``logmel``, ``mfcc``, ``embedding``) model ``name`` reads."""
     return _entry(name)[1]

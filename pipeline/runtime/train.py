@@ -39,10 +39,12 @@ import pyarrow.compute as pc
 from pipeline.errors import ParameterError
 from pipeline.evaluate import (calibrate, evaluate_songs, evaluate_sums, scored_accuracy,
                                simplest_within_one_se, song_sums)
-from pipeline.models.cnn import HEADS, build_model, model_level, pooled_l2, song_pooling
+from pipeline.models.cnn import (HEADS, build_run_model, model_level, pooled_l2,
+                                 song_pooling)
 from pipeline.models.keras import load_tensorflow_quietly
 from pipeline.models.lite import to_tflite
 from pipeline.runtime.catalog import latest_per_song, partitions
+from pipeline.runtime.crossval import cross_validate, cv_folds
 from pipeline.runtime.cluster import (Bounds, Limits, actor_pool, apply_to_data, check_gpus,
                                       gpus_seen_here, plan_size, wait_for)
 from pipeline.runtime.session import init_ray, runtime_env, verbose
@@ -59,7 +61,7 @@ _MAX_FAILURES = 3  # worker-group restarts (from the last checkpoint) before a r
 _CACHE_FRACTION = 0.25  # of the object store: training frames up to this are read once
 _SEQUENCE_SONGS = 5000  # validation songs the sequence aggregator is fitted on, at most
 # Settings a run may change when it resumes; every other one is part of the run's identity.
-_RESUMABLE = ("epochs", "patience", "num_workers", "use_gpu")
+_RESUMABLE = ("epochs", "patience", "num_workers", "use_gpu", "cv_folds")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,7 +93,8 @@ class TrainConfig:
     label_column: str = "label"
     splits: str | None = None
     valid_fraction: float = 0.15
-    head: str | None = None  # embed: "auto" (chosen on validation) or one of HEADS
+    head: str | None = None  # embed: "auto" (chosen by CV or on validation) or one of HEADS
+    cv_folds: int | None = None  # head "auto": folds to choose by (None: 5 for <= 1,000 songs)
     class_weights: str = "balanced"  # or "none"
     feature: str | None = None  # embed: the musicnn column (default embedding)
 
@@ -131,7 +134,7 @@ def train_loop_per_worker(loop: dict) -> None:
     """Ray Train worker: build under the strategy, fit epoch by epoch, report checkpoints."""
     import ray.train
 
-    from pipeline.models.keras import onednn_enabled, tf_keras
+    from pipeline.models.keras import tf_keras
 
     keras = tf_keras()
     import tensorflow as tf
@@ -145,60 +148,19 @@ def train_loop_per_worker(loop: dict) -> None:
     strategy = (tf.distribute.MultiWorkerMirroredStrategy() if loop["num_workers"] > 1
                 else tf.distribute.get_strategy())
     with strategy.scope():
-        model = _build(loop)
+        model = build_run_model(loop)
         model.compile(optimizer=keras.optimizers.Adam(loop["learning_rate"]),
                       loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    state = {"epoch": 0, "best_val_loss": float("inf"), "wait": 0, "history": [], "resumed": 0}
-    best_weights = None
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:  # a restarted run (worker, node or driver death) goes on from its last epoch
-        with checkpoint.as_directory() as folder:
-            state = json.load(open(os.path.join(folder, "state.json")))
-            model.set_weights(_load_weights(os.path.join(folder, "current.npz")))
-            best_weights = _load_weights(os.path.join(folder, "best.npz"))
-        state["resumed"] = state.get("resumed", 0) + 1
-    rank = ray.train.get_context().get_world_rank()
-    train_shard = ray.train.get_dataset_shard("train")
-    valid_shard = ray.train.get_dataset_shard("valid")
-    inputs = loop["inputs"] if len(loop["inputs"]) > 1 else loop["inputs"][0]
-    train_feed, valid_feed = Feed(**loop["train_feed"]), Feed(**loop["valid_feed"])
-
-    # tf.data's autotuning thread sleeps between rounds, and deleting an iterator (Keras
-    # does at the end of the training and of the validation of every epoch) waits until it
-    # wakes: 1 epoch in 3 sat idle for 30 s (gdb: ~IteratorResource waiting on
-    # Model::OptimizeLoop). The fixed prefetch buffer needs no tuning.
-    no_autotune = tf.data.Options()
-    no_autotune.autotune.enabled = False
-
-    weights = loop["class_weights"]
-
-    def per_replica(shard, feed: Feed, *, drop_last: bool = False, shuffle_rows: int = 0,
-                    seed: int = 0, weighted: bool = False):
-        # The worker's own shard in whole batches for its replica: Keras neither rebatches
-        # nor pads it, so no replica gets an empty batch (see the module docstring). Ray
-        # hands over whole blocks; tf.data splits them into rows, shuffles them in its
-        # buffer and batches them in C++ (Ray's local shuffle buffer in Python took half a
-        # core at full feed rate, against a quarter now). Prefetching overlaps the feed with
-        # the step running in TensorFlow's threads.
-        def rows(_):
-            data = shard.to_tf(inputs, "y", batch_size=None, prefetch_batches=2).unbatch()
-            if shuffle_rows:
-                data = data.shuffle(shuffle_rows, seed=seed)
-            data = data.batch(feed.batch, drop_remainder=drop_last)
-            if weighted and weights:  # each example weighs its class's weight in the loss
-                data = data.map(lambda x, y: (x, y, tf.gather(tf.constant(weights), y)))
-            return data.prefetch(_PREFETCH).with_options(no_autotune)
-
-        return strategy.distribute_datasets_from_function(rows)
-
+    state, best_weights = _restore(model)
+    feeds = {split: _ReplicaFeed(strategy, ray.train.get_dataset_shard(split),
+                                 Feed(**loop[f"{split}_feed"]), loop)
+             for split in ("train", "valid")}
     for epoch in range(state["epoch"], loop["epochs"]):
-        train_tf = per_replica(train_shard, train_feed, drop_last=True,
-                               shuffle_rows=loop["shuffle_rows"], seed=loop["seed"] + epoch,
-                               weighted=True)
-        valid_tf = per_replica(valid_shard, valid_feed)
         epoch_started = time.perf_counter()
-        fitted = model.fit(train_tf, validation_data=valid_tf, epochs=1, verbose=0,
-                           steps_per_epoch=train_feed.steps, validation_steps=valid_feed.steps)
+        fitted = model.fit(feeds["train"].epoch(loop["seed"] + epoch),
+                           validation_data=feeds["valid"].epoch(), epochs=1, verbose=0,
+                           steps_per_epoch=feeds["train"].feed.steps,
+                           validation_steps=feeds["valid"].feed.steps)
         row = {"epoch": epoch + 1, **{k: float(v[-1]) for k, v in fitted.history.items()},
                "seconds": time.perf_counter() - epoch_started}
         state["history"].append(row)
@@ -214,18 +176,87 @@ def train_loop_per_worker(loop: dict) -> None:
         else:
             state["wait"] += 1
         stop = state["wait"] >= loop["patience"]
-        with tempfile.TemporaryDirectory() as folder:
-            ckpt = None
-            if rank == 0:
-                _save_weights(os.path.join(folder, "current.npz"), current_weights)
-                _save_weights(os.path.join(folder, "best.npz"), best_weights)
-                with open(os.path.join(folder, "state.json"), "w") as f:
-                    json.dump({**state, "stopped_early": stop, "onednn": onednn_enabled(),
-                               "threads": worker_threads(), "gpus_seen": gpus}, f)
-                ckpt = ray.train.Checkpoint.from_directory(folder)
-            ray.train.report({**row, "best_val_loss": state["best_val_loss"]}, checkpoint=ckpt)
+        _report(row, {**state, "stopped_early": stop, "gpus_seen": gpus}, current_weights,
+                best_weights)
         if stop:
             break
+
+
+def _restore(model) -> tuple[dict, list | None]:
+    """A fresh run's state, or a restarted run's (worker, node or driver death): its last
+    epoch's state and weights, set on ``model``, and its best weights."""
+    import ray.train
+
+    state = {"epoch": 0, "best_val_loss": float("inf"), "wait": 0, "history": [], "resumed": 0}
+    checkpoint = ray.train.get_checkpoint()
+    if not checkpoint:
+        return state, None
+    with checkpoint.as_directory() as folder:
+        state = json.load(open(os.path.join(folder, "state.json")))
+        model.set_weights(_load_weights(os.path.join(folder, "current.npz")))
+        best_weights = _load_weights(os.path.join(folder, "best.npz"))
+    state["resumed"] = state.get("resumed", 0) + 1
+    return state, best_weights
+
+
+def _report(row: dict, state: dict, current: list, best: list) -> None:
+    """Report an epoch to Ray Train, with a checkpoint from the first worker: its current and
+    best weights and ``state``."""
+    import ray.train
+
+    from pipeline.models.keras import onednn_enabled
+
+    with tempfile.TemporaryDirectory() as folder:
+        ckpt = None
+        if ray.train.get_context().get_world_rank() == 0:
+            _save_weights(os.path.join(folder, "current.npz"), current)
+            _save_weights(os.path.join(folder, "best.npz"), best)
+            with open(os.path.join(folder, "state.json"), "w") as f:
+                json.dump({**state, "onednn": onednn_enabled(), "threads": worker_threads()}, f)
+            ckpt = ray.train.Checkpoint.from_directory(folder)
+        ray.train.report({**row, "best_val_loss": state["best_val_loss"]}, checkpoint=ckpt)
+
+
+class _ReplicaFeed:
+    """A Train worker's shard of one split as its replica's tf.data input, once per epoch.
+
+    The worker's own shard in whole batches for its replica: Keras neither rebatches nor pads
+    it, so no replica gets an empty batch (see the module docstring). Ray hands over whole
+    blocks; tf.data splits them into rows, shuffles them in its buffer and batches them in
+    C++ (Ray's local shuffle buffer in Python took half a core at full feed rate, against a
+    quarter now). Prefetching overlaps the feed with the step running in TensorFlow's threads.
+    """
+
+    def __init__(self, strategy, shard, feed: Feed, loop: dict):
+        import tensorflow as tf
+
+        self.strategy, self.shard, self.feed = strategy, shard, feed
+        self.inputs = loop["inputs"] if len(loop["inputs"]) > 1 else loop["inputs"][0]
+        self.shuffle_rows, self.weights = loop["shuffle_rows"], loop["class_weights"]
+        # tf.data's autotuning thread sleeps between rounds, and deleting an iterator (Keras
+        # does at the end of the training and of the validation of every epoch) waits until
+        # it wakes: 1 epoch in 3 sat idle for 30 s (gdb: ~IteratorResource waiting on
+        # Model::OptimizeLoop). The fixed prefetch buffer needs no tuning.
+        self.options = tf.data.Options()
+        self.options.autotune.enabled = False
+
+    def epoch(self, seed: int | None = None):
+        """The next epoch's batches: for training (``seed`` given), shuffled with ``seed``,
+        the last partial batch dropped and each example weighted by its class's weight."""
+        import tensorflow as tf
+
+        def rows(_):
+            data = self.shard.to_tf(self.inputs, "y", batch_size=None,
+                                    prefetch_batches=2).unbatch()
+            if seed is not None and self.shuffle_rows:
+                data = data.shuffle(self.shuffle_rows, seed=seed)
+            data = data.batch(self.feed.batch, drop_remainder=seed is not None)
+            if seed is not None and self.weights:
+                weights = tf.constant(self.weights)
+                data = data.map(lambda x, y: (x, y, tf.gather(weights, y)))
+            return data.prefetch(_PREFETCH).with_options(self.options)
+
+        return self.strategy.distribute_datasets_from_function(rows)
 
 
 def worker_threads() -> int:
@@ -276,16 +307,9 @@ def _model(loop: dict, weights: list[np.ndarray]):
     from pipeline.models.keras import tf_keras
 
     tf_keras()
-    model = _build(loop)
+    model = build_run_model(loop)
     model.set_weights(weights)
     return model
-
-
-def _build(loop: dict):
-    """The model of a run's ``loop`` settings (in a Train worker or an actor)."""
-    return build_model(loop["model"], tuple(loop["input_shape"]), loop["n_classes"],
-                       normalization=loop["normalization"], head=loop["head"],
-                       **loop["head_options"])
 
 
 def predict(data: TrainingData, splits: tuple[str, ...], loop: dict, weights: list[np.ndarray],
@@ -459,20 +483,20 @@ def run_train(features: str, out: str, config: TrainConfig, *, address: str | No
                    storage_path=storage_path, limits=limits, wait_s=bounds.wait_s,
                    run_name=f"{run_name}-{head}" if run_name and len(heads) > 1 else run_name)
         fits.append(_evaluate(at_level, fit, limits))
-    valid = {f["head"]: (f["metrics"]["valid"]["song_log_loss"],
-                         f["metrics"]["valid"]["song_log_loss_se"]) for f in fits}
-    kept = simplest_within_one_se(valid)
+    kept, selection = _choose_head(data, fits, config, limits)
     chosen = next(f for f in fits if f["head"] == kept)
-    if len(fits) > 1:
-        log.info("train: heads' song log-loss on the %d validation songs: %s; kept %s (the "
-                 "simplest within one standard error of the best)", data.counts["valid"].songs,
-                 ", ".join(f"{h} {loss:.3f}±{se:.3f}" for h, (loss, se) in valid.items()), kept)
     metrics = chosen["metrics"]
+    held_out = selection.pop("held_out")
+    if held_out is not None:  # a temperature from every train and validation song, not 13-18
+        metrics["calibration"] = calibrate({**chosen["scored"], "cv": held_out},
+                                           metrics["calibration"]["aggregator"], fit_on="cv")
     if config.model == "embed":
-        metrics["head"] = chosen["head"]
-        metrics["heads"] = {f["head"]: _head_figures(f) for f in fits}
+        cv = selection.pop("heads")  # each head's cross-validated figures, beside its others
+        metrics["head"], metrics["selection"] = kept, selection
+        metrics["heads"] = {f["head"]: {**_head_figures(f), **cv.get(f["head"], {})}
+                            for f in fits}
         if "logistic" in metrics["heads"]:  # the linear baseline the kept head has to beat
-            metrics["baseline"] = _baseline(metrics["heads"], chosen["head"])
+            metrics["baseline"] = _baseline(metrics["heads"], kept)
     loop, state = chosen["loop"], chosen["state"]
     model_id = save_bundle(out, model=chosen["model"], lite_model=chosen["lite"],
                            model_name=config.model, feature=data.source.column,
@@ -480,7 +504,7 @@ def run_train(features: str, out: str, config: TrainConfig, *, address: str | No
                            mean=np.asarray(loop["normalization"][0], np.float32),
                            std=np.asarray(loop["normalization"][1], np.float32),
                            config={**dataclasses.asdict(config), "head": chosen["head"],
-                                   "head_choice": "validation" if len(fits) > 1 else "given",
+                                   "head_choice": selection["by"],
                                    "features": features, "run": chosen["run"],
                                    "split_method": data.method},
                            metrics=metrics, history=state["history"],
@@ -494,7 +518,10 @@ def run_train(features: str, out: str, config: TrainConfig, *, address: str | No
 
 
 def _heads(config: TrainConfig) -> list[str | None]:
-    """The heads to fit: None for models without one, both for the embed model's ``auto``."""
+    """The heads to fit: None for models without one, all for the embed model's ``auto``."""
+    if config.cv_folds is not None and (config.cv_folds < 0 or config.cv_folds == 1):
+        raise ParameterError(f"--cv-folds must be 0 (choose on the validation songs) or at "
+                             f"least 2, not {config.cv_folds}")
     if config.model != "embed":
         if config.head not in (None, "auto"):
             raise ParameterError(f"--head is for --model embed, not {config.model}")
@@ -504,6 +531,35 @@ def _heads(config: TrainConfig) -> list[str | None]:
     if config.head not in HEADS:
         raise ParameterError(f"unknown --head {config.head!r}; choose auto or one of {HEADS}")
     return [config.head]
+
+
+def _choose_head(data: TrainingData, fits: list[dict], config: TrainConfig,
+                 limits: Limits) -> tuple[str | None, dict]:
+    """The head to keep, and how it was chosen: the simplest whose song log-loss is within
+    one standard error of the best, by cross-validation over the train and validation songs
+    where they are few (:mod:`pipeline.runtime.crossval`), else on the validation songs."""
+    if len(fits) == 1:
+        return fits[0]["head"], {"by": "given", "heads": {}, "held_out": None}
+    songs = data.counts["train"].songs + data.counts["valid"].songs
+    folds = cv_folds(config.cv_folds, fits, songs)
+    started = time.perf_counter()
+    if folds:
+        figures = cross_validate(data, fits, folds, plan_size(limits))
+        losses = {h: (f["song_log_loss"], f["song_log_loss_se"]) for h, f in figures.items()}
+        by, songs = f"{folds}-fold cross-validation", figures[fits[0]["head"]]["songs"]
+        heads = {h: {f"cv_{k}": v for k, v in f.items() if k not in ("probs", "y")}
+                 for h, f in figures.items()}
+    else:
+        losses = {f["head"]: (f["metrics"]["valid"]["song_log_loss"],
+                              f["metrics"]["valid"]["song_log_loss_se"]) for f in fits}
+        by, songs, heads, figures = "validation", data.counts["valid"].songs, {}, {}
+    kept = simplest_within_one_se(losses)
+    log.info("train: heads' song log-loss by %s on %d songs (%.0f s): %s; kept %s (the simplest "
+             "within one standard error of the best)", by, songs, time.perf_counter() - started,
+             ", ".join(f"{h} {loss:.3f}±{se:.3f}" for h, (loss, se) in losses.items()), kept)
+    held_out = (figures[kept]["probs"], figures[kept]["y"]) if kept in figures else None
+    return kept, {"by": by, "songs": songs, "folds": folds, "heads": heads,
+                  "held_out": held_out}
 
 
 def _fit(data: TrainingData, config: TrainConfig, out: str, *, storage_path: str,
@@ -611,7 +667,8 @@ def _evaluate(data: TrainingData, fit: dict, limits: Limits) -> dict:
             scored[split] = (got["probs"].reshape(-1, len(classes)), got["y"])
             metrics[split] = evaluate_songs(*scored[split], classes, aggregator)
         metrics["calibration"] = calibrate(scored, aggregator)
-        return {**fit, "model": model, "lite": lite, "sequence": None, "metrics": metrics}
+        return {**fit, "model": model, "lite": lite, "sequence": None, "metrics": metrics,
+                "scored": scored}
     songs = song_results(data, predicted, limits)
     # the learned aggregator, on out-of-sample frame predictions: fitted on the validation
     # songs, measured on the test songs only
@@ -627,7 +684,8 @@ def _evaluate(data: TrainingData, fit: dict, limits: Limits) -> dict:
         scored[split] = (got["sum_probs"].reshape(-1, len(classes))
                          / np.asarray(got["frames"], np.float64)[:, None], got["y"])
     metrics["calibration"] = calibrate(scored, "mean")
-    return {**fit, "model": model, "lite": lite, "sequence": sequence, "metrics": metrics}
+    return {**fit, "model": model, "lite": lite, "sequence": sequence, "metrics": metrics,
+            "scored": scored}
 
 
 def _head_figures(fit: dict) -> dict:

@@ -31,7 +31,8 @@ from pipeline.errors import CatalogError, ParameterError
 from pipeline.features.bags import group_by_song, pool_bags, song_bag
 from pipeline.features.stats import BandStats
 from pipeline.models.cnn import feature_column, model_level
-from pipeline.splits import SPLIT_METHODS, SPLITS, VALID_FROM_TRAIN, SplitRule, resolve_method
+from pipeline.splits import (SPLIT_METHODS, SPLITS, VALID_FROM_TRAIN, SplitRule, fold_of,
+                             resolve_method)
 from pipeline.storage import fs as fsio
 from pipeline.storage.shards import FeatureStore, tensor_array, tensor_rows, tensor_values
 
@@ -275,13 +276,16 @@ class TrainingData:
         return 4 * int(np.prod(self.source.shape)) * (self.bag_frames if self.level == "song"
                                                       else 1)
 
-    def dataset(self, *splits: str, shuffle: bool = False, cache: bool = False):
+    def dataset(self, *splits: str, shuffle: bool = False, cache: bool = False,
+                folds: int = 0):
         """A Ray Dataset of the rows of ``splits``: the model inputs, ``y`` (class index),
         ``song_id`` and ``split``. ``shuffle``: parts in a new random order every epoch (and
         bags draw their frames anew). ``cache`` (frame rows only): read once into the object
-        store, so later epochs iterate those blocks instead of reading the parts again."""
+        store, so later epochs iterate those blocks instead of reading the parts again.
+        ``folds``: a ``fold`` column too, each row's cross-validation fold
+        (:func:`pipeline.splits.fold_of`)."""
         select = {"splits": list(splits), "rule": self.rule, "classes": list(self.classes),
-                  "column": self.source.column}
+                  "column": self.source.column, "folds": folds}
         # Reads skip the row groups (songs) of other splits: the validation pass decodes
         # about its own share of the features, not every part again.
         where = functools.partial(in_splits, splits=list(splits), rule=self.rule)
@@ -446,9 +450,9 @@ def plan_aggregate(column: str, rules, *, bands: int) -> AggregateFn:
 
 
 def split_frames(batch: pa.Table, *, splits: list[str], rule: SplitRule, classes: list[str],
-                 column: str):
+                 column: str, folds: int = 0):
     """Ray Data map_batches fn (pyarrow): the rows of ``splits`` as model input ``x``, ``y``,
-    ``song_id``, ``frame`` and ``split``. A batch without such a row yields nothing: Ray Data stores an
+    ``song_id``, ``frame`` and ``split`` (and ``fold`` where ``folds``). A batch without such a row yields nothing: Ray Data stores an
     empty tensor column as pickled objects, with a warning in every task.
 
     Arrow in, Arrow out, fused with :func:`read_parts`: the frames are copied once, into
@@ -463,12 +467,14 @@ def split_frames(batch: pa.Table, *, splits: list[str], rule: SplitRule, classes
     if not keep.any():
         return
     index = {c: i for i, c in enumerate(classes)}
-    yield pa.table({"song_id": batch.column("song_id").filter(pa.array(keep)),
-                    "frame": batch.column("frame").filter(pa.array(keep)),
-                    "split": pa.array(split[keep], pa.string()),
-                    "x": ArrowTensorArray.from_numpy(tensor_rows(batch.column(column), keep,
-                                                                 np.float32)),
-                    "y": np.array([index[label] for label in keys["label"][keep]], np.int64)})
+    out = {"song_id": batch.column("song_id").filter(pa.array(keep)),
+           "frame": batch.column("frame").filter(pa.array(keep)),
+           "split": pa.array(split[keep], pa.string()),
+           "x": ArrowTensorArray.from_numpy(tensor_rows(batch.column(column), keep, np.float32)),
+           "y": np.array([index[label] for label in keys["label"][keep]], np.int64)}
+    if folds:
+        out["fold"] = fold_of(keys["song_id"][keep], keys["artist"][keep], folds, seed=rule.seed)
+    yield pa.table(out)
 
 
 def label_aggregate(rules) -> AggregateFn:
@@ -528,15 +534,16 @@ def stats_aggregate(column: str, bands: int) -> AggregateFn:
 
 
 def part_bags(batch: dict, *, root: str, splits: list[str], rule: SplitRule,
-              classes: list[str], column: str, n: int, sample: bool, where=None):
+              classes: list[str], column: str, n: int, sample: bool, where=None, folds: int = 0):
     """Ray Data map_batches fn: committed parts -> one bag per song of ``splits``
-    (``frames`` [n, ...], ``mask`` [n], ``y``, ``song_id``, ``split``); ``sample`` draws long
+    (``frames`` [n, ...], ``mask`` [n], ``y``, ``song_id``, ``split``, and ``fold`` where
+    ``folds``); ``sample`` draws long
     songs' frames anew. Parts without such a song yield nothing (Ray Data cannot hold an
     empty 4-D tensor column)."""
     store = FeatureStore(root)
     rng = np.random.default_rng() if sample else None
     index = {c: i for i, c in enumerate(classes)}
-    out = {"song_id": [], "split": [], "frames": [], "mask": [], "y": []}
+    out = {"song_id": [], "split": [], "frames": [], "mask": [], "y": [], "artist": []}
     for part in batch["part"]:
         table = store.read_part(part, KEYS + [column], where=where, where_columns=SPLIT_KEYS)
         rows = {k: table.column(k).to_numpy(zero_copy_only=False) for k in KEYS}
@@ -548,12 +555,16 @@ def part_bags(batch: dict, *, root: str, splits: list[str], rule: SplitRule,
             frames, mask = song_bag(values[found[np.argsort(rows["frame"][found])]], n, rng)
             for key, value in (("song_id", song_id), ("split", split[found[0]]),
                                ("frames", frames), ("mask", mask),
-                               ("y", index[rows["label"][found[0]]])):
+                               ("y", index[rows["label"][found[0]]]),
+                               ("artist", rows["artist"][found[0]])):
                 out[key].append(value)
     if out["y"]:
-        yield {"song_id": np.array(out["song_id"], dtype=object),
-               "split": np.array(out["split"], dtype=object), "frames": np.stack(out["frames"]),
-               "mask": np.stack(out["mask"]), "y": np.array(out["y"], np.int64)}
+        bags = {"song_id": np.array(out["song_id"], dtype=object),
+                "split": np.array(out["split"], dtype=object), "frames": np.stack(out["frames"]),
+                "mask": np.stack(out["mask"]), "y": np.array(out["y"], np.int64)}
+        if folds:
+            bags["fold"] = fold_of(out["song_id"], out["artist"], folds, seed=rule.seed)
+        yield bags
 
 
 def in_splits(keys: pa.Table, *, splits: list[str], rule: SplitRule) -> np.ndarray:
