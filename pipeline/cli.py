@@ -352,15 +352,22 @@ def _bounds(args):
     return Bounds(max_cpus=args.max_cpus, max_gpus=args.max_gpus, wait_s=args.wait_for_nodes)
 
 
-def cmd_extract(args) -> dict:
-    from pipeline.runtime.extract import run_extract
+def _run_options(args):
+    """How a catalog run (extract, score, tag) runs, from its options."""
+    from pipeline.runtime.cluster import RunOptions
 
-    s = run_extract(args.catalog, args.out, _spec_from(args),
-                    labels_from_folders=args.labels_from_folders, overwrite=args.overwrite,
-                    address=args.address, songs_per_task=args.songs_per_task,
-                    use_gpu=args.use_gpu, commit_every_s=args.commit_every,
-                    retry_errors=args.retry_errors, retries=_retries(args),
-                    bounds=_bounds(args), songs_per_window=args.songs_per_window)
+    return RunOptions(address=args.address, bounds=_bounds(args),
+                      songs_per_window=args.songs_per_window, commit_every_s=args.commit_every,
+                      retry_errors=args.retry_errors, retries=_retries(args))
+
+
+def cmd_extract(args) -> dict:
+    from pipeline.runtime.extract import ExtractConfig, run_extract
+
+    config = ExtractConfig(labels_from_folders=args.labels_from_folders,
+                           overwrite=args.overwrite, songs_per_task=args.songs_per_task,
+                           use_gpu=args.use_gpu)
+    s = run_extract(args.catalog, args.out, _spec_from(args), config, _run_options(args))
     failed = sum(s["errors"].values())
     kinds = ", ".join(f"{k}={v}" for k, v in sorted(s["errors"].items())) or "none"
     rtf = s["audio_seconds"] / s["seconds"] if s["seconds"] else 0.0
@@ -423,13 +430,11 @@ def cmd_train(args) -> dict:
 
 
 def cmd_score(args, *, tag: bool = False) -> dict:
-    from pipeline.runtime.score import run_score
+    from pipeline.runtime.score import ScoreConfig, run_score
 
-    s = run_score(args.catalog, args.model, args.out, aggregate=args.aggregate,
-                  batch_size=args.batch_size, address=args.address, zero_shot=args.tags,
-                  top_k=args.top_k, use_gpu=args.use_gpu, commit_every_s=args.commit_every,
-                  retry_errors=args.retry_errors, retries=_retries(args),
-                  bounds=_bounds(args), songs_per_window=args.songs_per_window)
+    config = ScoreConfig(model=args.model, zero_shot=args.tags, aggregate=args.aggregate,
+                         top_k=args.top_k, batch_size=args.batch_size, use_gpu=args.use_gpu)
+    s = run_score(args.catalog, args.out, config, _run_options(args))
     kinds = ", ".join(f"{k}={v}" for k, v in sorted(s["errors"].items())) or "none"
     print(f"{'tag' if tag else 'score'}: {s['songs']} songs in, {s['skipped']} already labelled, "
           f"{_tried_again(s)}{s['labelled']} labelled, {s['failed']} failed ({kinds}), "

@@ -111,8 +111,8 @@ def run_demo(workdir: str, *, songs_per_genre: int = 12, epochs: int = 12,
     """Synthesise, extract, train and score; returns output locations and song accuracy."""
     import pandas as pd
 
-    from pipeline.runtime.extract import run_extract
-    from pipeline.runtime.score import run_score
+    from pipeline.runtime.extract import ExtractConfig, run_extract
+    from pipeline.runtime.score import ScoreConfig, run_score
     from pipeline.runtime.train import TrainConfig, run_train
 
     workdir = os.path.abspath(workdir)
@@ -127,7 +127,7 @@ def run_demo(workdir: str, *, songs_per_genre: int = 12, epochs: int = 12,
                "labels": os.path.join(workdir, "labels")}
     log.info("demo: synthesising %d songs per genre into %s", songs_per_genre, outputs["catalog"])
     manifest = synthesise_catalog(outputs["catalog"], songs_per_genre=songs_per_genre)
-    run_extract(manifest, outputs["features"], FeatureSpec(), overwrite=True)
+    run_extract(manifest, outputs["features"], FeatureSpec(), ExtractConfig(overwrite=True))
     # the demo trains anew every time: its own run storage, emptied first
     runs = os.path.join(workdir, "train-runs")
     shutil.rmtree(runs, ignore_errors=True)
@@ -135,7 +135,7 @@ def run_demo(workdir: str, *, songs_per_genre: int = 12, epochs: int = 12,
                         TrainConfig(epochs=epochs, num_workers=num_workers, patience=4, batch_size=8),
                         storage_path=runs)
     shutil.rmtree(outputs["labels"], ignore_errors=True)
-    scored = run_score(manifest, outputs["model"], outputs["labels"])
+    scored = run_score(manifest, outputs["labels"], ScoreConfig(model=outputs["model"]))
     from deltalake import DeltaTable
 
     labels = DeltaTable(outputs["labels"]).to_pandas()  # what any Delta reader sees

@@ -13,7 +13,8 @@ from deltalake import DeltaTable
 
 from pipeline import cli
 from pipeline.demo import synthesise_catalog
-from pipeline.runtime.score import run_score
+from pipeline.runtime.cluster import RunOptions
+from pipeline.runtime.score import ScoreConfig, run_score
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
@@ -137,8 +138,8 @@ def test_every_model_trains_one_epoch_and_scores(catalog, features, tmp_path, mo
         assert 0 <= test["frame_accuracy"] <= 1
     # frame models score on CPU with the bundle's LiteRT copy; mil runs Keras in the actors
     assert (current(tmp_path / "model") / "model.tflite").exists() == (model != "mil")
-    summary = run_score(catalog, bundle, labels,
-                        aggregate=None if model == "mil" else "sequence")
+    summary = run_score(catalog, labels, ScoreConfig(
+        model=bundle, aggregate=None if model == "mil" else "sequence"))
     # TensorFlow actors (mil, the sequence GRU) are heavy: decoding stays in tasks, unfused
     assert "MapBatches(decode_batch) -> MapBatches(SongScorer)" in summary["plan"]
     out = _labels(labels)
@@ -202,7 +203,6 @@ def two_models(features, tmp_path_factory):
 def test_tag_is_incremental_across_features_audio_and_model_versions(catalog, features,
                                                                      two_models, tmp_path):
     from pipeline.runtime.labels import latest_labels
-    from pipeline.runtime.score import run_score
     from pipeline.storage.bundle import read_bundle
 
     first, second = (read_bundle(p) for p in two_models)
@@ -211,7 +211,7 @@ def test_tag_is_incremental_across_features_audio_and_model_versions(catalog, fe
 
     # precomputed features: scored without decoding; the extraction error is carried over;
     # in windows of 10 songs, each committed as it ends
-    s = run_score(features, first.root, labels, songs_per_window=10)
+    s = run_score(features, labels, ScoreConfig(model=first.root), RunOptions(songs_per_window=10))
     assert s["labelled"] == 27 and s["failed"] == 1 and s["skipped"] == 0
     assert s["commits"] == 1 + 3  # the carried error, then a commit per window
     # a LiteRT model is light: its actors read the parts themselves, no task waits for a CPU
@@ -226,7 +226,7 @@ def test_tag_is_incremental_across_features_audio_and_model_versions(catalog, fe
     assert DeltaTable(labels).version() == version
 
     # a new model version re-tags everything under its own model_id; the old rows stay
-    s = run_score(catalog, second.root, labels)
+    s = run_score(catalog, labels, ScoreConfig(model=second.root))
     # LiteRT actors decode their own songs: no decode tasks, frames never cross the store
     assert "MapBatches(SongScorer)" in s["plan"] and "decode_batch" not in s["plan"]
     rows = _labels(labels)
@@ -293,9 +293,11 @@ def _tag_process(catalog: str, model: str, labels: str, songs_per_file: int):
     import subprocess
     import sys
 
-    code = ("import sys; from pipeline.runtime.score import run_score; "
-            "s = run_score(sys.argv[1], sys.argv[2], sys.argv[3], commit_every_s=0, "
-            "songs_per_file=int(sys.argv[4])); print(s['labelled'], s['failed'], s['commits'])")
+    code = ("import sys; from pipeline.runtime.cluster import RunOptions; "
+            "from pipeline.runtime.score import ScoreConfig, run_score; "
+            "s = run_score(sys.argv[1], sys.argv[3], ScoreConfig(model=sys.argv[2], "
+            "songs_per_file=int(sys.argv[4])), RunOptions(commit_every_s=0)); "
+            "print(s['labelled'], s['failed'], s['commits'])")
     return subprocess.Popen([sys.executable, "-c", code, catalog, model, labels,
                              str(songs_per_file)], env={**os.environ, "RAY_ADDRESS": ""},
                             start_new_session=True, stdout=subprocess.PIPE,
@@ -344,13 +346,12 @@ def test_two_overlapping_tag_runs_label_each_song_once(catalog, two_models, tmp_
     commits): each song is labelled once, by whichever run committed it first."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from pipeline.runtime.score import run_score
-
     many = _copies(catalog, tmp_path, 4)  # 112 songs
     labels = str(tmp_path / "labels")
     with ThreadPoolExecutor(2) as pool:
-        runs = [pool.submit(run_score, many, two_models[1], labels, songs_per_file=2,
-                            commit_every_s=0) for _ in range(2)]
+        runs = [pool.submit(run_score, many, labels,
+                            ScoreConfig(model=two_models[1], songs_per_file=2),
+                            RunOptions(commit_every_s=0)) for _ in range(2)]
         summaries = [run.result(timeout=600) for run in runs]
     rows = _table(labels)
     assert len(rows) == 112 and rows.song_id.is_unique

@@ -17,7 +17,8 @@ from corpus import make_corpus
 from pipeline.extract import extract_shard
 from pipeline.features import FeatureSpec
 from pipeline.retry import RetryPolicy
-from pipeline.runtime.extract import run_extract
+from pipeline.runtime.cluster import RunOptions
+from pipeline.runtime.extract import ExtractConfig, run_extract
 from pipeline.storage.catalog import load_catalog
 from pipeline.storage.shards import FeatureStore, tensor_values
 
@@ -45,7 +46,8 @@ def test_serial_and_ray_give_identical_rows(ray_session, tmp_path):
     add = extract_shard(load_catalog(str(manifest)), spec, serial, "part-0", run_id="s")["add"]
     FeatureStore(serial).commit([add], run_id="s")
     on_ray = str(tmp_path / "ray")
-    summary = run_extract(str(manifest), on_ray, spec, songs_per_task=2)
+    two = ExtractConfig(songs_per_task=2)
+    summary = run_extract(str(manifest), on_ray, spec, two)
     assert summary["ok"] + sum(summary["errors"].values()) == len(expected)
     pd.testing.assert_frame_equal(_rows(serial), _rows(on_ray))
     pd.testing.assert_frame_equal(_errors(serial), _errors(on_ray))
@@ -55,10 +57,10 @@ def test_serial_and_ray_give_identical_rows(ray_session, tmp_path):
     assert index.groupby("part").size().max() <= 2  # 2 songs per task
     # a re-run tries again only the song whose file was missing (a transient error), when
     # its schedule says so: not yet by default, at once with no wait
-    again = run_extract(str(manifest), on_ray, spec, songs_per_task=2)
+    again = run_extract(str(manifest), on_ray, spec, two)
     assert again["skipped"] == len(expected) and again["retried"] == 0
-    again = run_extract(str(manifest), on_ray, spec, songs_per_task=2,
-                        retries=RetryPolicy(after_hours=0))
+    again = run_extract(str(manifest), on_ray, spec, two,
+                        RunOptions(retries=RetryPolicy(after_hours=0)))
     assert again["skipped"] == len(expected) - 1 and again["ok"] == 0
     assert again["errors"] == {"missing": 1} and again["retried"] == 1
     index = FeatureStore(on_ray).read_index().to_pandas()
@@ -83,7 +85,7 @@ def test_kill_9_then_resume_gives_exactly_the_uninterrupted_rows(ray_session, tm
     catalog = str(_catalog(tmp_path / "songs"))
     spec = FeatureSpec()
     reference = str(tmp_path / "reference")
-    run_extract(catalog, reference, spec, songs_per_task=1)
+    run_extract(catalog, reference, spec, ExtractConfig(songs_per_task=1))
 
     out = str(tmp_path / "killed")
     command = [sys.executable, "-m", "pipeline.cli", "extract", catalog, "--out", out,
@@ -145,9 +147,10 @@ def test_a_missing_file_is_tried_on_its_schedule_then_gone(ray_session, tmp_path
     start = datetime.datetime(2026, 12, 1, 2, 0, tzinfo=datetime.timezone.utc)
     policy = RetryPolicy(after_hours=1, attempts=2)
 
-    def night(hours: float, **kwargs) -> dict:
+    def night(hours: float, retry_errors: bool = False) -> dict:
         monkeypatch.setenv("GENRES_NOW", (start + datetime.timedelta(hours=hours)).isoformat())
-        return run_extract(str(manifest), out, spec, retries=policy, **kwargs)
+        return run_extract(str(manifest), out, spec,
+                           run=RunOptions(retries=policy, retry_errors=retry_errors))
 
     assert night(0)["errors"] == {"missing": 1}
     assert night(0.5)["retried"] == 0  # not due yet

@@ -22,6 +22,7 @@ import time
 import warnings
 
 from pipeline.errors import ClusterError
+from pipeline.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,37 @@ class Bounds:
     def limits(self) -> "Limits":
         """Resolved against the cluster this process is connected to."""
         return cluster_limits(self.max_cpus, self.max_gpus)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+    """How a catalog run (extract, score, tag) runs: on the Ray cluster at ``address`` (None:
+    ``RAY_ADDRESS``, else embedded local Ray), within ``bounds``, ``songs_per_window`` songs
+    at a time (None: :func:`plan_window`), committing at least every ``commit_every_s``
+    seconds; a song whose last try failed for a reason that may pass is tried again when
+    ``retries`` says it is due, every failed song now with ``retry_errors``."""
+
+    address: str | None = None
+    bounds: Bounds = Bounds()
+    songs_per_window: int | None = None
+    commit_every_s: float = 60.0
+    retry_errors: bool = False
+    retries: RetryPolicy = RetryPolicy()
+
+
+def connect(address: str | None, bounds: Bounds, *, stage: str, gpus: int = 0) -> Limits:
+    """Ray started or joined, and the most of it the ``stage`` may use, applied to Ray Data;
+    a cluster that can never give the ``gpus`` it needs stops the run here, before any
+    work."""
+    from pipeline.runtime.session import init_ray
+
+    init_ray(address)
+    limits = bounds.limits()
+    if gpus:
+        check_gpus(limits, gpus, purpose=f"{stage} --use-gpu")
+    apply_to_data(limits)
+    log.info("%s: %s", stage, limits.describe())
+    return limits
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
@@ -18,10 +19,9 @@ from pipeline.retry import RetryPolicy, utc_now
 from pipeline.runtime.catalog import (catalog_dataset, partitions, plan_retries, table_rows,
                                       todo_of, tried_again)
 from pipeline.runtime.commit import commit_stream, final, resolver
-from pipeline.runtime.cluster import (ACTOR_RETRIES, Bounds, Limits, actor_pool, apply_to_data,
-                                      check_gpus, gpus_seen_here, map_bounded, plan_batches,
-                                      plan_size, plan_window, wait_for, windows)
-from pipeline.runtime.session import init_ray
+from pipeline.runtime.cluster import (ACTOR_RETRIES, Limits, RunOptions, actor_pool, connect,
+                                      gpus_seen_here, map_bounded, plan_batches, plan_size,
+                                      plan_window, wait_for, windows)
 from pipeline.storage.catalog import Song, describe_catalog
 from pipeline.storage.delta import ADD_SCHEMA, Committer, new_run_id
 from pipeline.storage.shards import INDEX_SCHEMA, FeatureStore
@@ -29,72 +29,84 @@ from pipeline.storage.shards import INDEX_SCHEMA, FeatureStore
 log = logging.getLogger(__name__)
 
 
-def run_extract(catalog: str, out: str, spec: FeatureSpec, *, labels_from_folders: bool = False,
-                overwrite: bool = False, address: str | None = None,
-                songs_per_task: int | None = None, use_gpu: bool = False,
-                commit_every_s: float = 60.0, retry_errors: bool = False,
-                retries: RetryPolicy = RetryPolicy(), bounds: Bounds = Bounds(),
-                songs_per_window: int | None = None) -> dict:
+@dataclasses.dataclass(frozen=True)
+class ExtractConfig:
+    """How an extraction treats its catalog and output: ``labels_from_folders`` (a song's
+    first folder under the catalog root is its label), ``overwrite`` (start ``out`` afresh),
+    ``songs_per_task`` (None: :func:`plan_batches`), ``use_gpu`` (musicnn: a GPU per
+    actor)."""
+
+    labels_from_folders: bool = False
+    overwrite: bool = False
+    songs_per_task: int | None = None
+    use_gpu: bool = False
+
+
+def run_extract(catalog: str, out: str, spec: FeatureSpec,
+                config: ExtractConfig = ExtractConfig(), run: RunOptions = RunOptions()) -> dict:
     """Extract every song of ``catalog`` not yet in the feature directory ``out``; a summary.
 
-    A song whose last try failed with a transient error (``missing``, ``io``, ``timeout``) is
-    tried again when ``retries`` says it is due; with ``retry_errors`` every song with an
-    error is. ``bounds``: the most of the cluster the run may use (its actor pool starts at
-    what the songs need, up to that). The songs run in windows of ``songs_per_window``
-    (default :func:`plan_window`), each committed as it ends, so the driver's memory does not
-    grow with the catalog (a first extraction of 100M songs is one command).
+    A song whose last try failed for a reason that may pass is tried again as
+    ``run.retries`` says. The songs run in windows (``run``), each committed as it ends, so
+    the driver's memory does not grow with the catalog (a first extraction of 100M songs is
+    one command); the actor pool starts at what the songs need, up to ``run.bounds``.
     """
     started = time.perf_counter()
-    if use_gpu and spec.kind != "musicnn":
+    if config.use_gpu and spec.kind != "musicnn":
         raise ParameterError("--use-gpu applies to --features musicnn (frames run on CPU)")
     describe_catalog(catalog)  # a catalog that is not there stops the run before Ray starts
     store = FeatureStore(out)
-    store.prepare(spec, overwrite=overwrite)
-    init_ray(address)
-    limits = bounds.limits()
-    if use_gpu:  # a cluster that can never have one stops the run before any work
-        check_gpus(limits, 1, purpose="extract --use-gpu")
-    apply_to_data(limits)
-    log.info("extract: %s", limits.describe())
+    store.prepare(spec, overwrite=config.overwrite)
+    limits = connect(run.address, run.bounds, stage="extract", gpus=int(config.use_gpu))
     summary = {"ray_start_s": time.perf_counter() - started, "out": out,
                "limits": limits.describe()}
     version = store.index.version()
     cpus = plan_size(limits)
-    songs, n = catalog_dataset(catalog, labels_from_folders=labels_from_folders, cpus=cpus)
-    marks = _plan(store, version, retry="all" if retry_errors else "transient", retries=retries,
-                  cpus=cpus)
+    songs, n = catalog_dataset(catalog, labels_from_folders=config.labels_from_folders,
+                               cpus=cpus)
+    marks = _plan(store, version, retry="all" if run.retry_errors else "transient",
+                  retries=run.retries, cpus=cpus)
     todo = todo_of(songs, marks, partitions=partitions(n, cpus)).materialize()
     n_todo = todo.count()
     summary.update(songs=n, skipped=n - n_todo, ok=0, frames=0, audio_seconds=0.0, errors={},
                    retried=tried_again(todo) if marks is not None else 0)
     if n_todo:
-        if use_gpu:  # before any work: a cluster that cannot bring a GPU stops the run here
-            wait_for([{"GPU": 1}], purpose="extract --use-gpu", timeout_s=bounds.wait_s,
+        if config.use_gpu:  # before any work: a cluster that cannot bring a GPU stops here
+            wait_for([{"GPU": 1}], purpose="extract --use-gpu", timeout_s=run.bounds.wait_s,
                      limits=limits)
-        run_id = new_run_id()
-        size = songs_per_task or plan_batches(n_todo, cpus)
-        committer = Committer(
-            store.index, run_id=run_id, version=version, every_s=commit_every_s,
-            resolve=resolver(_Rewrite(out, run_id), key_columns=["song_id", "error"],
-                             matches=final),
-            combine=_Combine(out, run_id))
-        progress = Progress(n_todo)
-        summary["windows"] = 0
-        parts = windows(todo, n_todo, songs_per_window or plan_window(limits, size))
-        del todo  # the windows hold its rows now
-        try:  # each window committed as it ends: a run killed between windows keeps them
-            for window in parts:
-                written = _extracted(window, size, limits, spec=spec, out=out, run_id=run_id,
-                                     use_gpu=use_gpu, retries=retries)
-                totals = commit_stream(written, committer, progress=progress.update)
-                summary["windows"] += 1
-        finally:
-            progress.close()
-        for key in ("ok", "frames", "audio_seconds", "errors"):
-            summary[key] = totals.get(key, summary[key])
-        summary["commits"] = committer.commits
+        summary.update(_extract(todo, n_todo, store, spec, version=version, config=config,
+                                run=run, limits=limits))
     summary["seconds"] = time.perf_counter() - started
     return summary
+
+
+def _extract(todo, n_todo: int, store: FeatureStore, spec, *, version: int,
+             config: ExtractConfig, run: RunOptions, limits: Limits) -> dict:
+    """Extract the songs ``todo`` window by window, each committed as it ends (a run killed
+    between windows keeps them); the run's figures."""
+    run_id = new_run_id()
+    size = config.songs_per_task or plan_batches(n_todo, plan_size(limits))
+    committer = Committer(
+        store.index, run_id=run_id, version=version, every_s=run.commit_every_s,
+        resolve=resolver(_Rewrite(store.root, run_id), key_columns=["song_id", "error"],
+                         matches=final),
+        combine=_Combine(store.root, run_id))
+    progress = Progress(n_todo)
+    figures = {"windows": 0}
+    parts = windows(todo, n_todo, run.songs_per_window or plan_window(limits, size))
+    del todo  # the windows hold its rows now
+    try:
+        for window in parts:
+            written = _extracted(window, size, limits, spec=spec, out=store.root, run_id=run_id,
+                                 use_gpu=config.use_gpu, retries=run.retries)
+            totals = commit_stream(written, committer, progress=progress.update)
+            figures["windows"] += 1
+    finally:
+        progress.close()
+    figures.update({key: totals[key] for key in ("ok", "frames", "audio_seconds", "errors")
+                    if key in totals})
+    figures["commits"] = committer.commits
+    return figures
 
 
 def _extracted(todo, size: int, limits: Limits, *, spec, out: str, run_id: str,

@@ -11,6 +11,7 @@ to the labels' Delta table as they come (:mod:`pipeline.runtime.commit`).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import functools
 import logging
@@ -33,10 +34,9 @@ from pipeline.runtime.catalog import (catalog_dataset, column_or_nulls,
                                       latest_per_song, partitions, plan_retries, table_rows,
                                       todo_of, tried_again, without)
 from pipeline.runtime.commit import aggregator_is, commit_stream, resolver
-from pipeline.runtime.cluster import (ACTOR_RETRIES, Bounds, actor_pool, apply_to_data,
-                                      check_gpus, gpus_seen_here, map_bounded, plan_batches,
-                                      plan_size, plan_window, wait_for, windows)
-from pipeline.runtime.session import init_ray
+from pipeline.runtime.cluster import (ACTOR_RETRIES, RunOptions, actor_pool, connect,
+                                      gpus_seen_here, map_bounded, plan_batches, plan_size,
+                                      plan_window, wait_for, windows)
 from pipeline.sandbox import sandbox
 from pipeline.storage import fs as fsio
 from pipeline.storage.audio import missing_files
@@ -240,129 +240,157 @@ class SongScorer:
                 "probabilities": scores}
 
 
-def run_score(source: str, model: str | None, out: str, *, aggregate: str | None = None,
-              batch_size: int = 8, address: str | None = None, use_gpu: bool = False,
-              zero_shot: str | None = None, top_k: int = 3, songs_per_file: int = _FILE_SONGS,
-              commit_every_s: float = 60.0, retry_errors: bool = False,
-              retries: RetryPolicy = RetryPolicy(), bounds: Bounds = Bounds(),
-              songs_per_window: int | None = None) -> dict:
+@dataclasses.dataclass(frozen=True)
+class ScoreConfig:
+    """What a scoring run labels with: the bundle at ``model``, or (``zero_shot`` = "MSD" or
+    "MTT") musicnn's own tags; the song aggregator ``aggregate`` (None: ``mean``, or a
+    song-level bundle's own pooling); ``top_k`` classes listed per song; ``batch_size`` songs
+    per model call; ``use_gpu``: a GPU per model actor; ``songs_per_file`` per label file."""
+
+    model: str | None = None
+    zero_shot: str | None = None
+    aggregate: str | None = None
+    top_k: int = 3
+    batch_size: int = 8
+    use_gpu: bool = False
+    songs_per_file: int = _FILE_SONGS
+
+
+@dataclasses.dataclass(frozen=True)
+class _Scorer:
+    """A run's opened model: its ``bundle``, the ``aggregate`` it scores with, and its LiteRT
+    copy (``lite``) where it runs in LiteRT."""
+
+    bundle: object
+    aggregate: str
+    lite: bytes | None
+
+
+def run_score(source: str, out: str, config: ScoreConfig,
+              run: RunOptions = RunOptions()) -> dict:
     """Label every song of ``source`` not yet labelled in ``out`` by this model + aggregator.
 
-    A song whose last try failed with a transient error (``missing``, ``io``, ``timeout``) is
-    tried again when ``retries`` says it is due; with ``retry_errors`` every song with an
-    error is.
-
     ``source`` is a catalog (audio) or a feature directory from ``genres extract`` whose spec
-    fingerprint equals the bundle's. ``zero_shot="MSD"|"MTT"`` labels with musicnn's own tags
-    instead of a trained bundle. ``aggregate`` defaults to ``mean`` (frame models) or the
-    bundle's own pooling (``mil``). ``use_gpu`` gives each model actor one GPU, waiting for the
-    autoscaler to bring one. Label files of ``songs_per_file`` songs are committed every
-    ``commit_every_s`` seconds (and at the end). ``bounds``: the most of the cluster the run
-    may use. The songs run in windows of ``songs_per_window`` (default :func:`plan_window`),
-    each committed as it ends: the driver's memory does not grow with the catalog.
+    fingerprint equals the bundle's. A song whose last try failed for a reason that may pass
+    is tried again as ``run.retries`` says. The songs run in windows (``run``), each
+    committed as it ends: the driver's memory does not grow with the catalog.
     """
     started = time.perf_counter()
-    if zero_shot:
-        from pipeline.storage.bundle import zero_shot_bundle
-        from pipeline.storage.weights import fetch_wheel
-
-        fetch_wheel()
-        bundle = zero_shot_bundle(zero_shot)
-    else:
-        bundle = read_bundle(model)
-        verify_bundle(bundle)  # a tampered or half-copied bundle stops the run here, by name
-    aggregate = _check_aggregator(bundle, aggregate)
-    if bundle.spec.kind == "table":
-        raise ParameterError(f"{model} was trained on a frame table ({len(bundle.spec.features)} "
-                             f"columns), not on audio features; it cannot score audio")
-    features = FeatureStore(source) if fsio.exists(fsio.join(source, SPEC_FILE)) else None
-    if features is not None:
-        _check_features(features, bundle)
-    else:
-        describe_catalog(source)  # a catalog that is not there stops the run before Ray starts
+    scorer = _open_scorer(config)
+    features = _open_features(source, scorer.bundle)
     labels = LabelTable(out)
     labels.create()
-    # Read (or, for an old bundle, converted) once here, not in every actor: a damaged
-    # file stops the run before Ray starts, and the actors never touch TensorFlow for it.
-    lite = read_lite_model(bundle) if not zero_shot and runs_lite(bundle, use_gpu) else None
-    init_ray(address)
-    limits = bounds.limits()
-    if use_gpu:  # a cluster that can never have one stops the run before any work
-        check_gpus(limits, 1, purpose="score --use-gpu")
-    apply_to_data(limits)
-    log.info("score: %s", limits.describe())
-    cpus = plan_size(limits)
+    limits = connect(run.address, run.bounds, stage="score", gpus=int(config.use_gpu))
     version = labels.log.version()
-    if features is not None:
-        songs, n = _feature_songs(features, cpus)
-    else:
-        songs, n = catalog_dataset(source, cpus=cpus)
-    # errors carried from a feature directory stay until it is re-extracted
-    retry = "all" if retry_errors else "none" if features is not None else "transient"
-    marks = _labelled(labels, bundle.model_id, aggregate, version, retry=retry, retries=retries,
-                      cpus=cpus)
-    todo = todo_of(songs, marks, partitions=partitions(n, cpus))
-    if features is None:  # each song's file looked up in the same pass (see _absent)
-        todo = todo.map_batches(check_files, batch_format="pyarrow", batch_size=None,
-                                fn_kwargs={"retries": retries})
-    todo = todo.materialize()
+    todo, n, retried = _plan(source, features, labels, scorer, version=version, run=run,
+                             cpus=plan_size(limits))
     summary = {"songs": n, "labelled": 0, "failed": 0, "frames": 0, "errors": {}, "commits": 0,
-               "out": out, "model_id": bundle.model_id, "plan": "",
-               "limits": limits.describe(),
-               "retried": tried_again(todo) if marks is not None else 0}
+               "out": out, "model_id": scorer.bundle.model_id, "plan": "",
+               "limits": limits.describe(), "retried": retried}
     if todo.count():
-        if use_gpu:
-            wait_for([{"GPU": 1}], purpose="score --use-gpu", timeout_s=bounds.wait_s,
+        if config.use_gpu:
+            wait_for([{"GPU": 1}], purpose="score --use-gpu", timeout_s=run.bounds.wait_s,
                      limits=limits)
-        summary.update(_label(todo, features, bundle, labels, version=version,
-                              aggregate=aggregate, top_k=top_k, songs_per_file=songs_per_file,
-                              commit_every_s=commit_every_s, batch_size=batch_size,
-                              limits=limits, use_gpu=use_gpu, zero_shot=zero_shot, lite=lite,
-                              retries=retries, songs_per_window=songs_per_window))
+        summary.update(_label(todo, features, scorer, labels, version=version, config=config,
+                              run=run, limits=limits))
     summary["skipped"] = n - summary["labelled"] - summary["failed"]
     summary["seconds"] = time.perf_counter() - started
     return summary
 
 
-def _label(todo, features, bundle, labels, *, version: int, aggregate: str, top_k: int,
-           songs_per_file: int, commit_every_s: float, limits, songs_per_window: int | None,
-           **scoring) -> dict:
+def _open_scorer(config: ScoreConfig) -> _Scorer:
+    """The bundle (verified) or zero-shot model, its aggregator, and its LiteRT copy: read
+    once here, not in every actor, so a damaged file stops the run before Ray starts and the
+    actors never touch TensorFlow for it."""
+    if config.zero_shot:
+        from pipeline.storage.bundle import zero_shot_bundle
+        from pipeline.storage.weights import fetch_wheel
+
+        fetch_wheel()
+        bundle = zero_shot_bundle(config.zero_shot)
+    else:
+        bundle = read_bundle(config.model)
+        verify_bundle(bundle)  # a tampered or half-copied bundle stops the run here, by name
+    aggregate = _check_aggregator(bundle, config.aggregate)
+    if bundle.spec.kind == "table":
+        raise ParameterError(f"{config.model} was trained on a frame table "
+                             f"({len(bundle.spec.features)} columns), not on audio features; "
+                             f"it cannot score audio")
+    lite = (read_lite_model(bundle) if not config.zero_shot and runs_lite(bundle, config.use_gpu)
+            else None)
+    return _Scorer(bundle, aggregate, lite)
+
+
+def _open_features(source: str, bundle) -> FeatureStore | None:
+    """``source`` as a feature directory of the bundle's spec, or None for a catalog (one
+    that is not there stops the run before Ray starts)."""
+    if not fsio.exists(fsio.join(source, SPEC_FILE)):
+        describe_catalog(source)
+        return None
+    features = FeatureStore(source)
+    _check_features(features, bundle)
+    return features
+
+
+def _plan(source: str, features, labels: LabelTable, scorer: _Scorer, *, version: int,
+          run: RunOptions, cpus: int):
+    """(the songs to score: catalog or index rows, materialized; the songs in ``source``;
+    the songs tried again): those this model and aggregator have not labelled at ``version``,
+    and failed songs due again."""
+    if features is not None:
+        songs, n = _feature_songs(features, cpus)
+    else:
+        songs, n = catalog_dataset(source, cpus=cpus)
+    # errors carried from a feature directory stay until it is re-extracted
+    retry = "all" if run.retry_errors else "none" if features is not None else "transient"
+    marks = _labelled(labels, scorer.bundle.model_id, scorer.aggregate, version, retry=retry,
+                      retries=run.retries, cpus=cpus)
+    todo = todo_of(songs, marks, partitions=partitions(n, cpus))
+    if features is None:  # each song's file looked up in the same pass (see _absent)
+        todo = todo.map_batches(check_files, batch_format="pyarrow", batch_size=None,
+                                fn_kwargs={"retries": run.retries})
+    todo = todo.materialize()
+    return todo, n, tried_again(todo) if marks is not None else 0
+
+
+def _label(todo, features, scorer: _Scorer, labels, *, version: int, config: ScoreConfig,
+           run: RunOptions, limits) -> dict:
     """Score the songs ``todo`` into label files and commit them; the run's figures."""
+    bundle = scorer.bundle
     run_id = new_run_id()
     write = functools.partial(
-        _write, root=labels.root, model_id=bundle.model_id, classes=bundle.classes, top_k=top_k,
-        aggregator=aggregate, run_id=run_id, songs_per_file=songs_per_file,
+        _write, root=labels.root, model_id=bundle.model_id, classes=bundle.classes,
+        top_k=config.top_k, aggregator=scorer.aggregate, run_id=run_id,
+        songs_per_file=config.songs_per_file,
         scored_at=datetime.datetime.now(datetime.timezone.utc))
     committer = Committer(
-        labels.log, run_id=run_id, version=version, every_s=commit_every_s,
+        labels.log, run_id=run_id, version=version, every_s=run.commit_every_s,
         relevant=lambda add: add["partition"].get("model_id") == bundle.model_id,
         resolve=resolver(_Rewrite(labels.root, bundle.model_id),
                          key_columns=["song_id", "aggregator", "error"],
-                         matches=aggregator_is(aggregate)))
+                         matches=aggregator_is(scorer.aggregate)))
+    carried = {"batch_format": "pyarrow", "batch_size": None,
+               "fn_kwargs": {"n_classes": len(bundle.classes)}}
     if features is not None:  # songs that failed extraction become error rows as they are
         ok = todo.map_batches(_where_error, batch_format="pyarrow", batch_size=None,
                               fn_kwargs={"failed": False}).materialize()
         failed = _last_errors(todo, ok, plan_size(limits))
         if failed is not None:
-            commit_stream(write(failed.map_batches(
-                carried_errors, batch_format="pyarrow", batch_size=None,
-                fn_kwargs={"n_classes": len(bundle.classes)})), committer)
+            commit_stream(write(failed.map_batches(carried_errors, **carried)), committer)
         # songs of one part next to each other: each part is read once per block
         todo = ok.sort("part").materialize()
-    size = songs_per_window or plan_window(limits, _BLOCK_SONGS)
+    size = run.songs_per_window or plan_window(limits, _BLOCK_SONGS)
     if features is None:  # songs whose files are not there become error rows as they are
         todo, absent = _absent(todo)
-        n, per_file = absent.count(), songs_per_file * _ERROR_FILE_FACTOR
+        n, per_file = absent.count(), config.songs_per_file * _ERROR_FILE_FACTOR
         # a window of them makes as many write tasks (a file each) as one of songs has blocks
         for window in windows(absent, n, size * per_file // _BLOCK_SONGS) if n else ():
-            commit_stream(write(window.map_batches(
-                carried_errors, batch_format="pyarrow", batch_size=None,
-                fn_kwargs={"n_classes": len(bundle.classes)}), songs_per_file=per_file),
-                committer)
+            commit_stream(write(window.map_batches(carried_errors, **carried),
+                                songs_per_file=per_file), committer)
     plan, n = "", todo.count()
     for window in windows(todo, n, size) if n else ():  # each committed as it ends
-        written = write(_scored(work_blocks(window, plan_size(limits)), features, bundle,
-                                aggregate=aggregate, limits=limits, **scoring))
+        written = write(_scored(work_blocks(window, plan_size(limits)), features, scorer,
+                                config=config, limits=limits, retries=run.retries))
         commit_stream(written, committer)
         plan = _executed_plan(written)
     totals = committer.totals
@@ -427,12 +455,14 @@ def _write(scored, **kwargs):
                        batch_size=size, batch_format="numpy", num_cpus=0, fn_kwargs=kwargs)
 
 
-def _scored(todo, features, bundle, *, aggregate: str, batch_size: int, limits,
-            use_gpu: bool, zero_shot: str | None, lite: bytes | None, retries: RetryPolicy):
+def _scored(todo, features, scorer: _Scorer, *, config: ScoreConfig, limits,
+            retries: RetryPolicy):
     """The dataset of scorer rows (one per song) of the songs ``todo`` (catalog rows, or
     index rows of a feature directory in part order, in blocks: :func:`work_blocks`)."""
-    most, resources = _model_actors(bundle, limits.cpus, limits.gpus, use_gpu=use_gpu,
-                                    precomputed=features is not None, aggregator=aggregate)
+    bundle, batch_size = scorer.bundle, config.batch_size
+    most, resources = _model_actors(bundle, limits.cpus, limits.gpus, use_gpu=config.use_gpu,
+                                    precomputed=features is not None,
+                                    aggregator=scorer.aggregate)
     # light actors read or decode their songs themselves (no task waits for a CPU they
     # hold, frames never cross the object store); heavy ones leave it to tasks
     if features is not None:
@@ -453,11 +483,12 @@ def _scored(todo, features, bundle, *, aggregate: str, batch_size: int, limits,
     # bounded: Ray Data restarts a dead actor without limit by default
     return map_bounded(songs, SongScorer, retries=ACTOR_RETRIES,
                        batch_size=batch_size, batch_format="numpy",
-                       fn_constructor_kwargs={"bundle_root": bundle.root, "aggregator": aggregate,
-                                              "zero_shot": zero_shot,
+                       fn_constructor_kwargs={"bundle_root": bundle.root,
+                                              "aggregator": scorer.aggregate,
+                                              "zero_shot": config.zero_shot,
                                               "precomputed": features is not None,
-                                              "use_gpu": use_gpu,
-                                              "lite_model": lite,
+                                              "use_gpu": config.use_gpu,
+                                              "lite_model": scorer.lite,
                                               "model_id": bundle.model_id, "prepare": prepare},
                        compute=actor_pool(most, todo.num_blocks()), **resources)
 
