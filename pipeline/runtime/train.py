@@ -44,10 +44,10 @@ from pipeline.models.cnn import (HEADS, build_run_model, model_level, pooled_l2,
 from pipeline.models.keras import load_tensorflow_quietly
 from pipeline.models.lite import to_tflite
 from pipeline.runtime.catalog import latest_per_song, partitions
+from pipeline.runtime.cluster import (Bounds, Limits, actor_pool, connect, gpus_seen_here,
+                                      plan_size, wait_for)
 from pipeline.runtime.crossval import cross_validate, cv_folds
-from pipeline.runtime.cluster import (Bounds, Limits, actor_pool, apply_to_data, check_gpus,
-                                      gpus_seen_here, plan_size, wait_for)
-from pipeline.runtime.session import init_ray, runtime_env, verbose
+from pipeline.runtime.session import runtime_env, verbose
 from pipeline.runtime.train_data import (TrainingData, open_source, plan_training_data,
                                          song_stats)
 from pipeline.storage import fs as fsio
@@ -452,10 +452,10 @@ def run_train(features: str, out: str, config: TrainConfig, *, address: str | No
               storage_path: str | None = None, run_name: str | None = None,
               bounds: Bounds = Bounds()) -> dict:
     """Train ``config.model`` on a feature directory (or frame table) and write the bundle.
-    With ``--model embed --head auto``, every head is fitted and the simplest whose song
-    log-loss on the validation songs is within one standard error of the best is kept; the
-    others' figures stay in the metrics. ``bounds``: the most of the cluster the run may use
-    (Train's workers are waited for, up to ``bounds.wait_s``)."""
+    With ``--model embed --head auto``, every head is fitted and the simplest within one
+    standard error of the best song log-loss is kept (:func:`_choose_head`); the others'
+    figures stay in the metrics. ``bounds``: the most of the cluster the run may use (Train's
+    workers are waited for, up to ``bounds.wait_s``)."""
     from ray.train.constants import DEFAULT_STORAGE_PATH
 
     started = time.perf_counter()
@@ -467,22 +467,30 @@ def run_train(features: str, out: str, config: TrainConfig, *, address: str | No
     fsio.check_ours(out, "bundle.json", "a model bundle")  # before the work, not after it
     # before ray.train.tensorflow imports TensorFlow in this process: tf-keras, its notes quiet
     load_tensorflow_quietly()
-    init_ray(address)
-    limits = bounds.limits()
-    if config.use_gpu:  # a cluster that can never have them stops the run before any work
-        check_gpus(limits, config.num_workers, purpose="train --use-gpu")
-    apply_to_data(limits)
-    log.info("train: %s", limits.describe())
-    source = dataclasses.replace(source, cpus=plan_size(limits))
-    data = plan_training_data(source, config)
-    storage_path = storage_path or DEFAULT_STORAGE_PATH
+    limits = connect(address, bounds, stage="train",
+                     gpus=config.num_workers if config.use_gpu else 0)
+    data = plan_training_data(dataclasses.replace(source, cpus=plan_size(limits)), config)
     fits = []
     for head in heads:  # the pooled head takes songs where the others take patches
         at_level = dataclasses.replace(data, level=model_level(config.model, head))
         fit = _fit(at_level, dataclasses.replace(config, head=head), out,
-                   storage_path=storage_path, limits=limits, wait_s=bounds.wait_s,
+                   storage_path=storage_path or DEFAULT_STORAGE_PATH, limits=limits,
+                   wait_s=bounds.wait_s,
                    run_name=f"{run_name}-{head}" if run_name and len(heads) > 1 else run_name)
         fits.append(_evaluate(at_level, fit, limits))
+    chosen, metrics = _kept(data, fits, config, limits)
+    model_id = _write_bundle(out, chosen, metrics, data, config, features)
+    return {"model": config.model, "model_id": model_id, "out": out, "metrics": metrics,
+            "epochs": chosen["state"]["epoch"], "seconds": time.perf_counter() - started,
+            "run": chosen["run"], "head": chosen["head"], "limits": limits.describe(),
+            "train_songs": data.counts["train"].songs, "valid_songs": data.counts["valid"].songs}
+
+
+def _kept(data: TrainingData, fits: list[dict], config: TrainConfig,
+          limits: Limits) -> tuple[dict, dict]:
+    """The fit to keep and its metrics: with the other heads' figures, how the head was
+    chosen, the logistic baseline beside it, and its calibration (from the cross-validation's
+    out-of-fold songs where it ran)."""
     kept, selection = _choose_head(data, fits, config, limits)
     chosen = next(f for f in fits if f["head"] == kept)
     metrics = chosen["metrics"]
@@ -497,24 +505,27 @@ def run_train(features: str, out: str, config: TrainConfig, *, address: str | No
                             for f in fits}
         if "logistic" in metrics["heads"]:  # the linear baseline the kept head has to beat
             metrics["baseline"] = _baseline(metrics["heads"], kept)
-    loop, state = chosen["loop"], chosen["state"]
-    model_id = save_bundle(out, model=chosen["model"], lite_model=chosen["lite"],
-                           model_name=config.model, feature=data.source.column,
-                           classes=list(data.classes), spec=data.source.spec,
-                           mean=np.asarray(loop["normalization"][0], np.float32),
-                           std=np.asarray(loop["normalization"][1], np.float32),
-                           config={**dataclasses.asdict(config), "head": chosen["head"],
-                                   "head_choice": selection["by"],
-                                   "features": features, "run": chosen["run"],
-                                   "split_method": data.method},
-                           metrics=metrics, history=state["history"],
-                           level=model_level(config.model, chosen["head"]),
-                           pooling=song_pooling(config.model), sequence_model=chosen["sequence"],
-                           calibration=metrics["calibration"])
-    return {"model": config.model, "model_id": model_id, "out": out, "metrics": metrics,
-            "epochs": state["epoch"], "seconds": time.perf_counter() - started,
-            "run": chosen["run"], "head": chosen["head"], "limits": limits.describe(),
-            "train_songs": data.counts["train"].songs, "valid_songs": data.counts["valid"].songs}
+    chosen["head_choice"] = selection["by"]
+    return chosen, metrics
+
+
+def _write_bundle(out: str, chosen: dict, metrics: dict, data: TrainingData,
+                  config: TrainConfig, features: str) -> str:
+    """The kept fit as a model bundle in ``out``; its model_id."""
+    loop = chosen["loop"]
+    return save_bundle(out, model=chosen["model"], lite_model=chosen["lite"],
+                       model_name=config.model, feature=data.source.column,
+                       classes=list(data.classes), spec=data.source.spec,
+                       mean=np.asarray(loop["normalization"][0], np.float32),
+                       std=np.asarray(loop["normalization"][1], np.float32),
+                       config={**dataclasses.asdict(config), "head": chosen["head"],
+                               "head_choice": chosen["head_choice"],
+                               "features": features, "run": chosen["run"],
+                               "split_method": data.method},
+                       metrics=metrics, history=chosen["state"]["history"],
+                       level=model_level(config.model, chosen["head"]),
+                       pooling=song_pooling(config.model), sequence_model=chosen["sequence"],
+                       calibration=metrics["calibration"])
 
 
 def _heads(config: TrainConfig) -> list[str | None]:
@@ -569,26 +580,19 @@ def _fit(data: TrainingData, config: TrainConfig, out: str, *, storage_path: str
     Ray Train gives a group 60 s to be placed, less than an autoscaler takes to bring a
     node."""
     import ray
-    from ray.train import (CheckpointConfig, FailureConfig, LoggingConfig, RunConfig,
-                           ScalingConfig)
+    from ray.train import ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer
 
     unit = "songs" if data.level == "song" else "frames"
     feeds = {split: worker_feed(data.examples(split), config.num_workers, config.batch_size,
                                 drop_last=split == "train", split=split, unit=unit)
              for split in ("train", "valid")}
-    normalization = [data.stats.mean.tolist(), data.stats.scale().tolist()]
     name, identity = run_identity(out, config, data.source.fingerprint)
     name = run_name or name
     _claim_run(storage_path, name, identity)
     log.info("train: %d classes, %s train/valid/test = %s; run %s", len(data.classes), unit,
              "/".join(str(data.examples(s)) for s in ("train", "valid", "test")), name)
-    loop = {**dataclasses.asdict(config), "input_shape": list(data.source.shape),
-            "n_classes": len(data.classes), "inputs": data.inputs,
-            "normalization": normalization, "head_options": _head_options(data, config),
-            "shuffle_rows": data.shuffle_rows(feeds["train"].batch),
-            "class_weights": data.class_weights() if config.class_weights == "balanced" else None,
-            **{f"{split}_feed": dataclasses.asdict(feed) for split, feed in feeds.items()}}
+    loop = _loop_settings(data, config, feeds)
     # Train workers leave one CPU of those the job may use to Ray Data, which reads and
     # prepares their batches: with every CPU reserved for training, the read tasks would never
     # be scheduled.
@@ -609,15 +613,7 @@ def _fit(data: TrainingData, config: TrainConfig, out: str, *, storage_path: str
         train_loop_config=loop,
         scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=config.use_gpu,
                                      resources_per_worker=worker),
-        run_config=RunConfig(
-            name=name, storage_path=storage_path,
-            checkpoint_config=CheckpointConfig(num_to_keep=1),
-            failure_config=FailureConfig(max_failures=_MAX_FAILURES,
-                                         controller_failure_limit=_MAX_FAILURES,
-                                         max_preemption_failures=_MAX_FAILURES),
-            worker_runtime_env=runtime_env(),
-            # its per-epoch "Reporting training result" lines: the run logs its own progress
-            logging_config=LoggingConfig(log_level="INFO" if verbose() else "WARNING")),
+        run_config=_run_config(name, storage_path),
         datasets={"train": data.dataset("train", shuffle=True, cache=cache),
                   "valid": data.dataset("valid", cache=cache)})
     result = trainer.fit()
@@ -628,6 +624,35 @@ def _fit(data: TrainingData, config: TrainConfig, out: str, *, storage_path: str
         best = _load_weights(os.path.join(folder, "best.npz"))
     return {"head": config.head, "run": name, "loop": loop, "state": state, "best": best,
             "feeds": feeds}
+
+
+def _loop_settings(data: TrainingData, config: TrainConfig, feeds: dict[str, Feed]) -> dict:
+    """What every Train worker (and fold task) builds and feeds its model with: the config,
+    the input shape, the classes, the normalisation, the head's options, the shuffle buffer,
+    the class weights and each split's feed."""
+    return {**dataclasses.asdict(config), "input_shape": list(data.source.shape),
+            "n_classes": len(data.classes), "inputs": data.inputs,
+            "normalization": [data.stats.mean.tolist(), data.stats.scale().tolist()],
+            "head_options": _head_options(data, config),
+            "shuffle_rows": data.shuffle_rows(feeds["train"].batch),
+            "class_weights": data.class_weights() if config.class_weights == "balanced" else None,
+            **{f"{split}_feed": dataclasses.asdict(feed) for split, feed in feeds.items()}}
+
+
+def _run_config(name: str, storage_path: str):
+    """Ray Train's RunConfig of a run: its name and storage (what a restart resumes from),
+    one checkpoint kept, bounded restarts, the workers' env, its own progress lines only."""
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig
+
+    return RunConfig(
+        name=name, storage_path=storage_path,
+        checkpoint_config=CheckpointConfig(num_to_keep=1),
+        failure_config=FailureConfig(max_failures=_MAX_FAILURES,
+                                     controller_failure_limit=_MAX_FAILURES,
+                                     max_preemption_failures=_MAX_FAILURES),
+        worker_runtime_env=runtime_env(),
+        # its per-epoch "Reporting training result" lines: the run logs its own progress
+        logging_config=LoggingConfig(log_level="INFO" if verbose() else "WARNING"))
 
 
 def _head_options(data: TrainingData, config: TrainConfig) -> dict:

@@ -232,23 +232,7 @@ def _read_pyav(fs, path, uri, offset_seconds, max_seconds, rate, sf_error):
                 container.seek(first + int((offset_seconds - 1.0) / stream.time_base),
                                stream=stream)
             window = _Window(mono, start, limit, position=None if timed else 0)
-            # Planar float in the file's own layout, converted only when the decoder gives
-            # another format; frames are joined, downmixed and cut in blocks (an Opus frame
-            # is 20 ms: per-frame numpy calls cost more than decoding it)
-            planar = av.AudioResampler(format="fltp", rate=sr)
-            for frame in container.decode(stream):
-                if window.position is None:  # the first frame after the seek places them all
-                    if frame.pts is None:
-                        raise AudioDecodeError(f"{uri}: an Opus frame without a timestamp")
-                    window.position = int(round(float((frame.pts - first) * stream.time_base)
-                                                * sr))
-                for out in [frame] if frame.format.name == "fltp" else planar.resample(frame):
-                    window.hold(out.to_ndarray())
-                if window.held >= block_size or window.full():
-                    window.flush()
-                    if window.done():
-                        break
-            window.flush()
+            _decode_into(window, container, stream, uri, first=first, block_size=block_size)
     except (av.FFmpegError, ValueError) as e:
         if guard is not None:
             guard.check()
@@ -261,6 +245,33 @@ def _read_pyav(fs, path, uri, offset_seconds, max_seconds, rate, sf_error):
     if guard is not None:
         guard.check()
     return mono.result()
+
+
+def _decode_into(window: "_Window", container, stream, uri: str, *, first: int,
+                 block_size: int) -> None:
+    """Decode ``stream`` of an open PyAV ``container`` into ``window`` until it is full.
+
+    Planar float in the file's own layout, converted only when the decoder gives another
+    format; frames are joined, downmixed and cut in blocks of ``block_size`` samples (an Opus
+    frame is 20 ms: per-frame numpy calls cost more than decoding it). A window without a
+    ``position`` (after a seek) is placed by its first frame's timestamp, ``first`` being the
+    stream's start time."""
+    import av
+
+    sr = stream.codec_context.sample_rate
+    planar = av.AudioResampler(format="fltp", rate=sr)
+    for frame in container.decode(stream):
+        if window.position is None:  # the first frame after the seek places them all
+            if frame.pts is None:
+                raise AudioDecodeError(f"{uri}: an Opus frame without a timestamp")
+            window.position = int(round(float((frame.pts - first) * stream.time_base) * sr))
+        for out in [frame] if frame.format.name == "fltp" else planar.resample(frame):
+            window.hold(out.to_ndarray())
+        if window.held >= block_size or window.full():
+            window.flush()
+            if window.done():
+                break
+    window.flush()
 
 
 class _Window:

@@ -54,6 +54,10 @@ LITE_FILE = "model.tflite"
 SEQUENCE_FILE = "sequence.keras"
 CALIBRATION_FILE = "calibration.json"
 MUSICNN_FILE = "musicnn.npz"  # embedding bundles: the pretrained network travels with the head
+# The files a version's model_id covers (those it has of them): what save_bundle writes and
+# hashes, and what `genres migrate` hashes for an older bundle
+VERSION_FILES = (MODEL_FILE, LITE_FILE, SEQUENCE_FILE, "labels.json", "spec.json",
+                 "normalization.json", "config.json", CALIBRATION_FILE, MUSICNN_FILE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,8 +123,6 @@ def save_bundle(out: str, *, model, lite_model: bytes | None = None, model_name:
     ``pooling`` names a song-level model's own aggregation (default: the model's name);
     ``calibration``: {"aggregator", "temperature", ...} (:func:`pipeline.evaluate.calibrate`)."""
     with tempfile.TemporaryDirectory(prefix="genres-bundle-") as tmp:
-        model.save(os.path.join(tmp, MODEL_FILE))
-        aggregators = [pooling or model_name] if level == "song" else ["majority", "mean", "logodds"]
         docs = {
             "labels.json": list(classes),
             "spec.json": spec.to_record(),
@@ -129,25 +131,13 @@ def save_bundle(out: str, *, model, lite_model: bytes | None = None, model_name:
             "config.json": config,
         }
         if calibration is not None:
-            docs["calibration.json"] = {k: calibration[k] for k in
-                                        ("aggregator", "temperature", "fitted_on", "songs")}
-        for name, doc in docs.items():
-            _write_json(os.path.join(tmp, name), doc)
-        names = [MODEL_FILE, *docs]
-        if lite_model is not None:
-            with open(os.path.join(tmp, LITE_FILE), "wb") as f:
-                f.write(lite_model)
-            names.append(LITE_FILE)
+            docs[CALIBRATION_FILE] = {k: calibration[k] for k in
+                                      ("aggregator", "temperature", "fitted_on", "songs")}
+        names = _write_models(tmp, docs, model=model, lite_model=lite_model,
+                              sequence_model=sequence_model, spec=spec)
+        aggregators = [pooling or model_name] if level == "song" else ["majority", "mean", "logodds"]
         if sequence_model is not None:
-            sequence_model.save(os.path.join(tmp, SEQUENCE_FILE))
-            names.append(SEQUENCE_FILE)
             aggregators.append("sequence")
-        if spec.kind == "musicnn":
-            from pipeline.storage.weights import read_checkpoint
-
-            np.savez(os.path.join(tmp, MUSICNN_FILE),
-                     **{k.replace("/", "|"): v for k, v in read_checkpoint(spec.model).items()})
-            names.append(MUSICNN_FILE)
         files = {name: _sha256(pathlib.Path(tmp, name).read_bytes()) for name in names}
         model_id = _fingerprint(files)
         _write_json(os.path.join(tmp, "bundle.json"),
@@ -156,23 +146,54 @@ def save_bundle(out: str, *, model, lite_model: bytes | None = None, model_name:
                      "level": level, "aggregators": aggregators, "normalization": "in_model"})
         _write_json(os.path.join(tmp, "metrics.json"), {"model_id": model_id, **metrics})
         _write_history(os.path.join(tmp, "history.csv"), history)
-        os.makedirs(os.path.join(tmp, "plots"))
-        _plot_history(history, os.path.join(tmp, "plots", "learning_curves.png"))
-        if metrics.get("test"):
-            # the aggregator shown is chosen on validation songs, never on the test split
-            chosen = (metrics.get("valid") or metrics["test"])["song_accuracy"]
-            best = max(chosen, key=chosen.get)
-            save(confusion_figure(metrics["test"]["confusion"][best], classes,
-                                  f"song-level confusion ({best}), test split"),
-                 os.path.join(tmp, "plots", "confusion.png"))
-        if (metrics.get("calibration") or {}).get("test"):
-            _plot_reliability(metrics["calibration"], os.path.join(tmp, "plots",
-                                                                   "reliability.png"))
-        if len(metrics.get("heads") or {}) > 1:
-            _plot_heads(metrics["heads"], metrics["head"], os.path.join(tmp, "plots", "heads.png"))
+        _write_plots(os.path.join(tmp, "plots"), metrics, history, classes)
         fsio.check_ours(out, BUNDLE_FILE, "a model bundle")
         _publish(tmp, out, model_id)
     return model_id
+
+
+def _write_models(folder: str, docs: dict, *, model, lite_model: bytes | None, sequence_model,
+                  spec) -> list[str]:
+    """The files a version's model_id covers, written into ``folder``: the model, its LiteRT
+    copy, the sequence aggregator, the pretrained musicnn weights (embedding bundles) and the
+    JSON ``docs``; their names, in the order written."""
+    model.save(os.path.join(folder, MODEL_FILE))
+    for name, doc in docs.items():
+        _write_json(os.path.join(folder, name), doc)
+    names = [MODEL_FILE, *docs]
+    if lite_model is not None:
+        with open(os.path.join(folder, LITE_FILE), "wb") as f:
+            f.write(lite_model)
+        names.append(LITE_FILE)
+    if sequence_model is not None:
+        sequence_model.save(os.path.join(folder, SEQUENCE_FILE))
+        names.append(SEQUENCE_FILE)
+    if spec.kind == "musicnn":
+        from pipeline.storage.weights import read_checkpoint
+
+        np.savez(os.path.join(folder, MUSICNN_FILE),
+                 **{k.replace("/", "|"): v for k, v in read_checkpoint(spec.model).items()})
+        names.append(MUSICNN_FILE)
+    assert set(names) <= set(VERSION_FILES), names  # what `genres migrate` hashes too
+    return names
+
+
+def _write_plots(folder: str, metrics: dict, history: list[dict], classes) -> None:
+    """A version's plots: learning curves, the test confusion matrix, the reliability diagram
+    and the heads' figures, where the metrics have them."""
+    os.makedirs(folder)
+    _plot_history(history, os.path.join(folder, "learning_curves.png"))
+    if metrics.get("test"):
+        # the aggregator shown is chosen on validation songs, never on the test split
+        chosen = (metrics.get("valid") or metrics["test"])["song_accuracy"]
+        best = max(chosen, key=chosen.get)
+        save(confusion_figure(metrics["test"]["confusion"][best], classes,
+                              f"song-level confusion ({best}), test split"),
+             os.path.join(folder, "confusion.png"))
+    if (metrics.get("calibration") or {}).get("test"):
+        _plot_reliability(metrics["calibration"], os.path.join(folder, "reliability.png"))
+    if len(metrics.get("heads") or {}) > 1:
+        _plot_heads(metrics["heads"], metrics["head"], os.path.join(folder, "heads.png"))
 
 
 def _publish(folder: str, out: str, model_id: str) -> None:
@@ -244,10 +265,8 @@ def record_files(uri: str) -> dict:
         raise BundleError(f"{uri} already lists its files' hashes: nothing to migrate")
     meta_uri = fsio.join(bundle.root, BUNDLE_FILE)
     meta = json.loads(fsio.read_text(meta_uri))
-    names = [MODEL_FILE, LITE_FILE, SEQUENCE_FILE, "labels.json", "spec.json",
-             "normalization.json", "config.json", CALIBRATION_FILE, MUSICNN_FILE]
     meta["files"] = {name: _sha256(fsio.read_bytes(fsio.join(bundle.root, name)))
-                     for name in names if fsio.exists(fsio.join(bundle.root, name))}
+                     for name in VERSION_FILES if fsio.exists(fsio.join(bundle.root, name))}
     fsio.write_bytes_atomic(meta_uri, json.dumps(meta, indent=2).encode())
     return {"kind": "bundle", "model_id": bundle.model_id, "files": len(meta["files"]),
             "table": bundle.root}
