@@ -14,6 +14,7 @@ import sys
 from pipeline.errors import GenresError
 
 KERAS_ENV = {"TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+VERBOSE_ENV = "GENRES_VERBOSE"  # "1": Ray's and TensorFlow's own logs and progress bars too
 
 
 def select_legacy_keras() -> None:
@@ -58,7 +59,7 @@ def native_stderr_quiet():
     a level (``I0000 ... port.cc:153] oneDNN custom operations are on``, ``cudart_stub``,
     ``E0000 ... failed call to cuInit`` on a machine without a GPU, "Created TensorFlow Lite
     XNNPACK delegate"); TF_CPP_MIN_LOG_LEVEL does not reach them. A failure still raises."""
-    if os.environ.get("GENRES_VERBOSE") == "1":
+    if os.environ.get(VERBOSE_ENV) == "1":
         yield
         return
     sys.stderr.flush()

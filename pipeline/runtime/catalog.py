@@ -23,9 +23,10 @@ from pipeline.storage.catalog import (CatalogSource, as_strings, check_unique,
 log = logging.getLogger(__name__)
 
 
-def catalog_dataset(source: str, *, labels_from_folders: bool = False,
+def catalog_dataset(catalog: CatalogSource | str, *, labels_from_folders: bool = False,
                     cpus: int | None = None):
     """(the catalog's rows as a materialized Ray Dataset of ``CATALOG_SCHEMA``, their number).
+    ``catalog``: as a run resolved it at its start (:func:`describe_catalog`), or a URI.
 
     Its rows stay in the object store, spread over the nodes that made them; the driver holds
     block references. A bad manifest cell or a duplicate song_id stops here, before any work,
@@ -33,7 +34,8 @@ def catalog_dataset(source: str, *, labels_from_folders: bool = False,
     """
     import ray
 
-    catalog = describe_catalog(source)
+    if not isinstance(catalog, CatalogSource):
+        catalog = describe_catalog(catalog)
     small = catalog.kind == "manifest" and _small(catalog)
     if small:
         # one task reads and checks it (duplicates too): a Ray Data read, its checks and a

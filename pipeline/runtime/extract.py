@@ -54,7 +54,8 @@ def run_extract(catalog: str, out: str, spec: FeatureSpec,
     started = time.perf_counter()
     if config.use_gpu and spec.kind != "musicnn":
         raise ParameterError("--use-gpu applies to --features musicnn (frames run on CPU)")
-    describe_catalog(catalog)  # a catalog that is not there stops the run before Ray starts
+    # resolved once, here: a catalog that is not there stops the run before Ray starts
+    catalog = describe_catalog(catalog)
     store = FeatureStore(out)
     store.prepare(spec, overwrite=config.overwrite)
     limits = connect(run.address, run.bounds, stage="extract", gpus=int(config.use_gpu))

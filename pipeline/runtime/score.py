@@ -41,7 +41,7 @@ from pipeline.sandbox import sandbox
 from pipeline.storage import fs as fsio
 from pipeline.storage.audio import missing_files
 from pipeline.storage.bundle import read_bundle, read_lite_model, verify_bundle
-from pipeline.storage.catalog import Song, describe_catalog
+from pipeline.storage.catalog import CatalogSource, Song, describe_catalog
 from pipeline.storage.delta import ADD_SCHEMA, Committer, latest_rows, new_run_id
 from pipeline.storage.labels import FILE_SCHEMA, LabelTable, label_rows
 from pipeline.storage.shards import INDEX_SCHEMA, SPEC_FILE, FeatureStore, tensor_values
@@ -277,12 +277,12 @@ def run_score(source: str, out: str, config: ScoreConfig,
     """
     started = time.perf_counter()
     scorer = _open_scorer(config)
-    features = _open_features(source, scorer.bundle)
+    features, catalog = _open_source(source, scorer.bundle)
     labels = LabelTable(out)
     labels.create()
     limits = connect(run.address, run.bounds, stage="score", gpus=int(config.use_gpu))
     version = labels.log.version()
-    todo, n, retried = _plan(source, features, labels, scorer, version=version, run=run,
+    todo, n, retried = _plan(catalog, features, labels, scorer, version=version, run=run,
                              cpus=plan_size(limits))
     summary = {"songs": n, "labelled": 0, "failed": 0, "frames": 0, "errors": {}, "commits": 0,
                "out": out, "model_id": scorer.bundle.model_id, "plan": "",
@@ -321,26 +321,26 @@ def _open_scorer(config: ScoreConfig) -> _Scorer:
     return _Scorer(bundle, aggregate, lite)
 
 
-def _open_features(source: str, bundle) -> FeatureStore | None:
-    """``source`` as a feature directory of the bundle's spec, or None for a catalog (one
-    that is not there stops the run before Ray starts)."""
+def _open_source(source: str, bundle) -> tuple[FeatureStore | None, CatalogSource | None]:
+    """(``source`` as a feature directory of the bundle's spec, or None; as a catalog,
+    resolved once here, or None): a catalog that is not there stops the run before Ray
+    starts."""
     if not fsio.exists(fsio.join(source, SPEC_FILE)):
-        describe_catalog(source)
-        return None
+        return None, describe_catalog(source)
     features = FeatureStore(source)
     _check_features(features, bundle)
-    return features
+    return features, None
 
 
-def _plan(source: str, features, labels: LabelTable, scorer: _Scorer, *, version: int,
-          run: RunOptions, cpus: int):
-    """(the songs to score: catalog or index rows, materialized; the songs in ``source``;
-    the songs tried again): those this model and aggregator have not labelled at ``version``,
-    and failed songs due again."""
+def _plan(catalog: CatalogSource | None, features, labels: LabelTable, scorer: _Scorer, *,
+          version: int, run: RunOptions, cpus: int):
+    """(the songs to score: catalog or index rows, materialized; the songs in the catalog or
+    feature directory; the songs tried again): those this model and aggregator have not
+    labelled at ``version``, and failed songs due again."""
     if features is not None:
         songs, n = _feature_songs(features, cpus)
     else:
-        songs, n = catalog_dataset(source, cpus=cpus)
+        songs, n = catalog_dataset(catalog, cpus=cpus)
     # errors carried from a feature directory stay until it is re-extracted
     retry = "all" if run.retry_errors else "none" if features is not None else "transient"
     marks = _labelled(labels, scorer.bundle.model_id, scorer.aggregate, version, retry=retry,

@@ -6,7 +6,7 @@ import logging
 import os
 import sys
 
-from pipeline.models.keras import KERAS_ENV, select_legacy_keras
+from pipeline.models.keras import KERAS_ENV, VERBOSE_ENV, select_legacy_keras
 
 log = logging.getLogger(__name__)
 
@@ -14,7 +14,7 @@ log = logging.getLogger(__name__)
 # default depends on the CPU), so every worker takes the path the driver was told to take; the
 # URI schemes songs may name (--allow-http).
 PASSED_ON = ("TF_ENABLE_ONEDNN_OPTS", "GENRES_URI_SCHEMES", "GENRES_SONG_LIMITS",
-             "GENRES_FAULTS", "TF_CPP_MIN_LOG_LEVEL", "GENRES_VERBOSE")
+             "GENRES_FAULTS", "TF_CPP_MIN_LOG_LEVEL", VERBOSE_ENV)
 
 
 def runtime_env() -> dict:
@@ -22,9 +22,6 @@ def runtime_env() -> dict:
     the job's runtime env on a cluster (embedded Ray's workers inherit the driver's env)."""
     env = {key: os.environ.get(key, value) for key, value in KERAS_ENV.items()}
     return {"env_vars": {**env, **{key: os.environ[key] for key in PASSED_ON if key in os.environ}}}
-
-
-VERBOSE_ENV = "GENRES_VERBOSE"  # "1": Ray's and TensorFlow's own logs and progress bars too
 
 
 def verbose() -> bool:
