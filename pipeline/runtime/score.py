@@ -25,10 +25,8 @@ import pyarrow.compute as pc
 
 from pipeline.errors import (AudioError, BundleError, CatalogError, ParameterError,
                              SpecMismatchError)
-from pipeline.extract import gone_message, model_input, musicnn_column
-from pipeline.features.bags import make_bags
+from pipeline.extract import gone_message, model_input
 from pipeline.features.musicnn import N_MELS as MUSICNN_MELS, PATCH_FRAMES
-from pipeline.models.aggregate import aggregate, decide
 from pipeline.retry import RetryPolicy, utc_now
 from pipeline.runtime.catalog import (catalog_dataset, column_or_nulls,
                                       latest_per_song, partitions, plan_retries, table_rows,
@@ -141,7 +139,8 @@ def runs_lite(bundle, use_gpu: bool) -> bool:
 
 
 class SongScorer:
-    """Ray Data actor: the bundle's model over whole songs, then song aggregation."""
+    """Ray Data actor: the I/O around a :class:`pipeline.song_model.SongModel`: it opens the
+    bundle, prepares its batches and turns the model's song scores into scorer rows."""
 
     def __init__(self, bundle_root: str, aggregator: str, zero_shot: str | None = None,
                  precomputed: bool = False, use_gpu: bool = False,
@@ -153,70 +152,20 @@ class SongScorer:
         ``prepare``: (fn, kwargs) the actor applies to its batches first: :func:`decode_batch`
         (catalog rows: decoded here) or :func:`read_feature_songs` (index rows: their parts
         read here); None: batches come ready."""
-        from pipeline.storage.bundle import SEQUENCE_FILE, load_keras_model, zero_shot_bundle
+        from pipeline.song_model import SongModel
+        from pipeline.storage.bundle import zero_shot_bundle
 
         if use_gpu:  # before any model is built: memory growth cannot change afterwards
             gpus_seen_here("score --use-gpu")
-        self.aggregator, self.prepare = aggregator, prepare
-        self.musicnn = self.model = self.sequence = None
-        if zero_shot:  # musicnn's own tags, no trained head
-            self.bundle = zero_shot_bundle(zero_shot)
-            if not precomputed:  # from a feature directory the taggram is already there
-                from pipeline.extract import pretrained_musicnn
-
-                self.musicnn = pretrained_musicnn(zero_shot)
-            return
-        self.bundle = read_bundle(bundle_root)
-        if model_id is not None and self.bundle.model_id != model_id:
+        self.prepare = prepare
+        bundle = zero_shot_bundle(zero_shot) if zero_shot else read_bundle(bundle_root)
+        if model_id is not None and bundle.model_id != model_id:
             raise BundleError(f"{bundle_root} was replaced during the run (model {model_id} "
-                              f"became {self.bundle.model_id}); run again to score with the "
+                              f"became {bundle.model_id}); run again to score with the "
                               f"new one")
-        if lite_model is not None:
-            from pipeline.models.lite import LiteModel
-
-            self.model = LiteModel(lite_model, threads=1)
-            self.predict_frames = self.model.predict
-        else:
-            self.model = load_keras_model(self.bundle)
-            self.predict_frames = functools.partial(self.model.predict, batch_size=64, verbose=0)
-        if aggregator == "sequence":
-            self.sequence = load_keras_model(self.bundle, SEQUENCE_FILE)
-        if self.bundle.spec.kind == "musicnn" and not precomputed:
-            from pipeline.models.musicnn import build_musicnn, load_weights
-
-            self.musicnn = build_musicnn()
-            load_weights(self.musicnn, self.bundle.musicnn_variables())
-
-    def song_scores(self, songs: list[np.ndarray]) -> list[tuple[np.ndarray, int]]:
-        """(song scores [n_classes], winning class) of each song's model input [n_frames, ...]."""
-        if self.model is None:  # zero-shot: musicnn's taggram (computed here or precomputed)
-            if self.musicnn is not None:
-                songs = [self.musicnn.predict(x, batch_size=32, verbose=0)["taggram"]
-                         for x in songs]
-            return self._aggregate(songs)
-        if self.musicnn is not None:  # the bundle's column of the network's outputs
-            songs = [musicnn_column(self.musicnn.predict(x, batch_size=32, verbose=0),
-                                    self.bundle.feature) for x in songs]
-        songs = [self.bundle.normalize(x) for x in songs]
-        if self.bundle.level == "song":  # bags: the model pools the frames of each song itself
-            n = np.array([len(x) for x in songs])
-            frames, mask, _ = make_bags(np.concatenate(songs), np.repeat(np.arange(len(songs)), n))
-            probs = self.model.predict([frames, mask], batch_size=8, verbose=0)
-            return [(p, int(np.argmax(p))) for p in probs]
-        frames = self.predict_frames(np.concatenate(songs))
-        bounds = np.cumsum([0] + [len(x) for x in songs])
-        return self._aggregate([frames[a:b] for a, b in zip(bounds[:-1], bounds[1:])])
-
-    def _aggregate(self, probs: list[np.ndarray]) -> list[tuple[np.ndarray, int]]:
-        if self.aggregator == "sequence":
-            from pipeline.models.sequence import sequence_scores
-
-            return [(s, int(np.argmax(s))) for s in sequence_scores(self.sequence, probs)]
-        out = []
-        for p in probs:
-            s = aggregate(p, self.aggregator)
-            out.append((s, decide(s, p)))
-        return out
+        self.classes = bundle.classes
+        self.model = SongModel(bundle, aggregator, lite_model=lite_model,
+                               from_audio=not precomputed, zero_shot=zero_shot)
 
     def __call__(self, batch: dict) -> dict:
         if self.prepare is not None:
@@ -225,17 +174,15 @@ class SongScorer:
         xs = list(batch["x"])
         ok = [i for i, x in enumerate(xs) if len(x)]
         n = len(xs)
-        genre, confidence = [""] * n, np.zeros(n, np.float32)
-        scores = np.zeros((n, len(self.bundle.classes)), np.float32)
+        genre, confidence = np.array([""] * n, dtype=object), np.zeros(n, np.float32)
+        scores = np.zeros((n, len(self.classes)), np.float32)
         if ok:
-            found = self.song_scores([xs[i] for i in ok])
-            # calibrated probabilities where the bundle has a temperature for this aggregator
-            calibrated = self.bundle.calibrate(np.stack([s for s, _ in found]), self.aggregator)
-            for i, s, (_, best) in zip(ok, calibrated, found):
-                genre[i], confidence[i], scores[i] = self.bundle.classes[best], s[best], s
+            found, best = self.model.scores([xs[i] for i in ok])
+            scores[ok] = found
+            genre[ok] = [self.classes[b] for b in best]
+            confidence[ok] = found[np.arange(len(ok)), best]
         return {"song_id": batch["song_id"], "uri": batch["uri"], "error": batch["error"],
-                "message": batch["message"], "attempt": batch["attempt"],
-                "genre": np.array(genre, dtype=object),
+                "message": batch["message"], "attempt": batch["attempt"], "genre": genre,
                 "confidence": confidence, "n_frames": np.array([len(x) for x in xs], np.int32),
                 "probabilities": scores}
 
