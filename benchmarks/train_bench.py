@@ -66,7 +66,7 @@ def keras_epochs(features: pathlib.Path, model_name: str, batch_size: int, epoch
     from pipeline.splits import split_rows
     from pipeline.storage.shards import tensor_values
 
-    # The threads a Train worker runs with (pipeline.runtime.train.worker_threads): Ray sets
+    # The threads a Train worker runs with (pipeline.runtime.train_worker.worker_threads): Ray sets
     # OMP_NUM_THREADS=1 in its workers, and TensorFlow's pool takes every core. With Keras'
     # defaults on a CPU where oneDNN's custom ops are on (AVX512_VNNI), every baseline epoch
     # took ~150 s against Ray Train's ~110 s; with these threads its first took 95 s.

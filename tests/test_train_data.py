@@ -173,7 +173,7 @@ def test_evaluation_by_song_in_the_cluster_equals_the_driver_side_reference(ray_
 
     from pipeline.evaluate import evaluate, evaluate_sums
     from pipeline.runtime.cluster import Limits
-    from pipeline.runtime.train import _collect, song_results
+    from pipeline.runtime.evaluation import _collect, song_results
 
     rng = np.random.default_rng(11)
     ids, frames, y, probs, splits = [], [], [], [], []

@@ -10,7 +10,8 @@ import pytest
 
 from corpus import tiny_features
 from pipeline.errors import ParameterError
-from pipeline.runtime.train import TrainConfig, run_train, worker_feed
+from pipeline.runtime.train import TrainConfig, run_train
+from pipeline.runtime.train_worker import worker_feed
 
 
 @pytest.mark.parametrize("rows, workers, batch, drop_last, expected", [
