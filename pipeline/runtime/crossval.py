@@ -64,15 +64,15 @@ def cross_validate(data, fits: list[dict], folds: int, most: int) -> dict[str, d
         for k in range(folds):
             calls.append((fit["head"], fold_fit.options(num_cpus=1, memory=memory, max_retries=2),
                           settings, k))
-    sums: dict[str, list[dict]] = {head: [] for head in rows}
+    held: dict[str, list[dict]] = {head: [] for head in rows}  # each fold's held-out songs
     running: dict = {}
     while calls or running:
         while calls and len(running) < max(1, most):
             head, task, settings, k = calls.pop(0)
             running[task.remote(settings, k, rows[head])] = head
         done, _ = ray.wait(list(running), num_returns=1)
-        sums[running.pop(done[0])].append(ray.get(done[0]))
-    return {head: summarize(parts) for head, parts in sums.items()}
+        held[running.pop(done[0])].append(ray.get(done[0]))
+    return {head: summarize(parts) for head, parts in held.items()}
 
 
 def best_epoch(history: list[dict]) -> int:
