@@ -404,7 +404,7 @@ def cmd_train(args) -> dict:
     heads = s["metrics"].get("heads") or {}
     if len(heads) > 1:  # the embed model's head, chosen by cross-validation or on validation
         by = s["metrics"]["selection"]["by"]
-        key = "cv_song_log_loss" if "cross" in by else "valid_song_log_loss"
+        key = "cv_song_log_loss" if s["metrics"]["selection"]["folds"] else "valid_song_log_loss"
         losses = ", ".join(f"{h} {v[key]:.3f}" for h, v in heads.items())
         quality += f"; head {s['head']} (song log-loss by {by}: {losses})"
         margin = (s["metrics"].get("baseline") or {}).get("test")

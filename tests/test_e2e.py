@@ -122,8 +122,6 @@ def features(catalog, tmp_path_factory, ray_session):
 
 @pytest.mark.parametrize("model", ["dnn", "cnn1d", "cnn1d_mel100ms", "mil"])
 def test_every_model_trains_one_epoch_and_scores(catalog, features, tmp_path, model):
-    """Every model trains; the two scoring paths (a frame model's LiteRT copy with the
-    sequence aggregator, and mil's Keras over bags) score."""
     bundle, labels = str(tmp_path / "model"), str(tmp_path / "labels")
     assert cli.main(["train", features, "--out", bundle, "--model", model, "--epochs", "1",
                      "--num-workers", "1", "--batch-size", "4"]) == 0
@@ -140,8 +138,6 @@ def test_every_model_trains_one_epoch_and_scores(catalog, features, tmp_path, mo
         assert 0 <= test["frame_accuracy"] <= 1
     # frame models score on CPU with the bundle's LiteRT copy; mil runs Keras in the actors
     assert (current(tmp_path / "model") / "model.tflite").exists() == (model != "mil")
-    if model.startswith("cnn1d"):  # scored as dnn is: a frame model's LiteRT copy, sequence
-        return
     summary = run_score(catalog, labels, ScoreConfig(
         model=bundle, aggregate=None if model == "mil" else "sequence"))
     # TensorFlow actors (mil, the sequence GRU) are heavy: decoding stays in tasks, unfused

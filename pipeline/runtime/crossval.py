@@ -54,10 +54,12 @@ def cross_validate(data, fits: list[dict], folds: int, most: int) -> dict[str, d
     import ray
 
     fold_fit = ray.remote(_fit_fold)
-    rows, calls = {}, []
+    levels, rows, calls = {}, {}, []
     for fit in fits:
         at_level = dataclasses.replace(data, level=model_level(fit["loop"]["model"], fit["head"]))
-        rows[fit["head"]] = at_level.dataset("train", "valid", folds=folds).to_numpy_refs()
+        if at_level.level not in levels:  # the patch heads share one read of their rows
+            levels[at_level.level] = at_level.dataset("train", "valid", folds=folds).to_numpy_refs()
+        rows[fit["head"]] = levels[at_level.level]
         settings = {**fit["loop"], "epochs": best_epoch(fit["state"]["history"])}
         # a fold task holds every row of its head and a copy of its training rows
         memory = 3 * at_level.input_bytes("train", "valid") + 2 ** 30

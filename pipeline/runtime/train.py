@@ -154,21 +154,22 @@ def _kept(data: TrainingData, fits: list[dict], config: TrainConfig,
     """The fit to keep and its metrics: with the other heads' figures, how the head was
     chosen, the logistic baseline beside it, and its calibration (from the cross-validation's
     out-of-fold songs where it ran)."""
-    kept, selection = _choose_head(data, fits, config, limits)
+    kept, selection, cv = _choose_head(data, fits, config, limits)
     chosen = next(f for f in fits if f["head"] == kept)
     metrics = chosen["metrics"]
-    held_out = selection.pop("held_out")
     # The validation songs, held out from training by artist, stand closest to new songs:
     # their temperature where there are enough of them (GTZAN-3's 61: test ECE 0.059 ->
     # 0.035), else one from the cross-validation's out-of-fold songs, not from 13-18 songs.
-    if held_out is not None and data.counts["valid"].songs < MIN_CALIBRATION_SONGS:
-        metrics["calibration"] = calibrate({**chosen["scored"], "cv": held_out},
+    if kept in cv and data.counts["valid"].songs < MIN_CALIBRATION_SONGS:
+        metrics["calibration"] = calibrate({**chosen["scored"],
+                                            "cv": (cv[kept]["probs"], cv[kept]["y"])},
                                            metrics["calibration"]["aggregator"], fit_on="cv")
     if config.model == "embed":
-        cv = selection.pop("heads")  # each head's cross-validated figures, beside its others
         metrics["head"], metrics["selection"] = kept, selection
-        metrics["heads"] = {f["head"]: {**head_figures(f), **cv.get(f["head"], {})}
-                            for f in fits}
+        # each head's cross-validated figures beside its others (its songs' probabilities not)
+        metrics["heads"] = {f["head"]: {**head_figures(f),
+                                        **{f"cv_{k}": v for k, v in cv.get(f["head"], {}).items()
+                                           if k not in ("probs", "y")}} for f in fits}
         if "logistic" in metrics["heads"]:  # the linear baseline the kept head has to beat
             metrics["baseline"] = baseline(metrics["heads"], kept)
     chosen["head_choice"] = selection["by"]
@@ -211,32 +212,30 @@ def _heads(config: TrainConfig) -> list[str | None]:
 
 
 def _choose_head(data: TrainingData, fits: list[dict], config: TrainConfig,
-                 limits: Limits) -> tuple[str | None, dict]:
-    """The head to keep, and how it was chosen: the simplest whose song log-loss is within
-    one standard error of the best, by cross-validation over the train and validation songs
-    where they are few (:mod:`pipeline.runtime.crossval`), else on the validation songs."""
+                 limits: Limits) -> tuple[str | None, dict, dict]:
+    """The head to keep, how it was chosen (``by``, on how many ``songs``, ``folds``), and
+    each head's cross-validated figures (:func:`pipeline.runtime.crossval.cross_validate`;
+    none where it did not run): the simplest whose song log-loss is within one standard
+    error of the best, by cross-validation over the train and validation songs where they
+    are few, else on the validation songs."""
     if len(fits) == 1:
-        return fits[0]["head"], {"by": "given", "heads": {}, "held_out": None}
+        return fits[0]["head"], {"by": "given"}, {}
     songs = data.counts["train"].songs + data.counts["valid"].songs
     folds = cv_folds(config.cv_folds, fits, songs)
     started = time.perf_counter()
-    if folds:
-        figures = cross_validate(data, fits, folds, plan_size(limits))
-        losses = {h: (f["song_log_loss"], f["song_log_loss_se"]) for h, f in figures.items()}
-        by, songs = f"{folds}-fold cross-validation", figures[fits[0]["head"]]["songs"]
-        heads = {h: {f"cv_{k}": v for k, v in f.items() if k not in ("probs", "y")}
-                 for h, f in figures.items()}
+    cv = cross_validate(data, fits, folds, plan_size(limits)) if folds else {}
+    if cv:
+        losses = {h: (f["song_log_loss"], f["song_log_loss_se"]) for h, f in cv.items()}
+        by, songs = f"{folds}-fold cross-validation", cv[fits[0]["head"]]["songs"]
     else:
         losses = {f["head"]: (f["metrics"]["valid"]["song_log_loss"],
                               f["metrics"]["valid"]["song_log_loss_se"]) for f in fits}
-        by, songs, heads, figures = "validation", data.counts["valid"].songs, {}, {}
+        by, songs = "validation", data.counts["valid"].songs
     kept = simplest_within_one_se(losses)
     log.info("train: heads' song log-loss by %s on %d songs (%.0f s): %s; kept %s (the simplest "
              "within one standard error of the best)", by, songs, time.perf_counter() - started,
              ", ".join(f"{h} {loss:.3f}±{se:.3f}" for h, (loss, se) in losses.items()), kept)
-    held_out = (figures[kept]["probs"], figures[kept]["y"]) if kept in figures else None
-    return kept, {"by": by, "songs": songs, "folds": folds, "heads": heads,
-                  "held_out": held_out}
+    return kept, {"by": by, "songs": songs, "folds": folds}, cv
 
 
 def _fit(data: TrainingData, config: TrainConfig, out: str, *, storage_path: str,
