@@ -12,4 +12,6 @@ if ! command -v chromium >/dev/null; then
         || { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq --no-install-recommends \
              chromium >/dev/null; }; } || echo "warning: could not install chromium" >&2
 fi
-exec .venv/bin/python -m pytest "$@"
+# Two workers: the tests that start their own clusters beside those on the local Ray (their
+# groups: tests/conftest.py); they wait on jobs and nodes a third of the time.
+exec .venv/bin/python -m pytest -n 2 --dist loadgroup "$@"

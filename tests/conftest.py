@@ -11,6 +11,21 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 SHARED = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+# modules whose tests start Rays of their own: multi-node clusters, `genres` in subprocesses
+OWN_RAYS = ("test_autoscaling", "test_cluster", "test_faults", "test_output")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under ``pytest -n 2 --dist loadgroup`` (scripts/test.sh) every test is in one of two
+    groups, each run whole by one worker: the tests that start Rays of their own, and the
+    rest, on the session's local Ray (:func:`ray_session`). The first group's waits (jobs
+    submitted, nodes launched and given back) overlap the second's work; each worker holds one
+    group's module fixtures from its first test to its last."""
+    for item in items:
+        own = item.module.__name__ in OWN_RAYS
+        item.add_marker(pytest.mark.xdist_group("own-rays" if own else "session-ray"))
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(20261121)

@@ -118,29 +118,39 @@ def _latest(rows: pd.DataFrame, order: str) -> pd.DataFrame:
     return rows.sort_values(order).drop_duplicates("song_id", keep="last")
 
 
-def test_every_stage_runs_as_a_job_with_the_bucket_the_only_shared_place(cluster, s3, catalog):
+@pytest.fixture(scope="module")
+def undisturbed(cluster, s3, catalog) -> dict:
+    """The run each fault is compared with: extract, train and score as jobs, no fault. The
+    fault tests read its features, model and labels, in whatever order the tests run."""
     extract = Job(cluster, s3, "extract", catalog["manifest"], "--out", "s3://music/features")
-    assert f"{catalog['songs']} songs in" in extract.succeeded()
-    _check_features("s3://music/features", catalog)
-
+    extracted = extract.succeeded()
     train = Job(cluster, s3, "train", "s3://music/features", "--out", "s3://music/model",
                 "--model", "dnn", "--epochs", "2", "--split", "song",
                 "--storage-path", "s3://music/runs")
     train.succeeded()
-    pointer = _read_json(s3, "model/bundle.json")  # the current version, one object
-    bundle = _read_json(s3, f"model/{pointer['current']}/bundle.json")
-    assert bundle["model"] == "dnn" and bundle["model_id"] == pointer["model_id"]
-
     # scoring decodes the catalog's audio on the worker nodes and loads the bundle there
     score = Job(cluster, s3, "score", catalog["manifest"], "--model", "s3://music/model",
                 "--out", "s3://music/labels")
-    output = score.succeeded()
+    scored = score.succeeded()
+    workers = {n["node_id"] for n in cluster.alive_nodes() if not n["is_head"]}
+    return {"jobs": (extract, train, score), "outputs": (extracted, scored),
+            "workers": workers, "scorers": {a["node_id"] for a in score.actors("SongScorer")}}
+
+
+def test_every_stage_runs_as_a_job_with_the_bucket_the_only_shared_place(cluster, s3, catalog,
+                                                                          undisturbed):
+    (extract, train, score), (extracted, scored) = undisturbed["jobs"], undisturbed["outputs"]
+    assert f"{catalog['songs']} songs in" in extracted
+    _check_features("s3://music/features", catalog)
+    pointer = _read_json(s3, "model/bundle.json")  # the current version, one object
+    bundle = _read_json(s3, f"model/{pointer['current']}/bundle.json")
+    assert bundle["model"] == "dnn" and bundle["model_id"] == pointer["model_id"]
     labels = _check_labels("s3://music/labels", catalog)
     assert set(labels.genre.dropna()) <= set(GENRES)
     # sized from the nodes up (no autoscaler here): a model actor on each worker node
-    assert "up to 2 CPU(s) and 0 GPU(s) (the nodes up now)" in output
-    scorers = {a["node_id"] for a in score.actors("SongScorer")}
-    assert scorers == {n["node_id"] for n in cluster.alive_nodes() if not n["is_head"]}
+    assert "up to 2 CPU(s) and 0 GPU(s) (the nodes up now)" in scored
+    scorers = undisturbed["scorers"]
+    assert scorers == undisturbed["workers"]
 
     tag = Job(cluster, s3, "tag", catalog["manifest"], "--model", "s3://music/model",
               "--out", "s3://music/labels", "--retry-after", "0")
@@ -166,7 +176,7 @@ def test_every_stage_runs_as_a_job_with_the_bucket_the_only_shared_place(cluster
                   f"tag (nothing new) {tag.seconds:.0f} s")
 
 
-def test_a_node_lost_during_extract(cluster, s3, catalog):
+def test_a_node_lost_during_extract(cluster, s3, catalog, undisturbed):
     out = "s3://music/features-node-lost"
     job = Job(cluster, s3, "extract", catalog["manifest"], "--out", out, "--songs-per-task", "2")
     what = _lose_node_while(cluster, job, "extract_batch", "c")
@@ -183,7 +193,7 @@ def test_a_node_lost_during_extract(cluster, s3, catalog):
                   f"{job.seconds:.0f} s with every song once and the rows of an undisturbed run")
 
 
-def test_a_node_lost_during_train(cluster, s3, catalog):
+def test_a_node_lost_during_train(cluster, s3, catalog, undisturbed):
     runs = "runs-node-lost"
     job = Job(cluster, s3, "train", "s3://music/features", "--out", "s3://music/model-node-lost",
               "--model", "dnn", "--epochs", "6", "--patience", "10", "--split", "song",
@@ -209,7 +219,7 @@ def test_a_node_lost_during_train(cluster, s3, catalog):
                   f"once, the job succeeded in {job.seconds:.0f} s")
 
 
-def test_a_node_lost_during_score(cluster, s3, catalog):
+def test_a_node_lost_during_score(cluster, s3, catalog, undisturbed):
     # the batch of the lost actor waits while Ray starts it again elsewhere (with a bounded
     # max_task_retries, the calls refused meanwhile used up the tries: one run in two failed)
     out = "s3://music/labels-node-lost"
@@ -225,7 +235,7 @@ def test_a_node_lost_during_score(cluster, s3, catalog):
                   f"an undisturbed run")
 
 
-def test_the_driver_lost_during_tag_then_a_rerun(cluster, s3, catalog):
+def test_the_driver_lost_during_tag_then_a_rerun(cluster, s3, catalog, undisturbed):
     out = "s3://music/labels-driver-lost"
     args = [catalog["manifest"], "--model", "s3://music/model", "--out", out,
             "--batch-size", "1", "--commit-every", "1"]

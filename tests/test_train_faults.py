@@ -16,9 +16,13 @@ pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 
 def _train_workers() -> list[int]:
+    import ray
     from ray.util.state import list_actors
 
-    return [a.pid for a in list_actors(filters=[("class_name", "=", "RayTrainWorker"),
+    # this session's Ray by its address: other Rays may run on the machine (scripts/test.sh
+    # runs the cluster tests beside this one)
+    return [a.pid for a in list_actors(address=ray.get_runtime_context().gcs_address,
+                                       filters=[("class_name", "=", "RayTrainWorker"),
                                                 ("state", "=", "ALIVE")])]
 
 
