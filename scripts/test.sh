@@ -12,6 +12,6 @@ if ! command -v chromium >/dev/null; then
         || { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq --no-install-recommends \
              chromium >/dev/null; }; } || echo "warning: could not install chromium" >&2
 fi
-# Two workers: the tests that start their own clusters beside those on the local Ray (their
-# groups: tests/conftest.py); they wait on jobs and nodes a third of the time.
-exec .venv/bin/python -m pytest -n 2 --dist loadgroup "$@"
+# Two workers, a module at a time each (tests/conftest.py): the tests wait on Ray, jobs and
+# nodes about a third of the time, which the other worker's tests fill.
+exec .venv/bin/python -m pytest -n 2 "$@"

@@ -15,15 +15,20 @@ SHARED = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
 OWN_RAYS = ("test_autoscaling", "test_cluster", "test_faults", "test_output")
 
 
-def pytest_collection_modifyitems(config, items):
-    """Under ``pytest -n 2 --dist loadgroup`` (scripts/test.sh) every test is in one of two
-    groups, each run whole by one worker: the tests that start Rays of their own, and the
-    rest, on the session's local Ray (:func:`ray_session`). The first group's waits (jobs
-    submitted, nodes launched and given back) overlap the second's work; each worker holds one
-    group's module fixtures from its first test to its last."""
-    for item in items:
-        own = item.module.__name__ in OWN_RAYS
-        item.add_marker(pytest.mark.xdist_group("own-rays" if own else "session-ray"))
+def pytest_xdist_make_scheduler(config, log):
+    """Under ``pytest -n 2`` (scripts/test.sh): each module runs whole, in order, in one worker
+    (its module fixtures are set up once), and the modules that start Rays of their own run one
+    after another in one worker, so two multi-node clusters never run at once. Their waits
+    (jobs submitted, nodes launched and given back) overlap the other worker's tests on its own
+    local Ray."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModulesApart(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return "own-rays" if pathlib.Path(module).stem in OWN_RAYS else module
+
+    return ModulesApart(config, log)
 
 
 @pytest.fixture
