@@ -59,7 +59,7 @@ def test_two_workers_train_on_uneven_shards(ray_session, uneven_features, tmp_pa
     # the driver's setting reaches the Train workers through their runtime env
     monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", onednn)
     # frames read once into the object store, or streamed from the parts every epoch
-    monkeypatch.setattr(train, "_CACHE_FRACTION", 0.25 if cached else 0.0)
+    monkeypatch.setattr(train, "_CACHE_BYTES", 2 ** 30 if cached else 0)
     summary = run_train(uneven_features, str(tmp_path / "model"),
                         TrainConfig(model=model, num_workers=2, epochs=2, batch_size=8,
                                     split="manifest"), storage_path=str(tmp_path / "runs"))

@@ -41,7 +41,10 @@ from pipeline.storage.bundle import save_bundle
 log = logging.getLogger(__name__)
 
 _MAX_FAILURES = 3  # worker-group restarts (from the last checkpoint) before a run fails
-_CACHE_FRACTION = 0.25  # of the object store: training frames up to this are read once
+# training frames (train + valid) up to this are read once and kept in the object store: a
+# size the job asks for, not one read off the cluster (an autoscaling cluster's nodes come and
+# go; Ray spills what does not fit), and a quarter of the object store of a 16 GiB node
+_CACHE_BYTES = 2 ** 30
 # Settings a run may change when it resumes; every other one is part of the run's identity.
 _RESUMABLE = ("epochs", "patience", "num_workers", "use_gpu", "cv_folds")
 
@@ -244,7 +247,6 @@ def _fit(data: TrainingData, config: TrainConfig, out: str, *, storage_path: str
     ``state`` and ``best`` weights. Its worker group is waited for first (up to ``wait_s``):
     Ray Train gives a group 60 s to be placed, less than an autoscaler takes to bring a
     node."""
-    import ray
     from ray.train import ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer
 
@@ -266,13 +268,10 @@ def _fit(data: TrainingData, config: TrainConfig, out: str, *, storage_path: str
         worker["GPU"] = 1
     wait_for([worker] * config.num_workers, purpose=f"train ({config.num_workers} worker(s))",
              timeout_s=wait_s, limits=limits)
-    # Frames that fit in a quarter of the object store are read once, not every epoch: on 2
-    # CPUs, reading and splitting the parts again cost each epoch a quarter more than plain
-    # Keras (9,427 frames: 49.3 s against 38.4 s). A catalog's worth streams every epoch.
-    # The object store of the nodes up after the wait above (the worker group's among them)
-    # is what the cache can count on: a cluster that grows later only adds to it.
-    cache = data.level == "frame" and data.input_bytes("train", "valid") <= _CACHE_FRACTION * \
-        ray.cluster_resources().get("object_store_memory", 0)
+    # Frames up to _CACHE_BYTES are read once, not every epoch: on 2 CPUs, reading and
+    # splitting the parts again cost each epoch a quarter more than plain Keras (9,427 frames:
+    # 49.3 s against 38.4 s). A catalog's worth streams every epoch.
+    cache = data.level == "frame" and data.input_bytes("train", "valid") <= _CACHE_BYTES
     trainer = TensorflowTrainer(
         train_loop_per_worker,
         train_loop_config=loop,
