@@ -10,16 +10,15 @@ from pipeline.models.keras import KERAS_ENV, VERBOSE_ENV, select_legacy_keras
 
 log = logging.getLogger(__name__)
 
-# Passed on from the driver when set there: whether TensorFlow uses oneDNN's custom ops (its
-# default depends on the CPU), so every worker takes the path the driver was told to take; the
-# URI schemes songs may name (--allow-http).
-PASSED_ON = ("TF_ENABLE_ONEDNN_OPTS", "GENRES_URI_SCHEMES", "GENRES_SONG_LIMITS",
-             "GENRES_FAULTS", "TF_CPP_MIN_LOG_LEVEL", VERBOSE_ENV,
-             "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S")
 # Ray Train's controller polls its workers this often (Ray's default: 2 s), and notices a
 # finished run only at its next poll: 0.5 s took ~2 s off every train run (29.8 -> 27.3 s for
 # one dnn epoch on 2 CPUs, mean of 4), for a poll per worker 4 times a second.
-TRAIN_POLL_S = "0.5"
+TRAIN_POLL_ENV, TRAIN_POLL_S = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5"
+# Passed on from the driver when set there: whether TensorFlow uses oneDNN's custom ops (its
+# default depends on the CPU), so every worker takes the path the driver was told to take; the
+# URI schemes songs may name (--allow-http); Ray Train's poll.
+PASSED_ON = ("TF_ENABLE_ONEDNN_OPTS", "GENRES_URI_SCHEMES", "GENRES_SONG_LIMITS",
+             "GENRES_FAULTS", "TF_CPP_MIN_LOG_LEVEL", VERBOSE_ENV, TRAIN_POLL_ENV)
 
 
 def runtime_env() -> dict:
@@ -55,7 +54,7 @@ def init_ray(address: str | None = None) -> None:
     if ray.is_initialized():
         return
     select_legacy_keras()
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", TRAIN_POLL_S)
+    os.environ.setdefault(TRAIN_POLL_ENV, TRAIN_POLL_S)
     # "local" forces a new embedded instance: a bare ray.init() would join the last cluster
     # `ray start` launched on this machine, even a dead one whose record was left behind.
     address = address or os.environ.get("RAY_ADDRESS") or "local"
