@@ -145,6 +145,13 @@ def test_every_model_trains_one_epoch_and_scores(catalog, features, tmp_path, mo
     out = _labels(labels)
     assert len(out) == 27 and set(out.aggregator) == {aggregator}
     assert np.allclose([sum(dict(p).values()) for p in out.probabilities], 1, atol=1e-4)
+    # training evaluated the model as scoring runs it (one SongModel): the test songs' labels
+    # are right as often as the bundle's metrics say
+    rows["song_id"] = rows.uri.str.rsplit(".", n=1).str[0]
+    test_songs = out.merge(rows[rows.split == "test"], on="song_id")
+    assert len(test_songs) == held_out
+    assert (test_songs.genre == test_songs.label).mean() == pytest.approx(
+        test["song_accuracy"][aggregator])
 
 
 def test_train_from_a_frame_table(ray_session, shared_data, tmp_path):

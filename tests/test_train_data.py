@@ -163,47 +163,39 @@ def test_streamed_frames_are_the_parts_frames_of_their_song(ray_session, feature
         assert np.array_equal(np.stack(frames), expected[sid])
 
 
-def test_evaluation_by_song_in_the_cluster_equals_the_driver_side_reference(ray_session):
-    """Frame predictions of songs spread over several blocks, summed per song in the cluster:
-    the metrics of the validation and test songs equal evaluate() on all their frames."""
-    from types import SimpleNamespace
-
+@pytest.mark.parametrize("model", ["cnn2d", "mil"])
+def test_evaluation_reads_each_song_whole_as_scoring_does(ray_session, features, model):
+    """Training's evaluation takes the validation and test songs whole (all their frames, in
+    order), read in the actor from the parts, whatever the model's level."""
     import pyarrow as pa
-    from ray.data.extensions import ArrowTensorArray
 
-    from pipeline.evaluate import evaluate, evaluate_sums
-    from pipeline.runtime.cluster import Limits
-    from pipeline.runtime.evaluation import _collect, song_results
-
-    rng = np.random.default_rng(11)
-    ids, frames, y, probs, splits = [], [], [], [], []
-    for s in range(60):
-        k = int(rng.integers(1, 9))
-        ids += [f"s{s:02d}"] * k
-        frames += list(range(k))
-        y += [int(rng.integers(3))] * k
-        splits += ["valid" if s % 3 else "test"] * k
-        probs.append(rng.dirichlet(np.full(3, 0.7), size=k).astype(np.float32))
-    ids, frames, y, splits = (np.array(v, dtype=object if isinstance(v[0], str) else None)
-                              for v in (ids, frames, y, splits))
-    probs = np.concatenate(probs)
-    order = rng.permutation(len(ids))  # a song's frames in several blocks, in any order
-    blocks = [pa.table({"song_id": ids[rows].tolist(), "split": splits[rows].tolist(),
-                        "y": y[rows].astype(np.int64), "frame": frames[rows].astype(np.int32),
-                        "probs": ArrowTensorArray.from_numpy(probs[rows])})
-              for rows in np.array_split(order, 7)]
-    data = SimpleNamespace(counts={s: SimpleNamespace(frames=int((splits == s).sum()))
-                                   for s in ("valid", "test")})
-    songs = song_results(data, ray_session.data.from_arrow(blocks),
-                         Limits(cpus=2, gpus=0, source="a test"))
-    columns = ["song_id", "y", "frames", "correct", "sum_probs", "sum_logodds", "votes"]
-    got = _collect(songs, columns, ("valid", "test"))
+    config = TrainConfig(model=model, split="song")
+    data = plan_training_data(open_source(features, config), config)
+    parts, (read, kwargs) = data.song_reads("valid", "test")
+    songs = {}
+    for batch in parts.iter_batches(batch_size=None, batch_format="pyarrow"):
+        got = read(pa.Table.from_batches(batch.to_batches()), **kwargs)
+        for sid, split, y, x in zip(got["song_id"], got["split"], got["y"], got["x"]):
+            assert sid not in songs
+            songs[sid] = (split, data.classes[y], x)
+    table = pd.read_parquet(features, columns=["song_id", "label", "frame", "logmel"])
     for split in ("valid", "test"):
-        mine = splits == split
-        want = evaluate(probs[mine], y[mine], ids[mine], ["a", "b", "c"])
-        figures = evaluate_sums(got[split], ["a", "b", "c"])
-        assert figures["song_accuracy"] == want["song_accuracy"]
-        assert figures["confusion"] == want["confusion"]
-        assert (figures["songs"], figures["frames"]) == (want["songs"], want["frames"])
-        assert figures["song_log_loss"] == pytest.approx(want["song_log_loss"], rel=1e-6)
-        assert figures["frame_accuracy"] == pytest.approx(want["frame_accuracy"])
+        mine = {sid for sid, (s, _, _) in songs.items() if s == split}
+        assert len(mine) == data.counts[split].songs and set(_songs(data, split)) == mine
+    for sid, (_, label, x) in songs.items():
+        rows = table[table.song_id == sid].sort_values("frame")
+        assert label == rows.label.iloc[0] and x.dtype == np.float32
+        assert np.array_equal(x, np.stack([np.asarray(v, np.float32).reshape(x.shape[1:])
+                                           for v in rows.logmel]))
+
+
+def test_a_frame_table_is_cut_between_songs():
+    import pyarrow as pa
+
+    from pipeline.runtime.train_data import song_chunks
+
+    ids = [f"s{i % 7}" for i in range(50)]  # songs interleaved, as a table may hold them
+    chunks = song_chunks(pa.table({"song_id": ids, "frame": list(range(50))}), 2)
+    assert 1 < len(chunks) <= 7 and sum(c.num_rows for c in chunks) == 50
+    owners = [set(c.column("song_id").to_pylist()) for c in chunks]
+    assert all(not (a & b) for i, a in enumerate(owners) for b in owners[i + 1:])

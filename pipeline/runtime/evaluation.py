@@ -1,15 +1,15 @@
-"""A fit's evaluation by song, in the cluster.
+"""A fit's evaluation by song, in the cluster, as scoring runs its bundle.
 
-Actors predict the validation and test splits with the best weights (in LiteRT for frame
-models, as scoring runs them), and their frames are summed per song in the cluster: only a
-row per validation and test song comes back to the driver for the song metrics, and the
+Actors open the fit as a :class:`pipeline.song_model.SongModel` (in LiteRT for frame models,
+as scoring runs them on CPU) over whole songs of the validation and test splits, read from
+the feature parts in the actor as scoring reads a feature directory, and turn each song into
+one row: its frames' sums (every aggregator's scores follow from them), or a song-level
+model's probabilities. Only those rows come back to the driver for the song metrics, and the
 frame log-odds of at most ``_SEQUENCE_SONGS`` validation songs for the ``sequence``
 aggregator, whose class for each test song is computed in the cluster too (in numpy).
 """
 
 from __future__ import annotations
-
-import functools
 
 import numpy as np
 import pyarrow as pa
@@ -19,33 +19,38 @@ from pipeline.evaluate import (calibrate, evaluate_songs, evaluate_sums, scored_
                                song_sums)
 from pipeline.models.cnn import build_run_model, song_pooling
 from pipeline.models.lite import to_tflite
-from pipeline.runtime.catalog import latest_per_song, partitions
-from pipeline.runtime.cluster import Limits, actor_pool, plan_size
+from pipeline.runtime.cluster import Limits, actor_pool
 from pipeline.runtime.train_data import TrainingData
-from pipeline.storage.shards import tensor_values
+from pipeline.storage.bundle import Bundle
 
 _SEQUENCE_SONGS = 5000  # validation songs the sequence aggregator is fitted on, at most
 
 
-class Predictor:
-    """Ray Data actor: the trained model over one split's rows, in LiteRT (``lite_model``, as
-    scoring runs frame models on CPU: no TensorFlow in the actor) or rebuilt in Keras."""
+class SongEvaluator:
+    """Ray Data actor: the fit as a :class:`pipeline.song_model.SongModel` over whole songs:
+    ``prepare`` (fn, kwargs) turns a batch into songs (:meth:`TrainingData.song_reads`); a
+    row per song comes out (:func:`song_row_table`, or a song-level model's ``probs``)."""
 
-    def __init__(self, loop: dict, weights: list[np.ndarray], inputs: list[str],
-                 lite_model: bytes | None = None):
-        if lite_model is not None:
-            from pipeline.models.lite import LiteModel
+    def __init__(self, bundle: Bundle, loop: dict, weights: list[np.ndarray],
+                 lite_model: bytes | None, prepare: tuple):
+        from pipeline.song_model import SongModel
 
-            self.predict = LiteModel(lite_model, threads=1).predict
+        keras_model = _model(loop, weights) if lite_model is None else None
+        self.model = SongModel(bundle, "mean", lite_model=lite_model, keras_model=keras_model,
+                               from_audio=False)
+        self.prepare = prepare
+
+    def __call__(self, batch: pa.Table):
+        read, kwargs = self.prepare
+        songs = read(batch, **kwargs)
+        if not len(songs["y"]):  # Ray Data cannot hold an empty tensor column
+            return
+        probs = self.model.probabilities(list(songs["x"]))
+        if self.model.bundle.level == "song":
+            yield {"song_id": songs["song_id"], "split": songs["split"], "y": songs["y"],
+                   "probs": np.concatenate(probs)}
         else:
-            self.predict = functools.partial(_model(loop, weights).predict, batch_size=64,
-                                             verbose=0)
-        self.inputs = inputs
-
-    def __call__(self, batch: dict) -> dict:
-        x = [batch[name] for name in self.inputs]
-        keys = {k: batch[k] for k in ("song_id", "split", "y", "frame") if k in batch}
-        return {**keys, "probs": self.predict(x if len(x) > 1 else x[0])}
+            yield song_row_table(songs, probs)
 
 
 def _model(loop: dict, weights: list[np.ndarray]):
@@ -57,42 +62,44 @@ def _model(loop: dict, weights: list[np.ndarray]):
     return model
 
 
-def predict(data: TrainingData, splits: tuple[str, ...], loop: dict, weights: list[np.ndarray],
-            lite_model: bytes | None, limits: Limits):
-    """A dataset of the model's predictions over the rows of ``splits``, by actors:
-    ``song_id``, ``split``, ``y``, ``probs`` [n_classes], and ``frame`` for frame rows (songs
-    for bags)."""
+def fit_bundle(data: TrainingData, loop: dict) -> Bundle:
+    """The fit as a bundle not yet written: what :class:`pipeline.song_model.SongModel` reads
+    of one (its classes, level and feature; the model normalises its own input)."""
+    return Bundle(root="", model_id="", model=loop["model"], feature=data.source.column,
+                  classes=tuple(data.classes), spec=data.source.spec,
+                  mean=np.asarray(loop["normalization"][0], np.float32),
+                  std=np.asarray(loop["normalization"][1], np.float32), level=data.level,
+                  normalized_in_model=True)
+
+
+def predict_songs(data: TrainingData, splits: tuple[str, ...], loop: dict,
+                  weights: list[np.ndarray], lite_model: bytes | None, limits: Limits):
+    """A dataset of a row per song of ``splits``, by :class:`SongEvaluator` actors:
+    ``song_id``, ``split``, ``y``, and the frames' sums of :func:`song_row_table` (frame
+    models) or ``probs`` [n_classes] (song-level models)."""
     # LiteRT actors are light (one CPU each); TensorFlow ones take ~1 GB: one per 2 CPUs, or
     # one per GPU
     gpu = loop["use_gpu"] and lite_model is None
     most = limits.gpus if gpu else limits.cpus if lite_model is not None else limits.cpus // 2
-    return data.dataset(*splits).map_batches(
-        Predictor, fn_constructor_kwargs={"loop": loop, "weights": weights,
-                                          "inputs": data.inputs, "lite_model": lite_model},
-        batch_size=64, num_gpus=1 if gpu else 0,
-        compute=actor_pool(most, data.source.part_count() if data.source.root else most))
+    songs, prepare = data.song_reads(*splits)
+    return songs.map_batches(
+        SongEvaluator, fn_constructor_kwargs={"bundle": fit_bundle(data, loop), "loop": loop,
+                                              "weights": weights, "lite_model": lite_model,
+                                              "prepare": prepare},
+        batch_size=None, batch_format="pyarrow", num_gpus=1 if gpu else 0,
+        compute=actor_pool(most, songs.num_blocks()))
 
 
-def song_results(data: TrainingData, predicted, limits: Limits):
-    """Frame predictions -> one row per song (its frames' sums: :func:`song_rows`), made in
-    the cluster: the frames are hash-partitioned by song, each block then holds whole
-    songs. Materialized."""
-    frames = sum(data.counts[s].frames for s in ("valid", "test"))
-    return latest_per_song(predicted, song_rows,
-                           partitions=partitions(frames, plan_size(limits))).materialize()
-
-
-def song_rows(batch: pa.Table) -> pa.Table:
-    """Ray Data fn: frame predictions of whole songs -> a row per song of
-    :func:`pipeline.evaluate.song_sums` (``logodds``, its frames' log-odds in order, as a flat
-    list)."""
+def song_row_table(songs: dict, probs: list[np.ndarray]) -> pa.Table:
+    """Songs (``song_id``, ``split``, ``y``) and their frame probabilities [n_frames,
+    n_classes] each -> a row per song of :func:`pipeline.evaluate.song_sums` (``logodds``,
+    its frames' log-odds in order, as a flat list)."""
     from ray.data.extensions import ArrowTensorArray
 
-    probs = tensor_values(batch.column("probs"))
-    sums = song_sums(batch.column("song_id").to_numpy(zero_copy_only=False),
-                     batch.column("frame").to_numpy(zero_copy_only=False), probs,
-                     batch.column("y").to_numpy(zero_copy_only=False),
-                     split=batch.column("split").to_numpy(zero_copy_only=False))
+    n = np.array([len(p) for p in probs])
+    sums = song_sums(np.repeat(songs["song_id"], n),
+                     np.concatenate([np.arange(k) for k in n]), np.concatenate(probs),
+                     np.repeat(songs["y"], n), split=np.repeat(songs["split"], n))
     out = {k: pa.array(sums[k]) for k in ("song_id", "split", "y", "frames", "correct")}
     for k in ("sum_probs", "sum_logodds", "votes"):
         out[k] = ArrowTensorArray.from_numpy(np.ascontiguousarray(sums[k]))
@@ -182,17 +189,15 @@ def evaluate_fit(data: TrainingData, fit: dict, limits: Limits) -> dict:
     model = _model(loop, fit["best"])
     lite = to_tflite(model) if data.level == "frame" else None  # what scoring on CPU will run
     splits = tuple(s for s in ("valid", "test") if data.examples(s))
-    predicted = predict(data, splits, loop, fit["best"], lite, limits)
-    sequence = None
+    songs = predict_songs(data, splits, loop, fit["best"], lite, limits).materialize()
     if data.level == "song":  # a row per song already: its probabilities
         aggregator, scored = song_pooling(loop["model"]), {}
-        for split, got in _collect(predicted, ["probs", "y"], splits).items():
+        for split, got in _collect(songs, ["probs", "y"], splits).items():
             scored[split] = (got["probs"].reshape(-1, len(classes)), got["y"])
             metrics[split] = evaluate_songs(*scored[split], classes, aggregator)
         metrics["calibration"] = calibrate(scored, aggregator)
         return {**fit, "model": model, "lite": lite, "sequence": None, "metrics": metrics,
                 "scored": scored}
-    songs = song_results(data, predicted, limits)
     # the learned aggregator, on out-of-sample frame predictions: fitted on the validation
     # songs, measured on the test songs only
     sequence, test_classes = _sequence(data, songs, loop, len(classes))

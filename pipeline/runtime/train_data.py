@@ -302,9 +302,38 @@ class TrainingData:
         rows = rows.materialize()
         return rows.randomize_block_order() if shuffle else rows
 
+    def song_reads(self, *splits: str):
+        """The songs of ``splits`` for models that take a whole song (training's evaluation,
+        as scoring reads a feature directory): (a Ray Dataset, (fn, kwargs)) where ``fn(batch,
+        **kwargs)`` turns one of its pyarrow batches into songs (:func:`split_songs`), in the
+        actor that runs the model. The dataset holds part names (a song is whole within its
+        part), or a frame table's rows cut between songs."""
+        import ray
+
+        select = {"splits": list(splits), "rule": self.rule, "classes": list(self.classes),
+                  "column": self.source.column}
+        if self.source.table is None:
+            where = functools.partial(in_splits, splits=list(splits), rule=self.rule)
+            return self.source.parts_dataset(), (read_split_songs, {
+                **select, "root": self.source.root, "where": where})
+        return (ray.data.from_arrow(song_chunks(self.source.table, self.source.cpus)),
+                (split_songs, select))
+
     def shuffle_rows(self, batch: int) -> int:
         """Rows of a Train worker's local shuffle buffer: about 256 MiB, at least 4 batches."""
         return int(np.clip(_SHUFFLE_BYTES // self._row_bytes(), 4 * batch, 16384))
+
+
+def song_chunks(table: pa.Table, n: int) -> list[pa.Table]:
+    """A frame table (held by the driver) as up to ``4 n`` tables that each hold whole songs."""
+    table = table.sort_by("song_id")
+    ids = table.column("song_id").to_numpy(zero_copy_only=False)
+    if not len(ids):
+        return [table]
+    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+    cuts = np.unique(starts[np.linspace(0, len(starts), 4 * max(1, n), endpoint=False)
+                            .astype(int)]).tolist()
+    return [table.slice(a, b - a) for a, b in zip(cuts, cuts[1:] + [len(ids)])]
 
 
 def plan_training_data(source: Source, config) -> TrainingData:
@@ -537,34 +566,54 @@ def part_bags(batch: dict, *, root: str, splits: list[str], rule: SplitRule,
               classes: list[str], column: str, n: int, sample: bool, where=None, folds: int = 0):
     """Ray Data map_batches fn: committed parts -> one bag per song of ``splits``
     (``frames`` [n, ...], ``mask`` [n], ``y``, ``song_id``, ``split``, and ``fold`` where
-    ``folds``); ``sample`` draws long
-    songs' frames anew. Parts without such a song yield nothing (Ray Data cannot hold an
-    empty 4-D tensor column)."""
-    store = FeatureStore(root)
+    ``folds``); ``sample`` draws long songs' frames anew. Parts without such a song yield
+    nothing (Ray Data cannot hold an empty 4-D tensor column)."""
+    songs = read_split_songs(pa.table({"part": list(batch["part"])}), root=root, splits=splits,
+                             rule=rule, classes=classes, column=column, where=where)
+    if not len(songs["y"]):
+        return
     rng = np.random.default_rng() if sample else None
+    frames, mask = zip(*(song_bag(x, n, rng) for x in songs["x"]))
+    bags = {"song_id": songs["song_id"], "split": songs["split"], "frames": np.stack(frames),
+            "mask": np.stack(mask), "y": songs["y"]}
+    if folds:
+        bags["fold"] = fold_of(songs["song_id"], songs["artist"], folds, seed=rule.seed)
+    yield bags
+
+
+def read_split_songs(batch: pa.Table, *, root: str, where=None, **select) -> dict:
+    """Committed parts (``part`` rows) -> their songs of the chosen splits, as
+    :func:`split_songs` gives them; a part is read once, only its row groups that hold such a
+    song (``where``: :func:`in_splits`)."""
+    store = FeatureStore(root)
+    column = select["column"]
+    parts = [store.read_part(p, KEYS + [column], where=where, where_columns=SPLIT_KEYS)
+             for p in batch.column("part").to_pylist()]
+    return split_songs(pa.concat_tables(parts), **select)
+
+
+def split_songs(rows: pa.Table, *, splits: list[str], rule: SplitRule, classes: list[str],
+                column: str) -> dict:
+    """Frame rows of whole songs (:data:`KEYS` and ``column``, any order) -> one entry per
+    song of ``splits``, in first-seen order: ``song_id``, ``split``, ``artist`` (object
+    arrays), ``y`` (class index, int64) and ``x`` (an object array of each song's frames in
+    frame order, float32 [n_frames, ...])."""
+    keys = {k: rows.column(k).to_numpy(zero_copy_only=False) for k in KEYS}
+    keep, split = _in_splits(keys, rule)
+    keep &= np.isin(split, splits)
+    chosen = np.flatnonzero(keep)
+    groups = list(group_by_song(keys["song_id"][chosen]).values())
+    firsts = [chosen[g[0]] for g in groups]
+    values = tensor_values(rows.column(column)) if groups else None
+    xs = np.empty(len(groups), dtype=object)
+    for i, g in enumerate(groups):
+        found = chosen[g]
+        xs[i] = values[found[np.argsort(keys["frame"][found])]].astype(np.float32)
     index = {c: i for i, c in enumerate(classes)}
-    out = {"song_id": [], "split": [], "frames": [], "mask": [], "y": [], "artist": []}
-    for part in batch["part"]:
-        table = store.read_part(part, KEYS + [column], where=where, where_columns=SPLIT_KEYS)
-        rows = {k: table.column(k).to_numpy(zero_copy_only=False) for k in KEYS}
-        keep, split = _in_splits(rows, rule)
-        keep &= np.isin(split, splits)
-        values = tensor_values(table.column(column))
-        for song_id, found in group_by_song(rows["song_id"][keep]).items():
-            found = np.flatnonzero(keep)[found]
-            frames, mask = song_bag(values[found[np.argsort(rows["frame"][found])]], n, rng)
-            for key, value in (("song_id", song_id), ("split", split[found[0]]),
-                               ("frames", frames), ("mask", mask),
-                               ("y", index[rows["label"][found[0]]]),
-                               ("artist", rows["artist"][found[0]])):
-                out[key].append(value)
-    if out["y"]:
-        bags = {"song_id": np.array(out["song_id"], dtype=object),
-                "split": np.array(out["split"], dtype=object), "frames": np.stack(out["frames"]),
-                "mask": np.stack(out["mask"]), "y": np.array(out["y"], np.int64)}
-        if folds:
-            bags["fold"] = fold_of(out["song_id"], out["artist"], folds, seed=rule.seed)
-        yield bags
+    return {"song_id": np.array(keys["song_id"][firsts], dtype=object),
+            "split": np.array(split[firsts], dtype=object),
+            "artist": np.array(keys["artist"][firsts], dtype=object),
+            "y": np.array([index[label] for label in keys["label"][firsts]], np.int64), "x": xs}
 
 
 def in_splits(keys: pa.Table, *, splits: list[str], rule: SplitRule) -> np.ndarray:
