@@ -95,42 +95,6 @@ def song_sums(song_ids: np.ndarray, frame: np.ndarray, probs: np.ndarray, y: np.
             "logodds": [sequences[a:b] for a, b in zip(starts, ends)]}
 
 
-def evaluate_sums(songs: dict, classes: list[str], *, sequence: np.ndarray | None = None) -> dict:
-    """:func:`evaluate`'s figures from per-song sums (:func:`song_sums` rows: ``y``,
-    ``frames``, ``correct``, ``sum_probs``, ``sum_logodds``, ``votes``), the same numbers
-    with no frame at hand. ``sequence``: the ``sequence`` aggregator's class per song."""
-    n = len(classes)
-    frames = np.asarray(songs["frames"], np.float64)[:, None]
-    truth = np.asarray(songs["y"])
-    result = {"frames": int(frames.sum()),
-              "frame_accuracy": float(np.sum(songs["correct"]) / frames.sum()),
-              "songs": int(len(truth)), "song_accuracy": {}, "confusion": {}}
-    mean = np.asarray(songs["sum_probs"]) / frames
-    scores = {"majority": np.asarray(songs["votes"]) / frames, "mean": mean,
-              "logodds": 1.0 / (1.0 + np.exp(-np.asarray(songs["sum_logodds"]) / frames))}
-    for name in AGGREGATORS:
-        # the argmax, ties broken by the mean probability (as decide() breaks them)
-        tied = scores[name] == scores[name].max(axis=1, keepdims=True)
-        pred = np.argmax(np.where(tied, mean, -np.inf), axis=1)
-        if name == "mean":
-            result.update(song_log_loss(mean, truth))
-        result["song_accuracy"][name] = float((pred == truth).mean())
-        result["confusion"][name] = confusion(truth, pred, n).tolist()
-    if sequence is not None:
-        result["song_accuracy"]["sequence"] = float((sequence == truth).mean())
-        result["confusion"]["sequence"] = confusion(truth, sequence, n).tolist()
-    return result
-
-
-def evaluate_songs(probs: np.ndarray, y: np.ndarray, classes: list[str], name: str) -> dict:
-    """Song accuracy of a model that predicts songs directly (probs [n_songs, n_classes])."""
-    pred = probs.argmax(1)
-    return {"frames": None, "frame_accuracy": None, "songs": int(len(y)),
-            "song_accuracy": {name: float((pred == y).mean())},
-            "confusion": {name: confusion(y, pred, len(classes)).tolist()},
-            **song_log_loss(probs, y)}
-
-
 def song_log_loss(probs: np.ndarray, y: np.ndarray) -> dict:
     """Mean cross-entropy of songs' probabilities (probs [n_songs, n_classes], y [n_songs]
     true class indices) in nats, and its standard error over the songs."""
@@ -163,31 +127,14 @@ def simplest_within_one_se(losses: dict[str, tuple[float, float]]) -> str:
     return next(name for name, (loss, _) in losses.items() if loss <= limit + 1e-12)
 
 
-def reliability(probs: np.ndarray, y: np.ndarray, bins: int = 15) -> list[dict]:
-    """Songs binned by their top probability into ``bins`` equal widths of [0, 1]: each
-    non-empty bin's lower edge ``low``, ``songs``, mean ``confidence`` and ``accuracy`` (the
-    share whose top class is the truth). probs [n_songs, n_classes], y [n_songs]."""
-    confidence, right = probs.max(1), (probs.argmax(1) == y)
-    which = np.minimum((confidence * bins).astype(int), bins - 1)
-    return [{"low": float(b / bins), "songs": int((which == b).sum()),
-             "confidence": float(confidence[which == b].mean()),
-             "accuracy": float(right[which == b].mean())} for b in np.unique(which)]
-
-
-def calibration_error(probs: np.ndarray, y: np.ndarray, bins: int = 15) -> float:
+def calibration_error(probs: np.ndarray, y: np.ndarray) -> float:
     """Expected calibration error of songs' probabilities: the mean over the songs of
-    |accuracy - confidence| within equal-width bins of the top probability (Guo et al. 2017).
-
-    Parameters
-    ----------
-    probs : np.ndarray [shape=(n_songs, n_classes)]  each row sums to 1
-    y : np.ndarray [shape=(n_songs,)]  true class indices
-    bins : int  bins of [0, 1] by confidence
-    """
+    |accuracy - confidence| within :data:`BINS` equal-width bins of the top probability (Guo
+    et al. 2017). probs [n_songs, n_classes] (rows sum to 1), y [n_songs] true classes."""
     if not len(y):
         return 0.0
-    return float(sum(b["songs"] * abs(b["accuracy"] - b["confidence"])
-                     for b in reliability(probs, y, bins)) / len(y))
+    figures = tally_calibration(tally({"p": probs}, y, scored="p", temperature=1.0))
+    return figures["ece_before"]
 
 
 def with_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
@@ -224,6 +171,23 @@ FITTED_ON = {"valid": "validation songs",
                    "see it"}
 
 
+def fitted_temperature(probs: np.ndarray, y: np.ndarray, aggregator: str,
+                       fit_on: str = "valid") -> dict:
+    """The temperature of ``aggregator``'s song probabilities fitted on held-out songs (probs
+    [n_songs, n_classes], y [n_songs]) of ``fit_on`` (see :data:`FITTED_ON`), as the bundle
+    records it: ``aggregator``, ``temperature``, ``fitted_on`` and ``songs``.
+
+    Fewer than ``MIN_CALIBRATION_SONGS`` songs leave the scores as they are (T = 1): on the
+    game catalog's 13-18 validation songs, right more often than its test songs, the fitted
+    temperature sharpened scores that were already over-sure (test ECE 0.230 -> 0.237 and
+    0.287 -> 0.332), where GTZAN-3's 61 gave 0.048-0.076 -> 0.027-0.041."""
+    enough = len(y) >= MIN_CALIBRATION_SONGS
+    return {"aggregator": aggregator, "temperature": fit_temperature(probs, y) if enough else 1.0,
+            "fitted_on": fit_on if enough else f"none: fewer than {MIN_CALIBRATION_SONGS} "
+                                               f"{FITTED_ON[fit_on]}",
+            "songs": int(len(y))}
+
+
 def calibrate(scored: dict[str, tuple[np.ndarray, np.ndarray]], aggregator: str, *,
               fit_on: str = "valid") -> dict:
     """Temperature scaling of the songs' probabilities ``aggregator`` gives, fitted on the
@@ -232,28 +196,117 @@ def calibrate(scored: dict[str, tuple[np.ndarray, np.ndarray]], aggregator: str,
     ``CalibratedClassifierCV(ensemble=False)`` fits its calibrator. ``scored``: split ->
     (probs [n_songs, n_classes], y [n_songs]).
 
-    Returns what the bundle and metrics.json record: ``aggregator``, ``temperature``, what it
-    was ``fitted_on`` and on how many ``songs``, and per split the expected calibration error,
-    song log-loss and reliability bins before and after (the test songs are never fitted on).
-
-    Fewer than ``MIN_CALIBRATION_SONGS`` songs leave the scores as they are (T = 1): on the
-    game catalog's 13-18 validation songs, right more often than its test songs, the fitted
-    temperature sharpened scores that were already over-sure (test ECE 0.230 -> 0.237 and
-    0.287 -> 0.332), where GTZAN-3's 61 gave 0.048-0.076 -> 0.027-0.041."""
+    Returns what the bundle and metrics.json record (:func:`fitted_temperature`), and per
+    split the expected calibration error, song log-loss and reliability bins before and after
+    (:func:`tally_calibration`; the test songs are never fitted on)."""
     fitted = scored.get(fit_on, (np.zeros((0, 1)), np.zeros(0, np.int64)))
-    enough = len(fitted[1]) >= MIN_CALIBRATION_SONGS
-    t = fit_temperature(*fitted) if enough else 1.0
-    out = {"aggregator": aggregator, "temperature": t,
-           "fitted_on": fit_on if enough else f"none: fewer than {MIN_CALIBRATION_SONGS} "
-                                              f"{FITTED_ON[fit_on]}",
-           "songs": int(len(fitted[1]))}
+    out = fitted_temperature(*fitted, aggregator, fit_on)
     for split, (probs, y) in scored.items():
-        if not len(y):
-            continue
-        after = with_temperature(probs, t) if t != 1.0 else probs
-        out[split] = {
-            "ece_before": calibration_error(probs, y), "ece_after": calibration_error(after, y),
-            "log_loss_before": song_log_loss(probs, y)["song_log_loss"],
-            "log_loss_after": song_log_loss(after, y)["song_log_loss"],
-            "reliability_before": reliability(probs, y), "reliability_after": reliability(after, y)}
+        if len(y):
+            out[split] = tally_calibration(tally({aggregator: probs}, y, scored=aggregator,
+                                                 temperature=out["temperature"]))
     return out
+
+
+# Song figures as sums that merge: each block of songs is tallied where it lies and only the
+# tallies (a few confusion matrices and histograms) come to the driver, whatever the songs.
+BINS = 15  # reliability bins of [0, 1] by confidence
+
+
+def song_scores(songs: dict) -> dict[str, np.ndarray]:
+    """Every frame aggregator's song scores [n_songs, n_classes] from :func:`song_sums` rows
+    (``frames``, ``sum_probs``, ``sum_logodds``, ``votes``)."""
+    frames = np.asarray(songs["frames"], np.float64)[:, None]
+    return {"majority": np.asarray(songs["votes"]) / frames,
+            "mean": np.asarray(songs["sum_probs"]) / frames,
+            "logodds": 1.0 / (1.0 + np.exp(-np.asarray(songs["sum_logodds"]) / frames))}
+
+
+def tally(scores: dict[str, np.ndarray], y: np.ndarray, *, scored: str, temperature: float,
+          frames: np.ndarray | None = None, correct: np.ndarray | None = None,
+          sequence: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The figures of some songs of one split as sums (merged by :func:`merge_tallies`, read
+    by :func:`tally_metrics` and :func:`tally_calibration`).
+
+    Parameters
+    ----------
+    scores : dict of np.ndarray [shape=(n_songs, n_classes)]
+        each aggregator's song scores (``mean`` ties break the others' argmax)
+    y : np.ndarray [shape=(n_songs,)]  true class indices
+    scored : str  the aggregator whose scores are probabilities that scoring gives
+    temperature : float  their calibration (:func:`with_temperature`)
+    frames, correct : np.ndarray [shape=(n_songs,)], optional
+        each song's frames and its frames whose argmax is right (frame models)
+    sequence : np.ndarray [shape=(n_songs,)], optional  the ``sequence`` aggregator's classes
+    """
+    y = np.asarray(y, np.int64)
+    n = scores[scored].shape[1]
+    out = {"songs": np.array(len(y)),
+           "frames": np.array(int(np.sum(frames)) if frames is not None else 0),
+           "correct": np.array(int(np.sum(correct)) if correct is not None else 0)}
+    tie_break = scores.get("mean", scores[scored])
+    for name, s in scores.items():
+        # the argmax, ties broken by the mean probability (as decide() breaks them)
+        pred = np.argmax(np.where(s == s.max(axis=1, keepdims=True), tie_break, -np.inf), axis=1)
+        out[f"confusion/{name}"] = confusion(y, pred, n)
+    if sequence is not None:
+        out["confusion/sequence"] = confusion(y, np.asarray(sequence, np.int64), n)
+    probs = np.asarray(scores[scored], np.float64)
+    for when, p in (("before", probs), ("after", with_temperature(probs, temperature)
+                                        if temperature != 1.0 else probs)):
+        losses = -np.log(np.clip(p[np.arange(len(y)), y], 1e-7, 1.0))
+        out[f"loss/{when}"] = np.array([len(y), losses.sum(), np.square(losses).sum()])
+        confidence, right = p.max(1), (p.argmax(1) == y)
+        which = np.minimum((confidence * BINS).astype(int), BINS - 1)
+        out[f"bins/{when}"] = np.stack([np.bincount(which, minlength=BINS),
+                                        np.bincount(which, confidence, minlength=BINS),
+                                        np.bincount(which, right, minlength=BINS)], axis=1)
+    return out
+
+
+def merge_tallies(a: dict | None, b: dict) -> dict:
+    """Two tallies of the same split as one (sums of every entry)."""
+    if a is None:
+        return dict(b)
+    return {k: a[k] + b[k] if k in a else b[k] for k in a.keys() | b.keys()}
+
+
+def tally_metrics(t: dict, classes: list[str]) -> dict:
+    """A split's figures from its tally, as :func:`evaluate` gives them from the frames:
+    ``frames``, ``frame_accuracy`` (None for song-level models), ``songs``, and per
+    aggregator ``song_accuracy`` and ``confusion``; ``song_log_loss`` and its standard error
+    ``song_log_loss_se`` of the scored probabilities."""
+    frames = int(t["frames"])
+    confusions = {k.split("/", 1)[1]: v for k, v in t.items() if k.startswith("confusion/")}
+    return {"frames": frames or None,
+            "frame_accuracy": float(t["correct"] / frames) if frames else None,
+            "songs": int(t["songs"]),
+            "song_accuracy": {k: float(np.trace(c) / max(1, c.sum())) for k, c in confusions.items()},
+            "confusion": {k: c.tolist() for k, c in confusions.items()},
+            **_log_loss(t["loss/before"])}
+
+
+def tally_calibration(t: dict) -> dict:
+    """A split's calibration figures from its tally: expected calibration error, song
+    log-loss and reliability bins, before and after the temperature."""
+    out = {}
+    for when in ("before", "after"):
+        bins = t[f"bins/{when}"]
+        songs = max(1.0, bins[:, 0].sum())
+        out[f"ece_{when}"] = float(np.abs(bins[:, 2] - bins[:, 1]).sum() / songs)
+        out[f"log_loss_{when}"] = _log_loss(t[f"loss/{when}"])["song_log_loss"]
+        out[f"reliability_{when}"] = [
+            {"low": float(b / BINS), "songs": int(count), "confidence": float(conf / count),
+             "accuracy": float(right / count)}
+            for b, (count, conf, right) in enumerate(bins) if count]
+    return out
+
+
+def _log_loss(sums: np.ndarray) -> dict:
+    """Mean song cross-entropy and its standard error from (songs, sum, sum of squares)."""
+    n, total, squares = (float(v) for v in sums)
+    if not n:
+        return {"song_log_loss": None, "song_log_loss_se": None}
+    se = (math.sqrt(max(0.0, squares - total * total / n) / (n - 1)) / math.sqrt(n)
+          if n > 1 else 0.0)
+    return {"song_log_loss": total / n, "song_log_loss_se": se}

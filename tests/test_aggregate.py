@@ -89,7 +89,7 @@ def test_the_simplest_head_within_one_standard_error_of_the_best_is_kept():
 
 
 def test_song_log_loss_is_the_mean_cross_entropy_of_songs_mean_probabilities():
-    from pipeline.evaluate import evaluate, evaluate_songs
+    from pipeline.evaluate import evaluate, merge_tallies, tally, tally_metrics
 
     probs = np.array([[0.8, 0.2], [0.6, 0.4], [0.3, 0.7], [0.1, 0.9]])
     y, songs = np.array([0, 0, 0, 0]), np.array(["a", "a", "b", "b"])
@@ -97,8 +97,14 @@ def test_song_log_loss_is_the_mean_cross_entropy_of_songs_mean_probabilities():
     m = evaluate(probs, y, songs, ["x", "z"])
     assert m["song_log_loss"] == pytest.approx(losses.mean())
     assert m["song_log_loss_se"] == pytest.approx(losses.std(ddof=1) / np.sqrt(2))
-    m = evaluate_songs(np.array([[0.7, 0.3], [0.2, 0.8]]), np.array([0, 0]), ["x", "z"], "pooled")
+    # a song-level model's songs, tallied in two blocks
+    songs = np.array([[0.7, 0.3], [0.2, 0.8]])
+    m = tally_metrics(merge_tallies(*[tally({"pooled": songs[[i]]}, np.array([0]),
+                                            scored="pooled", temperature=1.0) for i in (0, 1)]),
+                      ["x", "z"])
     assert m["song_log_loss"] == pytest.approx(losses.mean())
+    assert m["song_log_loss_se"] == pytest.approx(losses.std(ddof=1) / np.sqrt(2))
+    assert m["song_accuracy"] == {"pooled": 0.5} and m["frames"] is None
 
 
 def _frames(rng, n_songs=40, n_classes=4):
@@ -115,19 +121,25 @@ def _frames(rng, n_songs=40, n_classes=4):
             np.concatenate(probs)[order], np.array(y)[order])
 
 
-def test_song_sums_give_the_figures_of_the_frames_themselves(rng):
-    from pipeline.evaluate import evaluate_sums, song_sums
+def test_song_sums_tallied_in_blocks_give_the_figures_of_the_frames_themselves(rng):
+    from pipeline.evaluate import merge_tallies, song_scores, song_sums, tally, tally_metrics
 
     ids, frame, probs, y = _frames(rng)
     classes = list("abcd")
     sums = song_sums(ids, frame, probs, y)
     assert list(sums["song_id"]) == sorted(set(ids))
+    merged = None
+    for rows in np.array_split(np.arange(len(sums["y"])), 3):  # blocks of songs, as Ray's
+        part = {k: np.asarray(v)[rows] for k, v in sums.items() if k != "logodds"}
+        merged = merge_tallies(merged, tally(song_scores(part), part["y"], scored="mean",
+                                             temperature=1.0, frames=part["frames"],
+                                             correct=part["correct"]))
     # majority ties (few frames) are broken by the mean probability on both sides
-    got, want = evaluate_sums(sums, classes), evaluate(probs, y, ids, classes)
+    got, want = tally_metrics(merged, classes), evaluate(probs, y, ids, classes)
     assert {k: got[k] for k in ("song_accuracy", "confusion", "songs", "frames")} == \
         {k: want[k] for k in ("song_accuracy", "confusion", "songs", "frames")}
     for k in ("frame_accuracy", "song_log_loss", "song_log_loss_se"):
-        assert got[k] == pytest.approx(want[k], rel=1e-12)
+        assert got[k] == pytest.approx(want[k], rel=1e-9)
     # each song's log-odds in frame order, as the sequence aggregator reads them
     from pipeline.models.sequence import frame_logodds
 

@@ -4,26 +4,33 @@ Actors open the fit as a :class:`pipeline.song_model.SongModel` (in LiteRT for f
 as scoring runs them on CPU) over whole songs of the validation and test splits, read from
 the feature parts in the actor as scoring reads a feature directory, and turn each song into
 one row: its frames' sums (every aggregator's scores follow from them), or a song-level
-model's probabilities. Only those rows come back to the driver for the song metrics, and the
-frame log-odds of at most ``_SEQUENCE_SONGS`` validation songs for the ``sequence``
-aggregator, whose class for each test song is computed in the cluster too (in numpy).
+model's probabilities. The driver holds no row per song: a bounded sample of validation songs
+(``_SAMPLE_SONGS``) comes back to fit the temperature and the ``sequence`` aggregator on, and
+every split's figures are tallied block by block in the cluster (confusion matrices, log-loss
+sums, reliability bins: :func:`pipeline.evaluate.tally`); the driver merges a tally per
+block.
 """
 
 from __future__ import annotations
+
+import pickle
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.evaluate import (calibrate, evaluate_songs, evaluate_sums, scored_accuracy,
-                               song_sums)
+from pipeline.evaluate import (fitted_temperature, merge_tallies, scored_accuracy, song_scores,
+                               song_sums, tally, tally_calibration, tally_metrics)
 from pipeline.models.cnn import build_run_model, song_pooling
 from pipeline.models.lite import to_tflite
 from pipeline.runtime.cluster import Limits, actor_pool
 from pipeline.runtime.train_data import TrainingData
 from pipeline.storage.bundle import Bundle
+from pipeline.storage.shards import tensor_values
 
-_SEQUENCE_SONGS = 5000  # validation songs the sequence aggregator is fitted on, at most
+# validation songs the driver fits the sequence aggregator and the temperature on, at most
+# (about: a hashed sample); the figures of all of them are tallied in the cluster
+_SAMPLE_SONGS = 5000
 
 
 class SongEvaluator:
@@ -107,43 +114,75 @@ def song_row_table(songs: dict, probs: list[np.ndarray]) -> pa.Table:
     return pa.table(out)
 
 
-def _collect(songs, columns: list[str], splits: tuple[str, ...]) -> dict[str, dict]:
-    """Per split, the per-song ``columns`` of ``songs`` (a dataset with ``split``) as arrays:
-    the validation and test songs' results, all the driver holds of them."""
-    parts: dict = {split: {k: [] for k in columns} for split in splits}
-    for batch in songs.select_columns(["split", *columns]).iter_batches(
-            batch_size=None, batch_format="numpy"):
-        for split in splits:
-            chosen = batch["split"] == split
-            for k in columns:
-                parts[split][k].append(batch[k][chosen])
-    return {split: {k: np.concatenate(v) if v else np.zeros(0) for k, v in cols.items()}
-            for split, cols in parts.items()}
+def evaluate_fit(data: TrainingData, fit: dict, limits: Limits) -> dict:
+    """``fit`` with its ``model``, ``lite`` copy, ``sequence`` aggregator, ``metrics`` on the
+    validation and test songs and those songs' rows (``songs``, materialized in the cluster)."""
+    loop, n = fit["loop"], len(data.classes)
+    model = _model(loop, fit["best"])
+    lite = to_tflite(model) if data.level == "frame" else None  # what scoring on CPU will run
+    splits = tuple(s for s in ("valid", "test") if data.examples(s))
+    songs = predict_songs(data, splits, loop, fit["best"], lite, limits).materialize()
+    scored = song_pooling(loop["model"]) if data.level == "song" else "mean"
+    sample = _validation_sample(songs, data)
+    # the learned aggregator, on out-of-sample frame predictions: fitted on validation songs,
+    # measured on the test songs only
+    sequence = None
+    if data.level == "frame" and len(sample["y"]):
+        from pipeline.models.sequence import fit_sequence
+
+        sequence = fit_sequence(sample["logodds"], sample["y"], n, seed=loop["seed"],
+                                logodds=True)
+    calibration = fitted_temperature(sample["probs"], sample["y"], scored, "valid")
+    tallies = song_tallies(songs, n, scored, calibration["temperature"], sequence)
+    metrics = {**_run_figures(fit), "classes": list(data.classes), "test": None,
+               **{split: tally_metrics(t, list(data.classes)) for split, t in tallies.items()},
+               "calibration": {**calibration, **{split: tally_calibration(t)
+                                                 for split, t in tallies.items()}}}
+    return {**fit, "model": model, "lite": lite, "sequence": sequence, "metrics": metrics,
+            "songs": songs}
 
 
-def _sequence(data: TrainingData, songs, loop: dict, n_classes: int):
-    """The learned ``sequence`` aggregator, fitted on at most ``_SEQUENCE_SONGS`` validation
-    songs (a deterministic sample by song_id; it has ~2k weights), and its class for each test
-    song, computed in the cluster: (the Keras model, {song_id: class})."""
-    from pipeline.models.sequence import fit_sequence, sequence_weights
+def _run_figures(fit: dict) -> dict:
+    """What metrics.json shows of the Ray Train run: epochs, early stopping, workers."""
+    loop, state, feeds = fit["loop"], fit["state"], fit["feeds"]
+    return {"epochs_run": state["epoch"], "stopped_early": state["stopped_early"],
+            "best_val_loss": state["best_val_loss"], "class_weights": loop["class_weights"],
+            "workers": {"count": loop["num_workers"], "batch_per_worker": feeds["train"].batch,
+                        "train_steps": feeds["train"].steps, "valid_steps": feeds["valid"].steps,
+                        "onednn_custom_ops": state.get("onednn"), "threads": state.get("threads"),
+                        "gpus_seen": state.get("gpus_seen"), "resumed": state.get("resumed", 0)}}
 
-    share = min(1.0, _SEQUENCE_SONGS / max(1, data.counts["valid"].songs))
-    fit = songs.map_batches(_sampled, batch_format="pyarrow", batch_size=None,
-                            fn_kwargs={"split": "valid", "share": share})
-    rows = sorted(fit.select_columns(["song_id", "y", "logodds"]).iter_rows(),
-                  key=lambda r: r["song_id"])
-    if not rows:
-        return None, {}
-    model = fit_sequence([np.asarray(r["logodds"], np.float32).reshape(-1, n_classes)
-                          for r in rows], np.array([r["y"] for r in rows]), n_classes,
-                         seed=loop["seed"], logodds=True)
-    test = songs.map_batches(_sequence_classes, batch_format="pyarrow", batch_size=None,
-                             fn_kwargs={"weights": sequence_weights(model),
-                                        "n_classes": n_classes})
-    classes = {}
-    for batch in test.iter_batches(batch_size=None, batch_format="numpy"):
-        classes.update(zip(batch["song_id"], batch["pred"]))
-    return model, classes
+
+def recalibrate(fit: dict, probs: np.ndarray, y: np.ndarray, fit_on: str) -> dict:
+    """The fit's calibration refitted on other held-out songs (``fit_on``: cross-validation's
+    out-of-fold songs, probs [n_songs, n_classes], y [n_songs]), with its figures on the
+    validation and test songs again and on those songs."""
+    scored = fit["metrics"]["calibration"]["aggregator"]
+    calibration = fitted_temperature(probs, y, scored, fit_on)
+    t = calibration["temperature"]
+    tallies = song_tallies(fit["songs"], probs.shape[1], scored, t, None)
+    tallies[fit_on] = tally({scored: probs}, y, scored=scored, temperature=t)
+    return {**calibration, **{split: tally_calibration(v) for split, v in tallies.items()}}
+
+
+def _validation_sample(songs, data: TrainingData) -> dict:
+    """At most about ``_SAMPLE_SONGS`` validation songs (a deterministic sample by song_id),
+    what the driver fits the temperature and the ``sequence`` aggregator on: their ``y``, the
+    scored ``probs`` [songs, n_classes] and (frame models) each one's frame ``logodds``
+    [frames, n_classes]."""
+    share = min(1.0, _SAMPLE_SONGS / max(1, data.counts["valid"].songs))
+    n = len(data.classes)
+    columns = (["song_id", "y", "probs"] if data.level == "song"
+               else ["song_id", "y", "frames", "sum_probs", "logodds"])
+    rows = songs.map_batches(_sampled, batch_format="pyarrow", batch_size=None,
+                             fn_kwargs={"split": "valid", "share": share})
+    rows = sorted(rows.select_columns(columns).iter_rows(), key=lambda r: r["song_id"])
+    y = np.array([r["y"] for r in rows], np.int64)
+    if data.level == "song":
+        return {"y": y, "probs": np.array([r["probs"] for r in rows]).reshape(-1, n)}
+    return {"y": y, "probs": np.array([np.asarray(r["sum_probs"]) / r["frames"]
+                                       for r in rows]).reshape(-1, n),
+            "logodds": [np.asarray(r["logodds"], np.float32).reshape(-1, n) for r in rows]}
 
 
 def _sampled(batch: pa.Table, *, split: str, share: float) -> pa.Table:
@@ -156,64 +195,52 @@ def _sampled(batch: pa.Table, *, split: str, share: float) -> pa.Table:
     return batch.filter(pa.array(keep, pa.bool_()))
 
 
-def _sequence_classes(batch: pa.Table, *, weights: dict, n_classes: int) -> pa.Table:
-    """Ray Data fn: the test songs' class by the ``sequence`` aggregator (numpy, no
-    TensorFlow)."""
+def song_tallies(songs, n_classes: int, scored: str, temperature: float,
+                 sequence=None) -> dict[str, dict]:
+    """Per split, the tally of its songs' figures (:func:`pipeline.evaluate.tally`), made
+    block by block in the cluster: the driver merges a tally per block and split."""
+    from pipeline.models.sequence import sequence_weights
+
+    weights = sequence_weights(sequence) if sequence is not None else None
+    tallied = songs.map_batches(_tally_block, batch_format="pyarrow", batch_size=None,
+                                fn_kwargs={"n_classes": n_classes, "scored": scored,
+                                           "temperature": temperature, "sequence": weights})
+    out: dict[str, dict] = {}
+    for row in tallied.iter_rows():
+        out[row["split"]] = merge_tallies(out.get(row["split"]), pickle.loads(row["tally"]))
+    return out
+
+
+def _tally_block(batch: pa.Table, *, n_classes: int, scored: str, temperature: float,
+                 sequence: dict | None) -> pa.Table:
+    """Ray Data fn: song rows (of :func:`song_row_table`, or a song-level model's ``probs``)
+    -> a row per split: its pickled :func:`pipeline.evaluate.tally` (the ``sequence``
+    aggregator's classes for test songs, in numpy)."""
     from pipeline.models.sequence import gru_scores
 
-    test = batch.filter(pc.equal(batch.column("split"), "test"))
-    if not test.num_rows:
-        return pa.table({"song_id": pa.array([], pa.string()), "pred": pa.array([], pa.int64())})
-    sequences = [np.asarray(v, np.float32).reshape(-1, n_classes)
-                 for v in test.column("logodds").to_pylist()]
-    return pa.table({"song_id": test.column("song_id"),
-                     "pred": gru_scores(weights, sequences).argmax(axis=1)})
-
-
-def evaluate_fit(data: TrainingData, fit: dict, limits: Limits) -> dict:
-    """``fit`` with its ``model``, ``lite`` copy, ``sequence`` aggregator and ``metrics`` on
-    the validation and test songs (predicted in the cluster)."""
-    loop, state, feeds = fit["loop"], fit["state"], fit["feeds"]
-    classes = list(data.classes)
-    metrics = {"classes": classes, "epochs_run": state["epoch"],
-               "stopped_early": state["stopped_early"],
-               "best_val_loss": state["best_val_loss"], "test": None,
-               "class_weights": loop["class_weights"],
-               "workers": {"count": loop["num_workers"], "batch_per_worker": feeds["train"].batch,
-                           "train_steps": feeds["train"].steps,
-                           "valid_steps": feeds["valid"].steps,
-                           "onednn_custom_ops": state.get("onednn"),
-                           "threads": state.get("threads"),
-                           "gpus_seen": state.get("gpus_seen"),
-                           "resumed": state.get("resumed", 0)}}
-    model = _model(loop, fit["best"])
-    lite = to_tflite(model) if data.level == "frame" else None  # what scoring on CPU will run
-    splits = tuple(s for s in ("valid", "test") if data.examples(s))
-    songs = predict_songs(data, splits, loop, fit["best"], lite, limits).materialize()
-    if data.level == "song":  # a row per song already: its probabilities
-        aggregator, scored = song_pooling(loop["model"]), {}
-        for split, got in _collect(songs, ["probs", "y"], splits).items():
-            scored[split] = (got["probs"].reshape(-1, len(classes)), got["y"])
-            metrics[split] = evaluate_songs(*scored[split], classes, aggregator)
-        metrics["calibration"] = calibrate(scored, aggregator)
-        return {**fit, "model": model, "lite": lite, "sequence": None, "metrics": metrics,
-                "scored": scored}
-    # the learned aggregator, on out-of-sample frame predictions: fitted on the validation
-    # songs, measured on the test songs only
-    sequence, test_classes = _sequence(data, songs, loop, len(classes))
-    columns = ["song_id", "y", "frames", "correct", "sum_probs", "sum_logodds", "votes"]
-    scored = {}
-    for split, got in _collect(songs, columns, splits).items():
-        chosen = None
-        if split == "test" and sequence is not None:
-            chosen = np.array([test_classes[s] for s in got["song_id"]], np.int64)
-        metrics[split] = evaluate_sums(got, classes, sequence=chosen)
-        # the mean aggregator's song probabilities: what scoring gives by default
-        scored[split] = (got["sum_probs"].reshape(-1, len(classes))
-                         / np.asarray(got["frames"], np.float64)[:, None], got["y"])
-    metrics["calibration"] = calibrate(scored, "mean")
-    return {**fit, "model": model, "lite": lite, "sequence": sequence, "metrics": metrics,
-            "scored": scored}
+    splits, tallies = [], []
+    for split in sorted(set(batch.column("split").to_pylist())):
+        rows = batch.filter(pc.equal(batch.column("split"), split))
+        y = rows.column("y").to_numpy()
+        if "probs" in rows.column_names:
+            scores = {scored: tensor_values(rows.column("probs")).reshape(-1, n_classes)}
+            t = tally(scores, y, scored=scored, temperature=temperature)
+        else:
+            sums = {k: tensor_values(rows.column(k)).reshape(-1, n_classes)
+                    for k in ("sum_probs", "sum_logodds", "votes")}
+            sums["frames"] = rows.column("frames").to_numpy()
+            classes = None
+            if split == "test" and sequence is not None:
+                classes = gru_scores(sequence, [
+                    np.asarray(v, np.float32).reshape(-1, n_classes)
+                    for v in rows.column("logodds").to_pylist()]).argmax(axis=1)
+            t = tally(song_scores(sums), y, scored=scored, temperature=temperature,
+                      frames=sums["frames"], correct=rows.column("correct").to_numpy(),
+                      sequence=classes)
+        splits.append(split)
+        tallies.append(pickle.dumps(t))
+    return pa.table({"split": pa.array(splits, pa.string()),
+                     "tally": pa.array(tallies, pa.binary())})
 
 
 def head_figures(fit: dict) -> dict:

@@ -25,12 +25,12 @@ import time
 import numpy as np
 
 from pipeline.errors import ParameterError
-from pipeline.evaluate import MIN_CALIBRATION_SONGS, calibrate, simplest_within_one_se
+from pipeline.evaluate import MIN_CALIBRATION_SONGS, simplest_within_one_se
 from pipeline.models.cnn import HEADS, model_level, pooled_l2, song_pooling
 from pipeline.models.keras import load_tensorflow_quietly
 from pipeline.runtime.cluster import Bounds, Limits, connect, plan_size, wait_for
 from pipeline.runtime.crossval import cross_validate, cv_folds
-from pipeline.runtime.evaluation import baseline, evaluate_fit, head_figures
+from pipeline.runtime.evaluation import baseline, evaluate_fit, head_figures, recalibrate
 from pipeline.runtime.session import runtime_env, verbose
 from pipeline.runtime.train_data import (TrainingData, open_source, plan_training_data,
                                          song_stats)
@@ -164,9 +164,7 @@ def _kept(data: TrainingData, fits: list[dict], config: TrainConfig,
     # their temperature where there are enough of them (GTZAN-3's 61: test ECE 0.059 ->
     # 0.035), else one from the cross-validation's out-of-fold songs, not from 13-18 songs.
     if kept in cv and data.counts["valid"].songs < MIN_CALIBRATION_SONGS:
-        metrics["calibration"] = calibrate({**chosen["scored"],
-                                            "cv": (cv[kept]["probs"], cv[kept]["y"])},
-                                           metrics["calibration"]["aggregator"], fit_on="cv")
+        metrics["calibration"] = recalibrate(chosen, cv[kept]["probs"], cv[kept]["y"], "cv")
     if config.model == "embed":
         metrics["head"], metrics["selection"] = kept, selection
         # each head's cross-validated figures beside its others (its songs' probabilities not)

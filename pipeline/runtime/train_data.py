@@ -2,12 +2,12 @@
 
 The driver lists the committed part files and gets back aggregates only: the label set, the
 rows and songs of each split, and the per-band statistics of the train rows. Frames stream
-from the parts to the Train workers and to the evaluation actors; each row's split is decided
-where the row is (:mod:`pipeline.splits`), so no list of songs exists anywhere.
+from the parts to the Train workers, and whole songs to the evaluation actors; each row's split
+is decided where the row is (:mod:`pipeline.splits`), so no list of songs exists anywhere.
 
 Map tasks read the committed Parquet parts, projected to the keys and the model's feature
-(:func:`read_parts`); ``mil`` bags are built by tasks that read whole parts, since a part holds
-every frame of its songs.
+(:func:`read_parts`); ``mil`` bags and the evaluation's songs are read from whole parts, since
+a part holds every frame of its songs (:func:`read_split_songs`).
 """
 
 from __future__ import annotations
