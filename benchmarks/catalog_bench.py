@@ -61,7 +61,7 @@ def manifest(path: pathlib.Path, n: int, new: list[str], folder: str,
 def labelled(labels: pathlib.Path, n: int, folder: str) -> None:
     """Add to the labels table ``labels`` (one with a real label in it) a label for each of
     the ``n`` manifest songs of :func:`manifest`: copies of that label under their song ids,
-    written and committed as a run writes them."""
+    in files of 2,000 songs committed at once, as a scoring run writes them."""
     from pipeline.storage.delta import new_run_id
     from pipeline.storage.labels import FILE_SCHEMA, LabelTable
 
@@ -73,8 +73,11 @@ def labelled(labels: pathlib.Path, n: int, folder: str) -> None:
     copies = copies.set_column(0, "song_id", pa.array([f"missing/{i:08d}" for i in range(n)]))
     copies = copies.set_column(1, "uri", pa.array([f"{folder}/{i:08d}.ogg" for i in range(n)]))
     run_id = new_run_id()
-    add = table.write(copies, model_id=model_id, name=f"bench-{run_id}")
-    table.log.commit([add], version=table.log.version(), run_id=run_id)
+    per_file = 2000  # as a scoring run writes them (pipeline.runtime.score._FILE_SONGS)
+    adds = [table.write(copies.slice(start, per_file), model_id=model_id,
+                        name=f"bench-{run_id}-{start // per_file:05d}")
+            for start in range(0, n, per_file)]
+    table.log.commit(adds, version=table.log.version(), run_id=run_id)
 
 
 def at(hours: float, command: list[str], stage: str) -> dict:
