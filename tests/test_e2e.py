@@ -120,7 +120,9 @@ def features(catalog, tmp_path_factory, ray_session):
     return out
 
 
-@pytest.mark.parametrize("model", ["dnn", "cnn1d", "cnn1d_mel100ms", "mil"])
+# cnn2d trains in test_extract_train_score_tag; cnn1d_mel100ms reads the same log-mel column
+# as cnn2d through the same path (its model is built and converted in test_lite): ~50 s of CI
+@pytest.mark.parametrize("model", ["dnn", "cnn1d", "mil"])
 def test_every_model_trains_one_epoch_and_scores(catalog, features, tmp_path, model):
     bundle, labels = str(tmp_path / "model"), str(tmp_path / "labels")
     assert cli.main(["train", features, "--out", bundle, "--model", model, "--epochs", "1",
